@@ -1,0 +1,57 @@
+# lastgasp: `make help` lists the targets. Everything runs as root on Debian.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export PATH := $(PATH):/usr/local/go/bin
+GO ?= go
+
+# What the build and the tests need from Debian: clang and llvm compile the
+# XDP program, libbpf-dev has bpf_helpers.h, linux-libc-dev the protocol
+# headers; iproute2 builds the test network namespaces.
+DEBIAN_PACKAGES := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 jq
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: deps
+deps: ## install what the build and tests need (apt packages, Go modules, bpffs)
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt-get install $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	$(GO) mod download
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+.PHONY: generate
+generate: ## compile bpf/*.c and regenerate its Go bindings (bpf2go)
+	$(GO) generate ./bpf
+
+.PHONY: check-generated
+check-generated: ## fail if the committed BPF object and bindings are stale
+	@tmp=$$(mktemp -d); cp bpf/lastgasp_bpfel.go bpf/lastgasp_bpfel.o $$tmp/; \
+	$(GO) generate ./bpf; \
+	if cmp -s $$tmp/lastgasp_bpfel.o bpf/lastgasp_bpfel.o && cmp -s $$tmp/lastgasp_bpfel.go bpf/lastgasp_bpfel.go; then \
+		rm -rf $$tmp; echo "BPF object and bindings are up to date"; \
+	else \
+		cp $$tmp/* bpf/; rm -rf $$tmp; \
+		echo "bpf/lastgasp_bpfel.{o,go} are stale: run 'make generate' and commit them" >&2; exit 1; \
+	fi
+
+.PHONY: build
+build: ## build bin/lastgasp
+	$(GO) build -o bin/lastgasp ./cmd/lastgasp
+
+.PHONY: test
+test: deps check-generated ## set up this machine and run every test
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 15m ./...
+
+.PHONY: bench
+bench: deps ## run the benchmarks (see bench/README.md)
+	$(GO) test -run '^$$' -bench . -benchmem ./bench/
+
+.PHONY: demo
+demo: deps build ## run the real panic captures through the XDP program
+	./demo/run.sh

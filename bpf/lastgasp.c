@@ -1,0 +1,396 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * lastgasp.c: the XDP netconsole filter.
+ *
+ * A collector hears every console line of a fleet, one UDP datagram a line.
+ * This program keeps the few that matter and throws the rest away before the
+ * network stack ever sees them:
+ *
+ *   packet ─ Ethernet, VLAN ─ IPv4 / IPv6 ─ UDP to a netconsole port?
+ *     no  ─────────────────────────────────────────────────► XDP_PASS
+ *     yes ─ message text starts with a pattern?  (LPM trie)
+ *             yes ─ record MATCH, open the source's context burst
+ *             no  ─ burst open for this source?  (LRU hash)
+ *                     yes ─ record CONTEXT
+ *           ─ verdict: XDP_DROP, or XDP_PASS if forward_pass is set
+ *
+ * Default verdict is XDP_PASS: what we do not understand goes up the stack.
+ * Records go to a ring buffer for userspace; every verdict and event is
+ * counted in a per-CPU struct packet_counters.
+ */
+#include "parsing.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Load-time configuration, set from Go before the program is loaded
+ * (spec.Variables). The verifier prunes what they switch off. */
+
+/* Lines forwarded as context after a match (0: no bursts). */
+volatile const __u32 context_lines = 20;
+/* A burst closes this long after the match that opened or extended it,
+ * even if it has lines left: a dead node's burst never finishes by count. */
+volatile const __u64 burst_timeout_ns = 10ULL * 1000 * 1000 * 1000;
+/* 1: netconsole packets go on up the stack after we handled them (so a
+ * syslog receiver on this host still gets every line); 0: dropped. */
+volatile const __u8 forward_pass = 0;
+/* Context records are written without waking the reader, which polls; once
+ * this many bytes wait in the ring buffer, the next one wakes it. */
+volatile const __u32 wake_bytes = 1 << 20;
+
+/* Netconsole ports: key UDP destination port (host order), value unused. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PORTS_MAX);
+	__type(key, __u16);
+	__type(value, __u8);
+} ports SEC(".maps");
+
+/* Pattern table: key the first bytes of the message text with a length in
+ * bits, value the id of the longest stored pattern that prefixes them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, PATTERNS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct pattern_key);
+	__type(value, struct pattern_value);
+} patterns SEC(".maps");
+
+/* Context bursts: key a source address, value its open burst. LRU, so a
+ * flood of sources forgets the oldest bursts instead of failing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, BURSTS_MAX);
+	__type(key, struct burst_key);
+	__type(value, struct burst);
+} bursts SEC(".maps");
+
+/* Program-wide state, a single entry (index 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct shared_state);
+} state SEC(".maps");
+
+/* Counters, a single per-CPU entry (index 0); Go sums the CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct packet_counters);
+} counters SEC(".maps");
+
+/* Forwarded lines (struct record). Its size is set from Go. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20);
+} events SEC(".maps");
+
+/* Force bpf2go to emit Go twins of the contract types. */
+const enum limits *unused_limits __attribute__((unused));
+const enum record_flags *unused_flags __attribute__((unused));
+const struct record *unused_record __attribute__((unused));
+
+/* One netconsole datagram under judgement. */
+struct line {
+	struct burst_key src;
+	__u16 sport, dport;   /* host order */
+	__u32 off, len;       /* UDP payload: offset from data, length */
+	__u8 flags;           /* RECORD_IPV6 or 0 */
+};
+
+/* The header window is read into a buffer of this size (a power of two, so
+ * that masking an index keeps every read inside it, whatever the verifier
+ * knows of the index). */
+#define HEAD_BUF_LEN 128
+_Static_assert(HEAD_BUF_LEN >= HEADER_SCAN_LEN, "header window too small");
+
+static __always_inline __u8 head_at(const __u8 *head, __u32 i)
+{
+	return head[i & (HEAD_BUF_LEN - 1)];
+}
+
+/*
+ * find_text - offset of the message text in a netconsole payload.
+ * @head: the first @n bytes of the payload, n <= HEADER_SCAN_LEN.
+ *
+ * Extended format, "<level>,<seq>,<usec>,<flag>[,...];text": the payload
+ * starts with a digit and holds a ';' within the window with no space
+ * before it (a header never has one); the text starts after the ';'.
+ * Basic format, "[    3.053091] text": up to two "[...]" groups, each at
+ * most BRACKET_MAX_LEN bytes with its brackets (the printk time, then the
+ * caller id of CONFIG_PRINTK_CALLER), then one space, are skipped. A '['
+ * without its ']' in reach is text.
+ * Anything else: the text starts at 0.
+ * The Go matcher (package pattern) implements the same rules; a
+ * differential fuzz test holds the two together.
+ */
+static __always_inline __u32 find_text(const __u8 *head, __u32 n)
+{
+	__u32 off = 0;
+	__u8 c = head_at(head, 0);
+
+	if (n == 0)
+		return 0;
+	if (c >= '0' && c <= '9') {
+		for (__u32 i = 1; i < HEADER_SCAN_LEN; i++) {
+			if (i >= n)
+				break;
+			c = head_at(head, i);
+			if (c == ';')
+				return i + 1;
+			if (c == ' ')
+				break;
+		}
+		return 0;
+	}
+
+	for (int group = 0; group < 2; group++) {
+		__u32 close = 0;
+
+		if (off >= n || head_at(head, off) != '[')
+			break;
+		for (__u32 j = 1; j < BRACKET_MAX_LEN; j++) {
+			if (off + j >= n)
+				break;
+			if (head_at(head, off + j) == ']') {
+				close = off + j;
+				break;
+			}
+		}
+		if (!close)
+			break;
+		off = close + 1;
+	}
+	if (off > 0 && off < n && head_at(head, off) == ' ')
+		off++;
+	return off;
+}
+
+/*
+ * match_line - id of the longest pattern that prefixes the line's text.
+ * Return: the pattern id, or 0 for no match (or an empty text).
+ */
+static __always_inline __u32 match_line(struct xdp_md *ctx,
+					const struct line *l)
+{
+	__u8 head[HEAD_BUF_LEN];
+	struct pattern_key key = {};
+	struct pattern_value *val;
+	__u32 n, text, klen;
+
+	n = l->len < HEADER_SCAN_LEN ? l->len : HEADER_SCAN_LEN;
+	if (n == 0)
+		return 0; /* an empty datagram has no text */
+	if (bpf_xdp_load_bytes(ctx, l->off, head, n) < 0)
+		return 0; /* cannot happen: the UDP length was checked */
+	text = find_text(head, n);
+	if (text >= l->len)
+		return 0; /* a header with no text after it */
+	klen = l->len - text;
+	if (klen > PATTERN_MAX_LEN)
+		klen = PATTERN_MAX_LEN;
+	if (bpf_xdp_load_bytes(ctx, l->off + text, key.data, klen) < 0)
+		return 0; /* cannot happen, as above */
+	key.prefixlen = klen * 8;
+	val = bpf_map_lookup_elem(&patterns, &key);
+	return val ? val->id : 0;
+}
+
+/* open_burst - start (or restart, on a match within one) @src's burst. */
+static __always_inline void open_burst(struct packet_counters *cnt,
+				       const struct burst_key *src, __u64 now)
+{
+	struct burst b = {
+		.remaining = context_lines,
+		.expires_ns = now + burst_timeout_ns,
+	};
+	__u32 zero = 0;
+	struct shared_state *st;
+
+	if (context_lines == 0)
+		return;
+	/* May fail only under memory pressure; the match itself is kept. */
+	bpf_map_update_elem(&bursts, src, &b, BPF_ANY);
+	st = bpf_map_lookup_elem(&state, &zero);
+	if (st)
+		st->last_match_ns = now;
+	cnt->bursts++;
+}
+
+/*
+ * take_context - whether a line from @src is context of an open burst, and
+ * if so take one line off the burst.
+ * @last: set when this is the burst's final line.
+ */
+static __always_inline int take_context(const struct burst_key *src,
+					__u64 now, int *last)
+{
+	__u32 zero = 0;
+	struct shared_state *st;
+	struct burst *b;
+	__s32 before;
+
+	if (context_lines == 0)
+		return 0;
+	/* Fast path: no match anywhere within a burst timeout. */
+	st = bpf_map_lookup_elem(&state, &zero);
+	if (!st || now >= st->last_match_ns + burst_timeout_ns)
+		return 0;
+	b = bpf_map_lookup_elem(&bursts, src);
+	if (!b || now >= b->expires_ns)
+		return 0;
+	/* Atomic: lines of one source may arrive on several CPUs. Once at
+	 * zero the count goes negative, which reads as closed. */
+	before = __sync_fetch_and_add(&b->remaining, -1);
+	if (before <= 0)
+		return 0;
+	*last = before == 1;
+	return 1;
+}
+
+/*
+ * forward - write the line to the ring buffer.
+ * Return: 0, or -1 if the ring buffer is full (counted).
+ */
+static __always_inline int forward(struct xdp_md *ctx, struct packet_counters *cnt,
+				   const struct line *l, __u8 flags, __u32 id,
+				   __u64 wake)
+{
+	struct record *rec;
+	__u32 n = l->len;
+
+	rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
+	if (!rec) {
+		cnt->ringbuf_full++;
+		return -1;
+	}
+	if (n > RECORD_PAYLOAD_LEN) {
+		n = RECORD_PAYLOAD_LEN;
+		flags |= RECORD_TRUNCATED;
+		cnt->truncated++;
+	}
+	if (n > 0 && bpf_xdp_load_bytes(ctx, l->off, rec->payload, n) < 0) {
+		/* cannot happen: the UDP length was checked */
+		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
+		return -1;
+	}
+	__builtin_memcpy(rec->saddr, l->src.addr, sizeof(rec->saddr));
+	rec->time_ns = bpf_ktime_get_ns();
+	rec->ifindex = ctx->ingress_ifindex;
+	rec->sport = l->sport;
+	rec->dport = l->dport;
+	rec->len = n;
+	rec->wire_len = l->len;
+	rec->pattern_id = id;
+	rec->flags = flags | l->flags;
+	rec->_pad = 0;
+	bpf_ringbuf_submit(rec, wake);
+	return 0;
+}
+
+/* judge_line - match, burst and forward one netconsole line. */
+static __always_inline int judge_line(struct xdp_md *ctx, struct packet_counters *cnt,
+				      const struct line *l)
+{
+	int handled = forward_pass ? XDP_PASS : XDP_DROP;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	__u32 id = match_line(ctx, l);
+	int last = 0;
+	__u64 wake;
+	__u8 flags;
+
+	if (id) {
+		cnt->matched++;
+		open_burst(cnt, &l->src, now);
+		flags = RECORD_MATCH;
+		wake = BPF_RB_FORCE_WAKEUP; /* a match is news: wake at once */
+	} else if (take_context(&l->src, now, &last)) {
+		cnt->context++;
+		flags = RECORD_CONTEXT;
+		wake = BPF_RB_NO_WAKEUP; /* the reader polls for these */
+		if (last || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >=
+				    wake_bytes)
+			wake = BPF_RB_FORCE_WAKEUP;
+	} else {
+		return handled; /* an ordinary line */
+	}
+	if (forward(ctx, cnt, l, flags, id, wake) < 0)
+		return XDP_PASS; /* no room: a socket on this host may take it */
+	return handled;
+}
+
+/* judge - the verdict for one packet. */
+static __always_inline int judge(struct xdp_md *ctx, struct packet_counters *cnt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct hdr_cursor nh = { .pos = data };
+	struct line l = {};
+	struct udphdr *udp;
+	__u32 l3_end = 0;
+	int proto, res;
+
+	proto = parse_ethhdr(&nh, data_end);
+	if (proto < 0) {
+		cnt->malformed++;
+		return XDP_PASS; /* frame ends inside its Ethernet/VLAN headers */
+	}
+	if (proto == bpf_htons(ETH_P_IP)) {
+		res = parse_iphdr(&nh, data, data_end, l.src.addr, &l3_end);
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		res = parse_ip6hdr(&nh, data, data_end, l.src.addr, &l3_end);
+		l.flags = RECORD_IPV6;
+	} else {
+		return XDP_PASS; /* not IP: not ours */
+	}
+	switch (res) {
+	case PARSE_UDP:
+		break;
+	case PARSE_FRAGMENT:
+		cnt->fragments++;
+		return XDP_PASS; /* the stack reassembles; we cannot judge it */
+	case PARSE_MALFORMED:
+		cnt->malformed++;
+		return XDP_PASS; /* never misread: let the stack reject it */
+	default:
+		return XDP_PASS; /* another protocol: not ours */
+	}
+	udp = nh.pos;
+	if (parse_udphdr(&nh, data, data_end, l3_end, &l.off, &l.len) !=
+	    PARSE_UDP) {
+		cnt->malformed++;
+		return XDP_PASS; /* truncated UDP header, or a lying length */
+	}
+	/* parse_udphdr checked the header is in the packet; the verifier
+	 * wants to see it for this pointer too. */
+	if ((void *)(udp + 1) > data_end)
+		return XDP_PASS;
+	l.dport = bpf_ntohs(udp->dest);
+	if (!bpf_map_lookup_elem(&ports, &l.dport))
+		return XDP_PASS; /* UDP, but not to a netconsole port */
+	l.sport = bpf_ntohs(udp->source);
+	cnt->netconsole++;
+	return judge_line(ctx, cnt, &l);
+}
+
+SEC("xdp")
+int lastgasp_xdp(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct packet_counters *cnt;
+	int verdict;
+
+	cnt = bpf_map_lookup_elem(&counters, &zero);
+	if (!cnt)
+		return XDP_PASS; /* cannot happen: index 0 always exists */
+	cnt->packets++;
+	verdict = judge(ctx, cnt);
+	if (verdict == XDP_DROP)
+		cnt->dropped++;
+	else
+		cnt->passed++;
+	return verdict;
+}

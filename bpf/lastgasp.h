@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * lastgasp.h: the contract between the XDP program and Go.
+ *
+ * Everything here is exported to Go by bpf2go (-type), so the Go side never
+ * keeps a hand-written copy: the limits become Go constants, the structs Go
+ * types with the same layout.
+ */
+#ifndef LASTGASP_H
+#define LASTGASP_H
+
+#include <linux/types.h>
+
+/* Limits of the program, exported to Go as constants. */
+enum limits {
+	/* Longest pattern prefix, in bytes. The pattern table is an LPM trie
+	 * keyed by the first PATTERN_MAX_LEN bytes of the message text. */
+	PATTERN_MAX_LEN = 64,
+	/* Bytes of payload searched for the end of the netconsole header:
+	 * the ';' of an extended header must fall inside this window. The
+	 * longest real header, "<level>,<seq>,<usec>,<flag>,caller=<id>,
+	 * ncfrag=<off>/<len>;" with 20-digit numbers, is about 80 bytes. */
+	HEADER_SCAN_LEN = 96,
+	/* Longest "[...]" group skipped before the text of a basic line: the
+	 * printk time "[12345678.123456]" or the caller id "[  T12345]". */
+	BRACKET_MAX_LEN = 32,
+	/* Bytes of payload a ring buffer record holds. netconsole never sends
+	 * more than 1000 bytes a datagram (MAX_PRINT_CHUNK); the rest is
+	 * headroom. Longer datagrams are cut and flagged RECORD_TRUNCATED. */
+	RECORD_PAYLOAD_LEN = 1024,
+	/* Most netconsole ports configured at once. */
+	PORTS_MAX = 64,
+	/* Most patterns in the table. */
+	PATTERNS_MAX = 1024,
+	/* Sources tracked for context bursts (LRU: the oldest are forgotten). */
+	BURSTS_MAX = 100000,
+	/* IPv6 extension headers walked before giving up on a packet. */
+	IPV6_EXT_MAX = 8,
+};
+
+/* Why a line was forwarded, and what else is known about it. */
+enum record_flags {
+	RECORD_MATCH = 1 << 0,     /* the line matched pattern_id */
+	RECORD_CONTEXT = 1 << 1,   /* the line is inside a context burst */
+	RECORD_IPV6 = 1 << 2,      /* source is IPv6 (else IPv4-mapped) */
+	RECORD_TRUNCATED = 1 << 3, /* payload longer than RECORD_PAYLOAD_LEN */
+};
+
+/* One forwarded netconsole line, as written to the ring buffer. */
+struct record {
+	__u8 saddr[16];     /* source address; IPv4 as ::ffff:a.b.c.d */
+	__u64 time_ns;      /* bpf_ktime_get_ns() at receive (CLOCK_MONOTONIC) */
+	__u32 ifindex;      /* interface the packet arrived on */
+	__u16 sport;        /* UDP source port, host byte order */
+	__u16 dport;        /* UDP destination port, host byte order */
+	__u16 len;          /* bytes of payload[] that hold data */
+	__u16 wire_len;     /* UDP payload length on the wire (>= len) */
+	__u16 pattern_id;   /* pattern matched (RECORD_MATCH), else 0 */
+	__u8 flags;         /* enum record_flags */
+	__u8 _pad;
+	__u8 payload[RECORD_PAYLOAD_LEN];
+};
+
+/* Per-CPU packet counters, one field per verdict or event. Every packet
+ * counts once in packets and once in exactly one of passed or dropped. */
+struct packet_counters {
+	__u64 packets;      /* packets the program saw */
+	__u64 passed;       /* XDP_PASS verdicts */
+	__u64 dropped;      /* XDP_DROP verdicts */
+	__u64 malformed;    /* truncated or invalid headers (passed) */
+	__u64 fragments;    /* IP fragments: no UDP header to judge (passed) */
+	__u64 netconsole;   /* UDP datagrams to a netconsole port */
+	__u64 matched;      /* lines that matched a pattern (forwarded) */
+	__u64 context;      /* lines forwarded as context of a burst */
+	__u64 ringbuf_full; /* lines to forward that found no room (passed) */
+	__u64 truncated;    /* forwarded lines cut to RECORD_PAYLOAD_LEN */
+	__u64 bursts;       /* context bursts opened or extended by a match */
+};
+
+/* Key of the pattern table (BPF_MAP_TYPE_LPM_TRIE). prefixlen is in bits:
+ * a pattern is stored with 8 * its length, a lookup uses 8 * the number of
+ * text bytes copied, so a pattern matches only a text it is a prefix of. */
+struct pattern_key {
+	__u32 prefixlen;
+	__u8 data[PATTERN_MAX_LEN];
+};
+
+/* Value of the pattern table: the id Go gave the pattern (never 0). */
+struct pattern_value {
+	__u32 id;
+};
+
+/* Key of the burst table: the source address, IPv4 as ::ffff:a.b.c.d. */
+struct burst_key {
+	__u8 addr[16];
+};
+
+/* Value of the burst table: one source's open context burst. */
+struct burst {
+	__s32 remaining;    /* context lines still to forward; <= 0: none */
+	__u32 _pad;
+	__u64 expires_ns;   /* coarse monotonic time after which it is closed */
+};
+
+/* Program-wide state shared by all CPUs (a one-entry array). */
+struct shared_state {
+	/* Coarse monotonic time of the last match from any source. While
+	 * now >= last_match_ns + burst_timeout_ns no burst can be open, and
+	 * ordinary lines skip the burst table lookup altogether. */
+	__u64 last_match_ns;
+};
+
+#endif /* LASTGASP_H */

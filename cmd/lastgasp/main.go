@@ -1,0 +1,54 @@
+// Command lastgasp turns a Linux kernel's dying words, sent by netconsole,
+// into a clean, explained end for the Kubernetes node and pods it took down.
+//
+//	lastgasp scan FILE.pcap...   run captures through the XDP program
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1 // the work failed
+	exitUsage = 2 // the command line was wrong
+)
+
+const usage = `usage: lastgasp COMMAND [flags] [args]
+
+commands:
+  scan FILE...   run pcap/pcapng captures through the XDP program and print
+                 every line it forwards, one JSON object a line
+
+Run "lastgasp COMMAND -h" for a command's flags.
+`
+
+// run dispatches to a command and returns the process exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "scan":
+		return scan(ctx, args[1:], stdout, stderr)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "lastgasp: unknown command %q\n\n%s", args[0], usage)
+	return exitUsage
+}

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lastgasp/lastgasp/filter"
+	"github.com/lastgasp/lastgasp/loader"
+	"github.com/lastgasp/lastgasp/pattern"
+	"github.com/lastgasp/lastgasp/pcapscan"
+)
+
+// scan runs "lastgasp scan": every packet of every file through the real
+// XDP program (BPF_PROG_TEST_RUN), every forwarded line printed as JSON.
+// Files are scanned in order with one program, so a burst opened at the
+// end of one file runs on into the next, as it would on the wire.
+func scan(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("scan", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: lastgasp scan [flags] FILE.pcap...\n\nRuns each packet through the XDP program and prints every line it\nforwards, one JSON object a line.\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	ports := portList{ports: []uint16{loader.DefaultPort}}
+	fs.Var(&ports, "port", "netconsole UDP port(s), comma-separated or repeated")
+	stats := fs.Bool("stats", false, "print the XDP program's counters to stderr at the end, as JSON")
+	contextLines := fs.Int("context-lines", loader.DefaultContextLines, "lines forwarded after a match from the same source (0: none)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "lastgasp scan: no capture file given")
+		fs.Usage()
+		return exitUsage
+	}
+	if *contextLines < 0 {
+		fmt.Fprintf(stderr, "lastgasp scan: --context-lines %d: must be 0 or more\n", *contextLines)
+		return exitUsage
+	}
+
+	table := pattern.Default()
+	sc, err := pcapscan.New(loader.Config{
+		Ports:        ports.ports,
+		Patterns:     table,
+		ContextLines: uint32(*contextLines),
+		NoContext:    *contextLines == 0,
+		RingBufSize:  1 << 20,
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "lastgasp scan: %v\n", err)
+		return exitError
+	}
+	defer sc.Close()
+
+	out := bufio.NewWriter(stdout)
+	defer out.Flush()
+	enc := json.NewEncoder(out)
+	enc.SetEscapeHTML(false)
+	code := exitOK
+	for _, path := range fs.Args() {
+		if ctx.Err() != nil {
+			return exitError
+		}
+		_, err := sc.File(path, func(l filter.Line) {
+			enc.Encode(lineJSON(l, table))
+		})
+		if err != nil {
+			out.Flush()
+			fmt.Fprintf(stderr, "lastgasp scan: %v\n", err)
+			code = exitError
+		}
+	}
+	if *stats {
+		counters, err := sc.Program().Counters()
+		if err != nil {
+			fmt.Fprintf(stderr, "lastgasp scan: %v\n", err)
+			return exitError
+		}
+		m := map[string]uint64{}
+		for _, c := range loader.CounterValues(counters) {
+			m[c.Name] = c.Value
+		}
+		json.NewEncoder(stderr).Encode(m)
+	}
+	return code
+}
+
+// jsonLine is how scan prints a forwarded line.
+type jsonLine struct {
+	Source    string    `json:"source"`
+	Port      uint16    `json:"port"`
+	Time      time.Time `json:"time"`
+	Flag      string    `json:"flag"`
+	Pattern   string    `json:"pattern,omitempty"`
+	Kind      string    `json:"kind,omitempty"`
+	Text      string    `json:"text"`
+	Truncated bool      `json:"truncated,omitempty"`
+}
+
+// lineJSON renders l; the text is the payload less its trailing newlines
+// and NULs (invalid UTF-8 becomes U+FFFD in the JSON).
+func lineJSON(l filter.Line, table *pattern.Table) jsonLine {
+	j := jsonLine{
+		Source:    l.Source.Addr().String(),
+		Port:      l.Source.Port(),
+		Time:      l.Time.UTC(),
+		Flag:      l.Flag.String(),
+		Text:      string(bytes.TrimRight(l.Payload, "\n\x00")),
+		Truncated: l.Truncated,
+	}
+	if p, ok := table.ByID(l.PatternID); ok {
+		j.Pattern, j.Kind = p.Prefix, string(p.Kind)
+	}
+	return j
+}
+
+// portList is a flag holding UDP ports, given comma-separated or repeated.
+// The first value given replaces the default.
+type portList struct {
+	ports []uint16
+	set   bool // a value was given on the command line
+}
+
+func (p *portList) String() string {
+	s := make([]string, len(p.ports))
+	for i, port := range p.ports {
+		s[i] = strconv.Itoa(int(port))
+	}
+	return strings.Join(s, ",")
+}
+
+func (p *portList) Set(v string) error {
+	if !p.set {
+		p.ports, p.set = nil, true
+	}
+	for _, f := range strings.Split(v, ",") {
+		n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 16)
+		if err != nil || n == 0 {
+			return fmt.Errorf("%q is not a UDP port (1-65535)", f)
+		}
+		p.ports = append(p.ports, uint16(n))
+	}
+	return nil
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The demo as it stands: the real netconsole captures of a Debian kernel
+# (../shared/fixtures/netconsole) run through the real XDP program with
+# BPF_PROG_TEST_RUN. The full demo (control plane, pods, a Node deleted)
+# comes with the daemon.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fixtures=${FIXTURES:-../shared/fixtures/netconsole}
+[ -d "$fixtures" ] || fixtures=testdata/netconsole
+
+for name in healthy warn-alive null-oops-panic sysrq-ext-v4; do
+	pcap="$fixtures/$name.pcap"
+	echo "== $name: a real kernel's netconsole traffic, every packet through the XDP program"
+	stats=$(./bin/lastgasp scan --stats "$pcap" 2>&1 >"/tmp/lastgasp-demo-$name.jsonl")
+	jq -r '"   \(.packets) packets: \(.matched) matched a pattern, \(.context) more sent as context, \(.dropped - .matched - .context) dropped in the kernel"' <<<"$stats"
+	jq -r 'select(.flag == "match") | "   matched \(.kind): \(.text)"' "/tmp/lastgasp-demo-$name.jsonl"
+	rm -f "/tmp/lastgasp-demo-$name.jsonl"
+done

@@ -1,0 +1,172 @@
+// Package filter is the Go twin of the XDP program's decision: which
+// netconsole lines to forward (a pattern match, or context after one from
+// the same source) and which to throw away. It also defines Line, what
+// either data path hands on: the XDP program through the ring buffer
+// (package ringbuf), or a plain UDP socket through this Filter (package
+// udpreceiver).
+//
+// Filter follows bpf/lastgasp.c rule for rule; a differential test runs
+// both on the same packets.
+package filter
+
+import (
+	"net/netip"
+	"time"
+
+	"k8s.io/utils/lru"
+
+	"github.com/lastgasp/lastgasp/bpf"
+	"github.com/lastgasp/lastgasp/pattern"
+)
+
+// Flag says why a line was forwarded.
+type Flag uint8
+
+// The reasons a line is forwarded.
+const (
+	// Match: the line's text starts with a pattern.
+	Match Flag = Flag(bpf.LastgaspRecordFlagsRECORD_MATCH)
+	// Context: the line came from a source within a burst after a match.
+	Context Flag = Flag(bpf.LastgaspRecordFlagsRECORD_CONTEXT)
+)
+
+// String returns "match" or "context".
+func (f Flag) String() string {
+	switch f {
+	case Match:
+		return "match"
+	case Context:
+		return "context"
+	}
+	return "unknown"
+}
+
+// MaxPayload is the most payload bytes a forwarded line carries; longer
+// datagrams are cut and flagged Truncated.
+const MaxPayload = int(bpf.LastgaspLimitsRECORD_PAYLOAD_LEN)
+
+// Line is one forwarded netconsole datagram.
+type Line struct {
+	// Source is the sender's address and UDP port; IPv4 addresses are
+	// plain (not IPv4-mapped IPv6).
+	Source netip.AddrPort
+	// Time is when the collector received the datagram.
+	Time time.Time
+	// Flag says why it was forwarded.
+	Flag Flag
+	// PatternID is the matching pattern's id with Match, else 0.
+	PatternID uint32
+	// Truncated is set when the datagram was longer than MaxPayload.
+	Truncated bool
+	// Payload is the datagram's payload as sent (at most MaxPayload
+	// bytes): one console line, with the netconsole header if extended.
+	Payload []byte
+}
+
+// Config configures a Filter; zero fields take the defaults of
+// package loader's Config, which configures the kernel program.
+type Config struct {
+	// Patterns is the pattern table. Default pattern.Default().
+	Patterns *pattern.Table
+	// ContextLines is how many lines follow a match. Default 20.
+	ContextLines int
+	// NoContext turns bursts off.
+	NoContext bool
+	// BurstTimeout closes a burst this long after its last match.
+	// Default 10s.
+	BurstTimeout time.Duration
+	// MaxSources is how many sources' bursts are remembered (least
+	// recently used forgotten first). Default 100,000.
+	MaxSources int
+}
+
+// burst is one source's open burst, as struct burst in bpf/lastgasp.h.
+type burst struct {
+	remaining int
+	expires   time.Time
+}
+
+// Filter decides which lines to forward. It is not safe for concurrent
+// use: the socket receiver runs one per reading goroutine.
+type Filter struct {
+	cfg Config
+	// bursts maps a source address (netip.Addr) to *burst.
+	bursts *lru.Cache
+	// lastMatch is the time of the latest match from any source: no
+	// burst can be open BurstTimeout after it.
+	lastMatch time.Time
+}
+
+// New returns a Filter with cfg, defaults applied.
+func New(cfg Config) *Filter {
+	if cfg.Patterns == nil {
+		cfg.Patterns = pattern.Default()
+	}
+	if cfg.NoContext {
+		cfg.ContextLines = 0
+	} else if cfg.ContextLines <= 0 {
+		cfg.ContextLines = 20
+	}
+	if cfg.BurstTimeout <= 0 {
+		cfg.BurstTimeout = 10 * time.Second
+	}
+	if cfg.MaxSources <= 0 {
+		cfg.MaxSources = int(bpf.LastgaspLimitsBURSTS_MAX)
+	}
+	return &Filter{cfg: cfg, bursts: lru.New(cfg.MaxSources)}
+}
+
+// Patterns returns the filter's pattern table.
+func (f *Filter) Patterns() *pattern.Table { return f.cfg.Patterns }
+
+// SetPatterns replaces the pattern table; open bursts stay open.
+func (f *Filter) SetPatterns(t *pattern.Table) { f.cfg.Patterns = t }
+
+// Judge decides about one datagram from src received at now. It returns
+// the line to forward and true, or false for a line to throw away. The
+// returned Line's Payload aliases payload (cut to MaxPayload).
+func (f *Filter) Judge(src netip.AddrPort, payload []byte, now time.Time) (Line, bool) {
+	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	line := Line{Source: src, Time: now, Payload: payload}
+	if len(line.Payload) > MaxPayload {
+		line.Payload = line.Payload[:MaxPayload]
+		line.Truncated = true
+	}
+	if p, ok := f.cfg.Patterns.Match(payload); ok {
+		line.Flag, line.PatternID = Match, p.ID
+		f.openBurst(src.Addr(), now)
+		return line, true
+	}
+	if f.takeContext(src.Addr(), now) {
+		line.Flag = Context
+		return line, true
+	}
+	return Line{}, false
+}
+
+// openBurst starts or restarts addr's burst (open_burst in the C).
+func (f *Filter) openBurst(addr netip.Addr, now time.Time) {
+	if f.cfg.ContextLines == 0 {
+		return
+	}
+	f.bursts.Add(addr, &burst{remaining: f.cfg.ContextLines, expires: now.Add(f.cfg.BurstTimeout)})
+	f.lastMatch = now
+}
+
+// takeContext reports whether a line from addr is context, and takes it
+// off the burst (take_context in the C).
+func (f *Filter) takeContext(addr netip.Addr, now time.Time) bool {
+	if f.cfg.ContextLines == 0 || !now.Before(f.lastMatch.Add(f.cfg.BurstTimeout)) {
+		return false
+	}
+	v, ok := f.bursts.Get(addr)
+	if !ok {
+		return false
+	}
+	b := v.(*burst)
+	if !now.Before(b.expires) || b.remaining <= 0 {
+		return false
+	}
+	b.remaining--
+	return true
+}

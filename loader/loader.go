@@ -1,0 +1,216 @@
+// Package loader puts the XDP netconsole filter (package bpf) into the
+// kernel: it sets the program's load-time constants, creates its maps (or
+// reuses pinned ones, so that a restarted collector loses nothing), fills
+// the port and pattern tables, attaches the program to interfaces and reads
+// its counters.
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/lastgasp/lastgasp/bpf"
+	"github.com/lastgasp/lastgasp/pattern"
+)
+
+// DefaultPort is where netconsole sends unless told otherwise.
+const DefaultPort = 6666
+
+// Config is what the program is loaded with. The zero value of each field
+// means its default.
+type Config struct {
+	// Ports are the UDP destination ports netconsole lines arrive on.
+	// Default: DefaultPort. They can be changed later with SetPorts.
+	Ports []uint16
+	// Patterns is the pattern table. Default: pattern.Default(). It can be
+	// changed later with SetPatterns.
+	Patterns *pattern.Table
+	// ContextLines is how many lines from a source are forwarded after a
+	// match (a match within a burst starts it again). Default 20; set
+	// NoContext for none.
+	ContextLines uint32
+	// NoContext turns context bursts off.
+	NoContext bool
+	// BurstTimeout closes a burst this long after its last match, whatever
+	// lines it has left. Default 10s.
+	BurstTimeout time.Duration
+	// ForwardPass lets every netconsole packet go on up the network stack
+	// after the program handled it; by default they are dropped.
+	ForwardPass bool
+	// RingBufSize is the ring buffer's size in bytes: a power of two and a
+	// multiple of the page size. Default 16 MiB (about 15,000 records).
+	RingBufSize uint32
+	// WakeBytes: context records do not wake the reader until this many
+	// bytes wait in the ring buffer. Default RingBufSize/8.
+	WakeBytes uint32
+	// PinPath, if set, is a directory on a bpffs where the maps and links
+	// are pinned, so that they outlive this process: a later Load with the
+	// same PinPath reuses them, and Attach takes over the attached program
+	// without a gap.
+	PinPath string
+	// Logger receives what the loader does. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Defaults of Config.
+const (
+	DefaultContextLines = 20
+	DefaultBurstTimeout = 10 * time.Second
+	DefaultRingBufSize  = 16 << 20
+)
+
+// withDefaults returns cfg with every zero field set to its default, or an
+// error naming the first invalid field.
+func (cfg Config) withDefaults() (Config, error) {
+	if len(cfg.Ports) == 0 {
+		cfg.Ports = []uint16{DefaultPort}
+	}
+	if cfg.Patterns == nil {
+		cfg.Patterns = pattern.Default()
+	}
+	if cfg.NoContext {
+		cfg.ContextLines = 0
+	} else if cfg.ContextLines == 0 {
+		cfg.ContextLines = DefaultContextLines
+	}
+	if cfg.BurstTimeout == 0 {
+		cfg.BurstTimeout = DefaultBurstTimeout
+	}
+	if cfg.BurstTimeout < 0 {
+		return cfg, fmt.Errorf("burst timeout %v: must be positive", cfg.BurstTimeout)
+	}
+	if cfg.RingBufSize == 0 {
+		cfg.RingBufSize = DefaultRingBufSize
+	}
+	page := uint32(os.Getpagesize())
+	if cfg.RingBufSize&(cfg.RingBufSize-1) != 0 || cfg.RingBufSize%page != 0 {
+		return cfg, fmt.Errorf("ring buffer size %d: must be a power of two and a multiple of the page size (%d)", cfg.RingBufSize, page)
+	}
+	if cfg.WakeBytes == 0 {
+		cfg.WakeBytes = cfg.RingBufSize / 8
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return cfg, nil
+}
+
+// Program is the loaded XDP program and its maps.
+type Program struct {
+	objs     bpf.LastgaspObjects
+	cfg      Config
+	log      *slog.Logger
+	attached []*Attachment
+}
+
+// Load loads the XDP program with cfg, and fills its port and pattern
+// tables. With cfg.PinPath, maps pinned there by an earlier Load are reused
+// (their contents kept) and new ones are pinned.
+func Load(cfg Config) (*Program, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("load XDP program: %w", err)
+	}
+	spec, err := bpf.LoadLastgasp()
+	if err != nil {
+		return nil, fmt.Errorf("load XDP program: %w", err)
+	}
+
+	consts := map[string]any{
+		bpf.LastgaspVarContextLines:   cfg.ContextLines,
+		bpf.LastgaspVarBurstTimeoutNs: uint64(cfg.BurstTimeout),
+		bpf.LastgaspVarForwardPass:    boolByte(cfg.ForwardPass),
+		bpf.LastgaspVarWakeBytes:      cfg.WakeBytes,
+	}
+	for name, value := range consts {
+		if err := spec.Variables[name].Set(value); err != nil {
+			return nil, fmt.Errorf("load XDP program: set %s: %w", name, err)
+		}
+	}
+	spec.Maps[bpf.LastgaspMapEvents].MaxEntries = cfg.RingBufSize
+
+	var opts ebpf.CollectionOptions
+	if cfg.PinPath != "" {
+		if err := os.MkdirAll(cfg.PinPath, 0o700); err != nil {
+			return nil, fmt.Errorf("load XDP program: pin path: %w", err)
+		}
+		for _, name := range pinnedMaps {
+			spec.Maps[name].Pinning = ebpf.PinByName
+		}
+		opts.Maps.PinPath = cfg.PinPath
+	}
+
+	p := &Program{cfg: cfg, log: cfg.Logger}
+	if err := spec.LoadAndAssign(&p.objs, &opts); err != nil {
+		return nil, fmt.Errorf("load XDP program: %w", explain(err, cfg.PinPath))
+	}
+	if err := p.SetPorts(cfg.Ports); err != nil {
+		p.objs.Close()
+		return nil, err
+	}
+	if err := p.SetPatterns(cfg.Patterns); err != nil {
+		p.objs.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// pinnedMaps are the maps that outlive the process under Config.PinPath:
+// all of them, so that a restart keeps the tables, the open bursts, the
+// counters and the lines not yet read.
+var pinnedMaps = []string{
+	bpf.LastgaspMapPorts,
+	bpf.LastgaspMapPatterns,
+	bpf.LastgaspMapBursts,
+	bpf.LastgaspMapState,
+	bpf.LastgaspMapCounters,
+	bpf.LastgaspMapEvents,
+}
+
+// explain turns a load error into one a person can act on.
+func explain(err error, pinPath string) error {
+	var ve *ebpf.VerifierError
+	switch {
+	case errors.As(err, &ve):
+		return fmt.Errorf("the kernel's verifier rejected the program (full log follows): %+v", ve)
+	case errors.Is(err, ebpf.ErrMapIncompatible):
+		return fmt.Errorf("maps pinned under %s were made by a different configuration or version (remove the directory to start afresh): %w", pinPath, err)
+	case errors.Is(err, os.ErrPermission):
+		return fmt.Errorf("not permitted (needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, or root): %w", err)
+	}
+	return err
+}
+
+func boolByte(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// XDP returns the XDP program, for attaching or BPF_PROG_TEST_RUN.
+func (p *Program) XDP() *ebpf.Program { return p.objs.LastgaspXdp }
+
+// Events returns the ring buffer map the program writes records to.
+func (p *Program) Events() *ebpf.Map { return p.objs.Events }
+
+// Config returns the configuration the program was loaded with, defaults
+// applied.
+func (p *Program) Config() Config { return p.cfg }
+
+// Close detaches what Attach attached (unless pinned) and releases the
+// program and maps. Pinned maps and links stay in the kernel.
+func (p *Program) Close() error {
+	var errs []error
+	for _, a := range p.attached {
+		errs = append(errs, a.Close())
+	}
+	p.attached = nil
+	errs = append(errs, p.objs.Close())
+	return errors.Join(errs...)
+}

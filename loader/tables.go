@@ -1,0 +1,155 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/lastgasp/lastgasp/bpf"
+	"github.com/lastgasp/lastgasp/pattern"
+)
+
+// SetPorts makes ports the program's netconsole ports, at run time: ports
+// are added before the ones no longer wanted are removed, so a port kept in
+// both sets is never missing.
+func (p *Program) SetPorts(ports []uint16) error {
+	if len(ports) == 0 {
+		return errors.New("set ports: no port given")
+	}
+	if max := int(bpf.LastgaspLimitsPORTS_MAX); len(ports) > max {
+		return fmt.Errorf("set ports: %d ports, at most %d allowed", len(ports), max)
+	}
+	want := make(map[uint16]bool, len(ports))
+	for _, port := range ports {
+		if port == 0 {
+			return errors.New("set ports: port 0 is not a port")
+		}
+		want[port] = true
+		if err := p.objs.Ports.Put(port, uint8(1)); err != nil {
+			return fmt.Errorf("set ports: add %d: %w", port, err)
+		}
+	}
+	var stale []uint16
+	var port uint16
+	var unused uint8
+	iter := p.objs.Ports.Iterate()
+	for iter.Next(&port, &unused) {
+		if !want[port] {
+			stale = append(stale, port)
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return fmt.Errorf("set ports: list: %w", err)
+	}
+	for _, port := range stale {
+		if err := p.objs.Ports.Delete(port); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("set ports: remove %d: %w", port, err)
+		}
+	}
+	return nil
+}
+
+// SetPatterns makes t the program's pattern table, at run time, without
+// reloading: new and changed patterns are written before removed ones are
+// deleted, so a pattern kept in both tables never stops matching.
+func (p *Program) SetPatterns(t *pattern.Table) error {
+	want := make(map[bpf.LastgaspPatternKey]bool)
+	for _, pat := range t.Patterns() {
+		key := patternKey(pat.Prefix)
+		want[key] = true
+		if err := p.objs.Patterns.Put(key, bpf.LastgaspPatternValue{Id: pat.ID}); err != nil {
+			return fmt.Errorf("set patterns: add %q: %w", pat.Prefix, err)
+		}
+	}
+	var stale []bpf.LastgaspPatternKey
+	var key bpf.LastgaspPatternKey
+	var value bpf.LastgaspPatternValue
+	iter := p.objs.Patterns.Iterate()
+	for iter.Next(&key, &value) {
+		if !want[key] {
+			stale = append(stale, key)
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return fmt.Errorf("set patterns: list: %w", err)
+	}
+	for _, key := range stale {
+		if err := p.objs.Patterns.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("set patterns: remove a pattern: %w", err)
+		}
+	}
+	p.cfg.Patterns = t
+	return nil
+}
+
+// patternKey is the LPM trie key of a prefix: its bytes and its length in
+// bits. pattern.NewTable has checked that it fits.
+func patternKey(prefix string) bpf.LastgaspPatternKey {
+	var key bpf.LastgaspPatternKey
+	key.Prefixlen = uint32(8 * copy(key.Data[:], prefix))
+	return key
+}
+
+// Counters are the program's packet counters, summed over all CPUs. See
+// struct packet_counters in bpf/lastgasp.h for what each one counts.
+type Counters = bpf.LastgaspPacketCounters
+
+// Counters reads the program's counters, summed over all CPUs.
+func (p *Program) Counters() (Counters, error) {
+	var perCPU []Counters
+	if err := p.objs.Counters.Lookup(uint32(0), &perCPU); err != nil {
+		return Counters{}, fmt.Errorf("read counters: %w", err)
+	}
+	var sum Counters
+	total := reflect.ValueOf(&sum).Elem()
+	for _, cpu := range perCPU {
+		v := reflect.ValueOf(cpu)
+		for i := range v.NumField() {
+			if f := total.Field(i); f.Kind() == reflect.Uint64 {
+				f.SetUint(f.Uint() + v.Field(i).Uint())
+			}
+		}
+	}
+	return sum, nil
+}
+
+// CounterValues lists the counters by name (the C field names), in the
+// order of the struct, for metrics and logs.
+func CounterValues(c Counters) []NamedCounter {
+	v := reflect.ValueOf(c)
+	t := v.Type()
+	var out []NamedCounter
+	for i := range v.NumField() {
+		if v.Field(i).Kind() != reflect.Uint64 {
+			continue
+		}
+		name := t.Field(i).Name
+		out = append(out, NamedCounter{Name: snake(name), Value: v.Field(i).Uint()})
+	}
+	return out
+}
+
+// NamedCounter is one counter and its value.
+type NamedCounter struct {
+	Name  string // as in bpf/lastgasp.h: "packets", "ringbuf_full", ...
+	Value uint64
+}
+
+// snake turns bpf2go's Go field name back into the C one: RingbufFull ->
+// ringbuf_full.
+func snake(name string) string {
+	var out []byte
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c >= 'A' && c <= 'Z' {
+			if i > 0 {
+				out = append(out, '_')
+			}
+			c += 'a' - 'A'
+		}
+		out = append(out, c)
+	}
+	return string(out)
+}

@@ -1,0 +1,161 @@
+// Package ringbuf reads the XDP program's ring buffer and turns each record
+// (struct record in bpf/lastgasp.h) into a filter.Line.
+//
+// The program wakes the reader at once for a match, but writes context
+// lines without a wakeup (a wakeup costs about a microsecond in the
+// kernel's receive path); the reader therefore also polls, every
+// PollInterval, and so sees every record within that time.
+package ringbuf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	cilium "github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+
+	"github.com/lastgasp/lastgasp/bpf"
+	"github.com/lastgasp/lastgasp/filter"
+)
+
+// PollInterval is how often the reader looks for records written without
+// a wakeup. It bounds how late a context line can be read.
+const PollInterval = 100 * time.Millisecond
+
+// ErrClosed is returned by Read once the reader is closed.
+var ErrClosed = cilium.ErrClosed
+
+// recordSize is the size of every sample: the program reserves whole
+// records.
+const recordSize = int(unsafe.Sizeof(bpf.LastgaspRecord{}))
+
+// Reader reads forwarded lines from the ring buffer. Read is not safe for
+// concurrent use; Close may be called from any goroutine to stop it.
+type Reader struct {
+	rd  *cilium.Reader
+	rec cilium.Record
+	bad atomic.Uint64
+}
+
+// NewReader opens the ring buffer map events (loader.Program.Events).
+func NewReader(events *ebpf.Map) (*Reader, error) {
+	rd, err := cilium.NewReader(events)
+	if err != nil {
+		return nil, fmt.Errorf("open ring buffer: %w", err)
+	}
+	return &Reader{rd: rd}, nil
+}
+
+// Read returns the next line, waiting for one until ctx is done (ctx.Err())
+// or the reader is closed (ErrClosed). Records that cannot be decoded are
+// counted (Malformed) and skipped.
+func (r *Reader) Read(ctx context.Context) (filter.Line, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return filter.Line{}, err
+		}
+		r.rd.SetDeadline(time.Now().Add(PollInterval))
+		err := r.rd.ReadInto(&r.rec)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		}
+		if err != nil {
+			return filter.Line{}, fmt.Errorf("read ring buffer: %w", err)
+		}
+		line, err := Decode(r.rec.RawSample, WallClock)
+		if err != nil {
+			r.bad.Add(1)
+			continue
+		}
+		return line, nil
+	}
+}
+
+// ReadWaiting calls fn for every line already in the ring buffer, without
+// waiting for more, and returns how many it read. Lines are stamped by
+// stamp (see Decode).
+func (r *Reader) ReadWaiting(stamp func(monoNS uint64) time.Time, fn func(filter.Line)) (int, error) {
+	n := 0
+	for r.rd.AvailableBytes() > 0 {
+		r.rd.SetDeadline(time.Now())
+		err := r.rd.ReadInto(&r.rec)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			return n, fmt.Errorf("read ring buffer: %w", err)
+		}
+		line, err := Decode(r.rec.RawSample, stamp)
+		if err != nil {
+			r.bad.Add(1)
+			continue
+		}
+		fn(line)
+		n++
+	}
+	return n, nil
+}
+
+// Malformed returns how many records could not be decoded.
+func (r *Reader) Malformed() uint64 { return r.bad.Load() }
+
+// Close stops the reader; a blocked Read returns ErrClosed.
+func (r *Reader) Close() error {
+	if err := r.rd.Close(); err != nil {
+		return fmt.Errorf("close ring buffer reader: %w", err)
+	}
+	return nil
+}
+
+// Decode turns one raw record into a Line. stamp converts the record's
+// CLOCK_MONOTONIC receive time to wall time (WallClock does it for a live
+// reader; an offline scan substitutes the capture's own time). The
+// returned Line's Payload aliases raw.
+func Decode(raw []byte, stamp func(monoNS uint64) time.Time) (filter.Line, error) {
+	if len(raw) != recordSize {
+		return filter.Line{}, fmt.Errorf("decode record: %d bytes, want %d", len(raw), recordSize)
+	}
+	rec := (*bpf.LastgaspRecord)(unsafe.Pointer(unsafe.SliceData(raw)))
+	if int(rec.Len) > len(rec.Payload) || rec.Len > rec.WireLen {
+		return filter.Line{}, fmt.Errorf("decode record: payload length %d of %d on the wire", rec.Len, rec.WireLen)
+	}
+	flags := bpf.LastgaspRecordFlags(rec.Flags)
+	var flag filter.Flag
+	switch {
+	case flags&bpf.LastgaspRecordFlagsRECORD_MATCH != 0 && rec.PatternId != 0:
+		flag = filter.Match
+	case flags&bpf.LastgaspRecordFlagsRECORD_CONTEXT != 0 && rec.PatternId == 0:
+		flag = filter.Context
+	default:
+		return filter.Line{}, fmt.Errorf("decode record: flags %#x with pattern %d", rec.Flags, rec.PatternId)
+	}
+	addr := netip.AddrFrom16(rec.Saddr).Unmap()
+	return filter.Line{
+		Source:    netip.AddrPortFrom(addr, rec.Sport),
+		Time:      stamp(rec.TimeNs),
+		Flag:      flag,
+		PatternID: uint32(rec.PatternId),
+		Truncated: flags&bpf.LastgaspRecordFlagsRECORD_TRUNCATED != 0,
+		Payload:   raw[unsafe.Offsetof(rec.Payload):][:rec.Len],
+	}, nil
+}
+
+// WallClock converts a CLOCK_MONOTONIC time in nanoseconds (the program's
+// bpf_ktime_get_ns) to wall time, by its distance from the monotonic clock
+// now: exact for records read soon after they were written, whatever the
+// wall clock did since boot.
+func WallClock(monoNS uint64) time.Time {
+	var ts unix.Timespec
+	now := time.Now()
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil || uint64(ts.Nano()) < monoNS {
+		return now
+	}
+	return now.Add(-time.Duration(uint64(ts.Nano()) - monoNS))
+}
