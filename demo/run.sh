@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # The demo as it stands: the real netconsole captures of a Debian kernel
-# (../shared/fixtures/netconsole) run through the real XDP program with
+# (testdata/netconsole, from ../shared/fixtures) run through the real XDP program with
 # BPF_PROG_TEST_RUN. The full demo (control plane, pods, a Node deleted)
 # comes with the daemon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-fixtures=${FIXTURES:-../shared/fixtures/netconsole}
-[ -d "$fixtures" ] || fixtures=testdata/netconsole
+fixtures=${FIXTURES:-testdata/netconsole}
 
 for name in healthy warn-alive null-oops-panic sysrq-ext-v4; do
 	pcap="$fixtures/$name.pcap"

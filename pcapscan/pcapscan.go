@@ -133,7 +133,7 @@ var pcapngMagic = []byte{0x0a, 0x0d, 0x0d, 0x0a}
 func openCapture(r *bufio.Reader) (*capture, error) {
 	head, err := r.Peek(4)
 	if err != nil {
-		return nil, fmt.Errorf("not a pcap or pcapng file: %d bytes", len(head))
+		return nil, fmt.Errorf("not a pcap or pcapng file: only %d bytes long", len(head))
 	}
 	if bytes.Equal(head, pcapngMagic) {
 		ng, err := pcapgo.NewNgReader(r, pcapgo.DefaultNgReaderOptions)

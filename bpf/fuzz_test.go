@@ -1,0 +1,144 @@
+package bpf_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/lastgasp/lastgasp/filter"
+	"github.com/lastgasp/lastgasp/internal/packettest"
+	"github.com/lastgasp/lastgasp/loader"
+	"github.com/lastgasp/lastgasp/pattern"
+)
+
+// maxFuzzPayload keeps fuzzed frames within what BPF_PROG_TEST_RUN takes
+// without fragments (a page less headroom).
+const maxFuzzPayload = 1400
+
+// captureSeeds returns the UDP payloads of the real captures, plus lines
+// built from every default pattern, as fuzz seeds.
+func captureSeeds(f *testing.F) [][]byte {
+	f.Helper()
+	paths, _ := filepath.Glob("../testdata/netconsole/*.pcap")
+	var seeds [][]byte
+	for _, path := range paths {
+		frames, err := packettest.ReadCapture(path)
+		if err != nil {
+			f.Fatal(err)
+		}
+		for _, c := range frames {
+			seeds = append(seeds, packettest.UDPPayload(c.Frame))
+		}
+	}
+	for _, p := range pattern.Default().Patterns() {
+		seeds = append(seeds,
+			[]byte("[    1.000000] "+p.Prefix+"\n"),
+			[]byte("4,1,1,-;"+p.Prefix+"\n"),
+			[]byte(p.Prefix[:len(p.Prefix)-1]))
+	}
+	return seeds
+}
+
+// FuzzKernelMatchesGo holds the kernel program's matcher against the Go
+// matcher (pattern.Table.Match) on arbitrary payloads: the same pattern,
+// or no match in both.
+func FuzzKernelMatchesGo(f *testing.F) {
+	for _, s := range captureSeeds(f) {
+		f.Add(s)
+	}
+	h := newHarness(f, loader.Config{NoContext: true})
+	table := pattern.Default()
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		if len(payload) > maxFuzzPayload {
+			payload = payload[:maxFuzzPayload]
+		}
+		h.t = t
+		_, lines := h.send(packettest.Line(string(payload)).Frame())
+		want, ok := table.Match(payload)
+		switch {
+		case !ok && len(lines) != 0:
+			t.Fatalf("%q: kernel matched pattern %d, Go matched nothing", payload, lines[0].PatternID)
+		case ok && len(lines) != 1:
+			t.Fatalf("%q: Go matched %q, kernel forwarded %d lines", payload, want.Prefix, len(lines))
+		case ok && lines[0].PatternID != want.ID:
+			t.Fatalf("%q: Go matched %d %q, kernel %d", payload, want.ID, want.Prefix, lines[0].PatternID)
+		case ok && !bytes.Equal(lines[0].Payload, payload[:min(len(payload), filter.MaxPayload)]):
+			t.Fatalf("%q: kernel forwarded payload %q", payload, lines[0].Payload)
+		}
+	})
+}
+
+// FuzzKernelBurstsMatchGo holds the kernel program's whole decision,
+// bursts included, against filter.Filter on sequences of lines from three
+// sources: each chunk of the input (split at '\n') is one datagram, its
+// first byte choosing the source.
+func FuzzKernelBurstsMatchGo(f *testing.F) {
+	seeds := captureSeeds(f)
+	for i := 0; i+30 < len(seeds); i += 97 {
+		f.Add(bytes.Join(seeds[i:i+30], nil))
+	}
+	f.Add([]byte("0Kernel panic - not syncing\n1a\n0b\n0c\n2Oops: \n2d\n"))
+
+	const contextLines = 3
+	cfg := loader.Config{ContextLines: contextLines}
+	if os.Geteuid() != 0 {
+		f.Skip("loading BPF programs needs root")
+	}
+	h, err := loadHarness(cfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { h.sc.Close() }) // the latest h: it is replaced below
+	iteration := 0
+	f.Fuzz(func(t *testing.T, data []byte) {
+		// Fresh sources every iteration, so that no burst of an earlier
+		// input leaks into this one; a fresh program now and then, so
+		// that the kernel's LRU never has to evict.
+		iteration++
+		if iteration%20000 == 0 {
+			h.sc.Close()
+			var err error
+			if h, err = loadHarness(cfg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h.t = t
+		twin := filter.New(filter.Config{ContextLines: contextLines})
+		base := uint32(iteration%5000000) * 3
+		chunks := bytes.Split(data, []byte("\n"))
+		if len(chunks) > 64 {
+			chunks = chunks[:64]
+		}
+		for i, chunk := range chunks {
+			srcIdx := uint32(0)
+			if len(chunk) > 0 {
+				srcIdx = uint32(chunk[0]) % 3
+			}
+			var a [4]byte
+			binary.BigEndian.PutUint32(a[:], 10<<24|(base+srcIdx)&0xffffff)
+			src := netip.AddrFrom4(a)
+			payload := chunk
+			if len(payload) > maxFuzzPayload {
+				payload = payload[:maxFuzzPayload]
+			}
+			_, lines := h.send(packettest.UDP{Src: src, Payload: payload}.Frame())
+			want, ok := twin.Judge(netip.AddrPortFrom(src, packettest.NodePort), payload, time.Now())
+			got := "-"
+			if len(lines) == 1 {
+				got = fmt.Sprintf("%s/%d", lines[0].Flag, lines[0].PatternID)
+			}
+			exp := "-"
+			if ok {
+				exp = fmt.Sprintf("%s/%d", want.Flag, want.PatternID)
+			}
+			if got != exp {
+				t.Fatalf("datagram %d %q from %v: kernel %s, Go %s", i, payload, src, got, exp)
+			}
+		}
+	})
+}

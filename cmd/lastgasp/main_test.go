@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const fixtures = "../../testdata/netconsole"
+
+func runCmd(args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	code = run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"frobnicate"},
+		{"scan"},
+		{"scan", "--port", "0", "x.pcap"},
+		{"scan", "--port", "70000", "x.pcap"},
+		{"scan", "--context-lines", "-1", "x.pcap"},
+		{"scan", "--no-such-flag", "x.pcap"},
+	} {
+		if code, _, stderr := runCmd(args...); code != exitUsage || stderr == "" {
+			t.Errorf("%q: exit %d, stderr %q; want exit %d and a message", args, code, stderr, exitUsage)
+		}
+	}
+}
+
+func TestScan(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("loading BPF programs needs root")
+	}
+	code, stdout, stderr := runCmd("scan", "--stats", filepath.Join(fixtures, "sysrq-ext-v4.pcap"))
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var first struct {
+		Source, Flag, Pattern, Kind, Text string
+		Port                              int
+		Time                              string
+	}
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	if err := json.Unmarshal([]byte(lines[0]), &first); err != nil {
+		t.Fatalf("first line %q: %v", lines[0], err)
+	}
+	if first.Source != "10.99.0.2" || first.Port != 6665 || first.Flag != "match" ||
+		first.Kind != "sysrq" || first.Text != "6,389,3330270,-;sysrq: Trigger a crash" || first.Time == "" {
+		t.Errorf("first line %+v", first)
+	}
+	if len(lines) != 22 {
+		t.Errorf("%d lines, want 22 (2 matches, 20 context)", len(lines))
+	}
+	var stats map[string]uint64
+	if err := json.Unmarshal([]byte(stderr), &stats); err != nil || stats["packets"] == 0 || stats["matched"] != 2 {
+		t.Errorf("--stats printed %q (%v)", stderr, err)
+	}
+
+	// A truncated file: the lines before the cut, then an error.
+	full, _ := os.ReadFile(filepath.Join(fixtures, "sysrq-v4.pcap"))
+	cut := filepath.Join(t.TempDir(), "cut.pcap")
+	os.WriteFile(cut, full[:len(full)-50], 0o644)
+	code, stdout, stderr = runCmd("scan", cut)
+	if code != exitError || !strings.Contains(stdout, "Kernel panic") || !strings.Contains(stderr, "after") {
+		t.Errorf("truncated capture: exit %d, %d bytes out, stderr %q", code, len(stdout), stderr)
+	}
+}
