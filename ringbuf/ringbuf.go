@@ -8,6 +8,7 @@
 package ringbuf
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -55,15 +56,19 @@ func NewReader(events *ebpf.Map) (*Reader, error) {
 
 // Read returns the next line, waiting for one until ctx is done (ctx.Err())
 // or the reader is closed (ErrClosed). Records that cannot be decoded are
-// counted (Malformed) and skipped.
+// counted (Malformed) and skipped. The Line is the caller's to keep.
 func (r *Reader) Read(ctx context.Context) (filter.Line, error) {
+	// Cancelling ctx flushes the reader, which then returns what it
+	// holds and ErrFlushed: Read notices at once, not at the next poll.
+	stop := context.AfterFunc(ctx, func() { r.rd.Flush() })
+	defer stop()
 	for {
 		if err := ctx.Err(); err != nil {
 			return filter.Line{}, err
 		}
 		r.rd.SetDeadline(time.Now().Add(PollInterval))
 		err := r.rd.ReadInto(&r.rec)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
+		if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, cilium.ErrFlushed) {
 			continue
 		}
 		if err != nil {
@@ -74,13 +79,14 @@ func (r *Reader) Read(ctx context.Context) (filter.Line, error) {
 			r.bad.Add(1)
 			continue
 		}
+		line.Payload = bytes.Clone(line.Payload)
 		return line, nil
 	}
 }
 
 // ReadWaiting calls fn for every line already in the ring buffer, without
 // waiting for more, and returns how many it read. Lines are stamped by
-// stamp (see Decode).
+// stamp (see Decode); each is fn's to keep.
 func (r *Reader) ReadWaiting(stamp func(monoNS uint64) time.Time, fn func(filter.Line)) (int, error) {
 	n := 0
 	for r.rd.AvailableBytes() > 0 {
@@ -97,6 +103,7 @@ func (r *Reader) ReadWaiting(stamp func(monoNS uint64) time.Time, fn func(filter
 			r.bad.Add(1)
 			continue
 		}
+		line.Payload = bytes.Clone(line.Payload)
 		fn(line)
 		n++
 	}
@@ -114,10 +121,10 @@ func (r *Reader) Close() error {
 	return nil
 }
 
-// Decode turns one raw record into a Line. stamp converts the record's
+// Decode turns one raw record into a Line; the Line's Payload aliases raw,
+// so it is valid only as long as raw is. stamp converts the record's
 // CLOCK_MONOTONIC receive time to wall time (WallClock does it for a live
-// reader; an offline scan substitutes the capture's own time). The
-// returned Line's Payload aliases raw.
+// reader; an offline scan substitutes the capture's own time).
 func Decode(raw []byte, stamp func(monoNS uint64) time.Time) (filter.Line, error) {
 	if len(raw) != recordSize {
 		return filter.Line{}, fmt.Errorf("decode record: %d bytes, want %d", len(raw), recordSize)

@@ -1,0 +1,314 @@
+// Package testnet builds throwaway networks for tests that need real
+// packets: two network namespaces, a "node" and a "collector", joined by a
+// veth pair, so that a test can attach an XDP program to the collector's end
+// and send real UDP datagrams to it from real sockets on the node.
+//
+// Everything is made with iproute2 (the ip command) and removed when the
+// test ends. The tests that use it need root; NewPair skips the test
+// otherwise.
+//
+// The pair is built to make packet counts deterministic: each veth end has
+// a single queue (so packets are processed in the order they were sent),
+// no IPv6 link-local address (so no router solicitation or duplicate
+// address detection is sent), IPv6 addresses that skip duplicate address
+// detection, and permanent neighbour entries both ways (so no ARP or
+// neighbour discovery is needed before the first datagram).
+package testnet
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// NetnsDir is where iproute2 keeps its named network namespaces: the file
+// NetnsDir/NAME is a handle on the namespace NAME.
+const NetnsDir = "/var/run/netns"
+
+// Netns is a network namespace named by iproute2 (ip netns add).
+type Netns struct {
+	// Name is the namespace's name, as in ip -n NAME.
+	Name string
+}
+
+// Path returns the file that is a handle on the namespace.
+func (ns *Netns) Path() string { return filepath.Join(NetnsDir, ns.Name) }
+
+// IP runs the ip command inside the namespace (ip -n NAME args...) and
+// returns its standard output.
+func (ns *Netns) IP(args ...string) (string, error) {
+	return runIP(append([]string{"-n", ns.Name}, args...)...)
+}
+
+// Do runs fn with the calling code's network operations inside the
+// namespace: sockets fn opens and netlink requests fn makes (such as an
+// XDP attach, which finds its interface in the caller's namespace) belong
+// to it. Sockets opened inside keep their namespace after Do returns, and
+// may be used from any goroutine.
+//
+// A namespace belongs to an OS thread, not to a goroutine, so fn runs on a
+// goroutine of its own, locked to its thread, which enters the namespace
+// first and returns to its original one after fn. If it cannot return, the
+// thread stays locked and the goroutine ends, so that the Go runtime throws
+// the thread away instead of running other goroutines in the wrong
+// namespace. Because fn runs on another goroutine it must not call
+// t.Fatal or t.FailNow: it reports failure by returning an error.
+func (ns *Netns) Do(fn func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		// Deferred first, so it runs last, even if fn panics or calls
+		// runtime.Goexit: the caller never waits forever.
+		defer func() { done <- err }()
+		err = ns.doLocked(fn)
+	}()
+	return <-done
+}
+
+// doLocked is Do on the current goroutine, which it locks to its thread;
+// the thread is unlocked only if it is back in its original namespace.
+func (ns *Netns) doLocked(fn func() error) (err error) {
+	runtime.LockOSThread()
+	orig, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("open the current network namespace: %w", err)
+	}
+	defer orig.Close()
+	target, err := os.Open(ns.Path())
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("open network namespace %s: %w", ns.Name, err)
+	}
+	defer target.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter network namespace %s: %w", ns.Name, err)
+	}
+	defer func() {
+		if serr := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); serr != nil {
+			// Left locked on purpose: see Do.
+			err = errors.Join(err, fmt.Errorf("leave network namespace %s: %w", ns.Name, serr))
+			return
+		}
+		runtime.UnlockOSThread()
+	}()
+	return fn()
+}
+
+// End is one end of a Pair: a namespace and its veth interface.
+type End struct {
+	// Netns is the namespace the interface is in.
+	Netns *Netns
+	// Ifname is the veth interface's name (unique to the test).
+	Ifname string
+	// MAC is the interface's hardware address.
+	MAC net.HardwareAddr
+	// IPv4 and IPv6 are the interface's addresses, in a /24 and a /64.
+	IPv4, IPv6 netip.Addr
+}
+
+// Pair is a node and a collector namespace joined by a veth pair.
+type Pair struct {
+	// Node sends: its addresses end in .2 and ::2.
+	Node End
+	// Collector receives: its addresses end in .1 and ::1.
+	Collector End
+}
+
+// RequireRoot skips the test unless it runs as root with the ip command at
+// hand: network namespaces, veth interfaces and XDP all need root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: needs root to create network namespaces and attach XDP (run the tests as root)")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("skipped: needs the ip command (iproute2) to create network namespaces")
+	}
+}
+
+// NewPair creates a node and a collector namespace joined by a veth pair
+// with their addresses configured and links up, ready for traffic. Names
+// and subnets are random, so tests may run side by side. Everything is
+// removed when the test ends (deleting a namespace deletes its veth end,
+// and with it the pair and any XDP program attached). It skips the test
+// when not root.
+func NewPair(t testing.TB) *Pair {
+	t.Helper()
+	RequireRoot(t)
+	id := make([]byte, 3)
+	rand.Read(id) // never fails (crypto/rand, Go 1.24 and later)
+	suffix := hex.EncodeToString(id)
+	p := &Pair{
+		Node: End{
+			Netns:  &Netns{Name: "lastgasp-node-" + suffix},
+			Ifname: "lgn-" + suffix, // IFNAMSIZ: at most 15 bytes
+			MAC:    net.HardwareAddr{0x02, 0x4c, 0x47, id[0], id[1], 0x02},
+			IPv4:   netip.AddrFrom4([4]byte{10, id[0], id[1], 2}),
+		},
+		Collector: End{
+			Netns:  &Netns{Name: "lastgasp-coll-" + suffix},
+			Ifname: "lgc-" + suffix,
+			MAC:    net.HardwareAddr{0x02, 0x4c, 0x47, id[0], id[1], 0x01},
+			IPv4:   netip.AddrFrom4([4]byte{10, id[0], id[1], 1}),
+		},
+	}
+	// fd00:XXYY::/64, a unique local prefix.
+	v6 := [16]byte{0xfd, 0x00, id[0], id[1]}
+	v6[15] = 2
+	p.Node.IPv6 = netip.AddrFrom16(v6)
+	v6[15] = 1
+	p.Collector.IPv6 = netip.AddrFrom16(v6)
+
+	for _, ns := range []*Netns{p.Node.Netns, p.Collector.Netns} {
+		if _, err := runIP("netns", "add", ns.Name); err != nil {
+			t.Fatalf("create network namespace: %v", err)
+		}
+		t.Cleanup(func() {
+			if _, err := runIP("netns", "del", ns.Name); err != nil {
+				t.Errorf("delete network namespace: %v", err)
+			}
+		})
+		// Loopback up, as on any host: the Go runtime probes for IPv6
+		// support once a process, by binding to ::1 in the namespace of
+		// whichever thread opens its first socket; with lo down there
+		// it would conclude there is no IPv6 at all, and make every
+		// later wildcard listener ("udp", ":port") IPv4 only.
+		if _, err := ns.IP("link", "set", "dev", "lo", "up"); err != nil {
+			t.Fatalf("set up loopback: %v", err)
+		}
+	}
+	if err := p.setup(); err != nil {
+		t.Fatalf("set up veth pair: %v", err)
+	}
+	return p
+}
+
+// setup creates the veth pair between the two namespaces and configures it.
+func (p *Pair) setup() error {
+	n, c := &p.Node, &p.Collector
+	// One queue each way: with several, the sender's queue would be
+	// picked per socket, and packets of two sockets could be handled by
+	// two CPUs at once, out of order.
+	if _, err := n.Netns.IP("link", "add", n.Ifname, "address", n.MAC.String(),
+		"numtxqueues", "1", "numrxqueues", "1",
+		"type", "veth", "peer", "name", c.Ifname, "address", c.MAC.String(),
+		"numtxqueues", "1", "numrxqueues", "1", "netns", c.Netns.Name); err != nil {
+		return err
+	}
+	for _, e := range []*End{n, c} {
+		if err := e.configure(); err != nil {
+			return err
+		}
+	}
+	// Neighbours after both links are up: taking a link down flushes them.
+	if err := n.addNeighbours(c); err != nil {
+		return err
+	}
+	return c.addNeighbours(n)
+}
+
+// configure gives e its addresses and brings its link up.
+func (e *End) configure() error {
+	cmds := [][]string{
+		// No link-local address: nothing to solicit routers or detect
+		// duplicates with, which would add packets to the count.
+		{"link", "set", "dev", e.Ifname, "addrgenmode", "none"},
+		{"addr", "add", e.IPv4.String() + "/24", "dev", e.Ifname},
+		// nodad: usable at once, not "tentative" for a second.
+		{"addr", "add", e.IPv6.String() + "/64", "dev", e.Ifname, "nodad"},
+		{"link", "set", "dev", e.Ifname, "up"},
+	}
+	for _, args := range cmds {
+		if _, err := e.Netns.IP(args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addNeighbours makes peer's addresses permanent neighbours of e, so that
+// e sends to them without ARP or neighbour discovery.
+func (e *End) addNeighbours(peer *End) error {
+	for _, addr := range []netip.Addr{peer.IPv4, peer.IPv6} {
+		if _, err := e.Netns.IP("neigh", "add", addr.String(), "lladdr", peer.MAC.String(),
+			"dev", e.Ifname, "nud", "permanent"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// XDPState is what the kernel reports about the XDP program on an
+// interface.
+type XDPState struct {
+	// Mode is how the program is attached: "native", "generic",
+	// "offload", or "" if no program is.
+	Mode string
+	// ProgID is the kernel's id of the attached program, 0 if none.
+	ProgID uint32
+}
+
+// XDP asks the kernel (ip -details link show) which XDP program is
+// attached to e's interface, and how.
+func (e *End) XDP() (XDPState, error) {
+	out, err := e.Netns.IP("-json", "-details", "link", "show", "dev", e.Ifname)
+	if err != nil {
+		return XDPState{}, err
+	}
+	var links []struct {
+		XDP *struct {
+			Mode int `json:"mode"`
+			Prog *struct {
+				ID uint32 `json:"id"`
+			} `json:"prog"`
+		} `json:"xdp"`
+	}
+	if err := json.Unmarshal([]byte(out), &links); err != nil {
+		return XDPState{}, fmt.Errorf("parse ip link output %q: %w", out, err)
+	}
+	if len(links) != 1 {
+		return XDPState{}, fmt.Errorf("ip link show dev %s: %d links", e.Ifname, len(links))
+	}
+	x := links[0].XDP
+	if x == nil {
+		return XDPState{}, nil
+	}
+	// enum XDP_ATTACHED_* in linux/if_link.h.
+	modes := map[int]string{0: "", 1: "native", 2: "generic", 3: "offload"}
+	mode, ok := modes[x.Mode]
+	if !ok {
+		return XDPState{}, fmt.Errorf("ip link show dev %s: XDP attach mode %d not understood", e.Ifname, x.Mode)
+	}
+	s := XDPState{Mode: mode}
+	if x.Prog != nil {
+		s.ProgID = x.Prog.ID
+	}
+	return s, nil
+}
+
+// runIP runs the ip command and returns its standard output, or an error
+// with the command line and what it wrote to standard error.
+func runIP(args ...string) (string, error) {
+	cmd := exec.Command("ip", args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return string(out), nil
+}

@@ -1,0 +1,105 @@
+package ringbuf_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/lastgasp/lastgasp/bpf"
+	"github.com/lastgasp/lastgasp/filter"
+	"github.com/lastgasp/lastgasp/internal/packettest"
+	"github.com/lastgasp/lastgasp/loader"
+	"github.com/lastgasp/lastgasp/ringbuf"
+)
+
+func TestReadKeepsLinesAndStopsOnCancel(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("loading BPF programs needs root")
+	}
+	prog, err := loader.Load(loader.Config{NoContext: true, RingBufSize: 1 << 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	rd, err := ringbuf.NewReader(prog.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+
+	for _, text := range []string{"Kernel panic - not syncing: AAAA", "Kernel panic - not syncing: BBBB"} {
+		if _, err := prog.XDP().Run(&ebpf.RunOptions{Data: packettest.Line(text).Frame()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	first, err := rd.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := rd.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(first.Payload) != "Kernel panic - not syncing: AAAA" || string(second.Payload) != "Kernel panic - not syncing: BBBB" {
+		t.Errorf("payloads %q, %q: the first must survive the second read", first.Payload, second.Payload)
+	}
+	if first.Flag != filter.Match || first.Source.String() != "10.99.0.2:6665" {
+		t.Errorf("first line %+v", first)
+	}
+	if age := time.Since(first.Time); age < 0 || age > time.Minute {
+		t.Errorf("receive time %v is %v from now", first.Time, age)
+	}
+
+	// Nothing left: a cancelled read returns at once, not at the next poll.
+	cctx, ccancel := context.WithCancel(context.Background())
+	go func() { time.Sleep(20 * time.Millisecond); ccancel() }()
+	start := time.Now()
+	if _, err := rd.Read(cctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("read after cancel: %v", err)
+	}
+	if waited := time.Since(start); waited > ringbuf.PollInterval/2+20*time.Millisecond {
+		t.Errorf("read returned %v after cancel", waited)
+	}
+	rd.Close()
+	if _, err := rd.Read(context.Background()); !errors.Is(err, ringbuf.ErrClosed) {
+		t.Errorf("read after close: %v, want ErrClosed", err)
+	}
+}
+
+func TestDecodeRejectsBadRecords(t *testing.T) {
+	size := int(unsafe.Sizeof(bpf.LastgaspRecord{}))
+	record := func(edit func(*bpf.LastgaspRecord)) []byte {
+		raw := make([]byte, size)
+		rec := (*bpf.LastgaspRecord)(unsafe.Pointer(&raw[0]))
+		rec.Len, rec.WireLen = 5, 5
+		rec.Flags = uint8(bpf.LastgaspRecordFlagsRECORD_MATCH)
+		rec.PatternId = 1
+		edit(rec)
+		return raw
+	}
+	stamp := func(uint64) time.Time { return time.Time{} }
+	if _, err := ringbuf.Decode(record(func(*bpf.LastgaspRecord) {}), stamp); err != nil {
+		t.Fatalf("a good record: %v", err)
+	}
+	bad := map[string][]byte{
+		"short":              make([]byte, size-1),
+		"long":               make([]byte, size+8),
+		"len past payload":   record(func(r *bpf.LastgaspRecord) { r.Len, r.WireLen = 2000, 2000 }),
+		"len past wire":      record(func(r *bpf.LastgaspRecord) { r.Len = 6 }),
+		"no flag":            record(func(r *bpf.LastgaspRecord) { r.Flags = 0 }),
+		"match without id":   record(func(r *bpf.LastgaspRecord) { r.PatternId = 0 }),
+		"context with an id": record(func(r *bpf.LastgaspRecord) { r.Flags = uint8(bpf.LastgaspRecordFlagsRECORD_CONTEXT) }),
+	}
+	for name, raw := range bad {
+		if _, err := ringbuf.Decode(raw, stamp); err == nil {
+			t.Errorf("%s: decoded", name)
+		}
+	}
+}
