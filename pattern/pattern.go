@@ -174,7 +174,13 @@ func (t *Table) ByID(id uint32) (Pattern, bool) {
 // netconsole payload, as the XDP program would: the text is found by
 // TextStart and only its first MaxPrefixLen bytes are compared.
 func (t *Table) Match(payload []byte) (Pattern, bool) {
-	text := payload[TextStart(payload):]
+	return t.MatchText(payload[TextStart(payload):])
+}
+
+// MatchText returns the longest pattern that prefixes a message text
+// (already stripped of its netconsole header), comparing, as the XDP
+// program does, only its first MaxPrefixLen bytes.
+func (t *Table) MatchText(text []byte) (Pattern, bool) {
 	if len(text) == 0 {
 		return Pattern{}, false
 	}

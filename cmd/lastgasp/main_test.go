@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,7 +39,7 @@ func TestScan(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("loading BPF programs needs root")
 	}
-	code, stdout, stderr := runCmd("scan", "--stats", filepath.Join(fixtures, "sysrq-ext-v4.pcap"))
+	code, stdout, stderr := runCmd("scan", "--lines", "--stats", filepath.Join(fixtures, "sysrq-ext-v4.pcap"))
 	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -67,8 +68,57 @@ func TestScan(t *testing.T) {
 	full, _ := os.ReadFile(filepath.Join(fixtures, "sysrq-v4.pcap"))
 	cut := filepath.Join(t.TempDir(), "cut.pcap")
 	os.WriteFile(cut, full[:len(full)-50], 0o644)
-	code, stdout, stderr = runCmd("scan", cut)
+	code, stdout, stderr = runCmd("scan", "--lines", cut)
 	if code != exitError || !strings.Contains(stdout, "Kernel panic") || !strings.Contains(stderr, "after") {
 		t.Errorf("truncated capture: exit %d, %d bytes out, stderr %q", code, len(stdout), stderr)
+	}
+}
+
+// TestScanIncidents runs every real capture through the real program and
+// the detector: one incident per failure, the right kind, fatal only where
+// the node died, none from the healthy node.
+func TestScanIncidents(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("loading BPF programs needs root")
+	}
+	want := map[string]string{ // capture -> kind/fatal/cause/reason
+		"healthy":         "",
+		"warn-alive":      "warning/false/WARNING: CPU: 0 PID: 111 at drivers/misc/crashmod.c:28 crashmod_init+0x89/0x1000 [crashmod]",
+		"null-oops-alive": "oops/false/BUG: kernel NULL pointer dereference, address: 0000000000000000",
+		"null-oops-panic": "oops/true/BUG: kernel NULL pointer dereference, address: 0000000000000000/Kernel panic - not syncing: Fatal exception",
+		"sysrq-v4":        "sysrq/true/sysrq: Trigger a crash/Kernel panic - not syncing: sysrq triggered crash",
+		"sysrq-ext-v4":    "sysrq/true/sysrq: Trigger a crash/Kernel panic - not syncing: sysrq triggered crash",
+	}
+	for name, w := range want {
+		code, stdout, stderr := runCmd("scan", filepath.Join(fixtures, name+".pcap"))
+		if code != exitOK {
+			t.Fatalf("%s: exit %d: %s", name, code, stderr)
+		}
+		var got []string
+		for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
+			if line == "" {
+				continue
+			}
+			var inc struct {
+				ID, Source, Kind, Reason, Cause string
+				Fatal                           bool
+				First, Last                     string
+				Lines                           []string
+			}
+			if err := json.Unmarshal([]byte(line), &inc); err != nil {
+				t.Fatalf("%s: %q: %v", name, line, err)
+			}
+			s := fmt.Sprintf("%s/%v/%s", inc.Kind, inc.Fatal, inc.Cause)
+			if inc.Fatal {
+				s += "/" + inc.Reason
+			}
+			if inc.Source != "10.99.0.2" || inc.ID == "" || inc.First == "" || len(inc.Lines) == 0 {
+				t.Errorf("%s: %s", name, line)
+			}
+			got = append(got, s)
+		}
+		if strings.Join(got, "\n") != w {
+			t.Errorf("%s: incidents\n%s\nwant\n%s", name, strings.Join(got, "\n"), w)
+		}
 	}
 }

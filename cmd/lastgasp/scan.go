@@ -13,25 +13,30 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lastgasp/lastgasp/detect"
 	"github.com/lastgasp/lastgasp/filter"
 	"github.com/lastgasp/lastgasp/loader"
+	"github.com/lastgasp/lastgasp/netconsole"
 	"github.com/lastgasp/lastgasp/pattern"
 	"github.com/lastgasp/lastgasp/pcapscan"
 )
 
 // scan runs "lastgasp scan": every packet of every file through the real
-// XDP program (BPF_PROG_TEST_RUN), every forwarded line printed as JSON.
-// Files are scanned in order with one program, so a burst opened at the
-// end of one file runs on into the next, as it would on the wire.
+// XDP program (BPF_PROG_TEST_RUN), the forwarded lines decoded and
+// assembled into incidents, each incident printed as JSON (or, with
+// --lines, each forwarded line). Files are scanned in order with one
+// program and one detector, as if they were one stream, so a burst opened
+// at the end of one file runs on into the next, as it would on the wire.
 func scan(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("scan", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: lastgasp scan [flags] FILE.pcap...\n\nRuns each packet through the XDP program and prints every line it\nforwards, one JSON object a line.\n\nflags:\n")
+		fmt.Fprintf(stderr, "usage: lastgasp scan [flags] FILE.pcap...\n\nRuns each packet through the XDP program, assembles the lines it\nforwards into incidents, and prints each incident (or with --lines,\neach line) as one JSON object a line.\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	ports := portList{ports: []uint16{loader.DefaultPort}}
 	fs.Var(&ports, "port", "netconsole UDP port(s), comma-separated or repeated")
+	printLines := fs.Bool("lines", false, "print the forwarded lines instead of incidents")
 	stats := fs.Bool("stats", false, "print the XDP program's counters to stderr at the end, as JSON")
 	contextLines := fs.Int("context-lines", loader.DefaultContextLines, "lines forwarded after a match from the same source (0: none)")
 	if err := fs.Parse(args); err != nil {
@@ -68,18 +73,29 @@ func scan(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer out.Flush()
 	enc := json.NewEncoder(out)
 	enc.SetEscapeHTML(false)
+	asm := detect.NewAssembler(netconsole.Config{}, detect.Config{Patterns: table})
+	emit := func(l filter.Line) {
+		if *printLines {
+			enc.Encode(lineJSON(l, table))
+			return
+		}
+		for _, inc := range asm.Line(l) {
+			enc.Encode(inc)
+		}
+	}
 	code := exitOK
 	for _, path := range fs.Args() {
 		if ctx.Err() != nil {
 			return exitError
 		}
-		_, err := sc.File(path, func(l filter.Line) {
-			enc.Encode(lineJSON(l, table))
-		})
-		if err != nil {
-			out.Flush()
-			fmt.Fprintf(stderr, "lastgasp scan: %v\n", err)
+		if _, err := sc.File(path, emit); err != nil {
 			code = exitError
+			fmt.Fprintf(stderr, "lastgasp scan: %v\n", err)
+		}
+	}
+	if !*printLines {
+		for _, inc := range asm.Flush() {
+			enc.Encode(inc)
 		}
 	}
 	if *stats {

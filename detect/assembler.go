@@ -1,0 +1,44 @@
+package detect
+
+import (
+	"time"
+
+	"github.com/lastgasp/lastgasp/filter"
+	"github.com/lastgasp/lastgasp/netconsole"
+)
+
+// Assembler takes forwarded lines, from either data path, through a
+// netconsole decoder and a detector: the whole way from a Line to the
+// incidents it completes.
+type Assembler struct {
+	Decoder  *netconsole.Decoder
+	Detector *Detector
+}
+
+// NewAssembler returns an Assembler with a decoder and a detector of the
+// given configurations.
+func NewAssembler(dc netconsole.Config, cfg Config) *Assembler {
+	return &Assembler{Decoder: netconsole.NewDecoder(dc), Detector: New(cfg)}
+}
+
+// Line decodes one forwarded line and returns the incidents closed by the
+// time it was received or by its messages.
+func (a *Assembler) Line(l filter.Line) []Incident {
+	out := a.Detector.Tick(l.Time)
+	for _, m := range a.Decoder.Decode(l.Source, l.Payload, l.Time) {
+		out = append(out, a.Detector.Add(m)...)
+	}
+	return out
+}
+
+// Tick closes the incidents whose time is up at now, and expires stale
+// fragments; a live collector calls it now and then.
+func (a *Assembler) Tick(now time.Time) []Incident {
+	a.Decoder.Expire(now)
+	return a.Detector.Tick(now)
+}
+
+// Flush closes every open incident: the end of the input.
+func (a *Assembler) Flush() []Incident {
+	return a.Detector.Flush()
+}

@@ -1,0 +1,431 @@
+package detect
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/utils/lru"
+
+	"github.com/lastgasp/lastgasp/netconsole"
+	"github.com/lastgasp/lastgasp/pattern"
+)
+
+// Config configures a Detector. Zero fields take defaults.
+type Config struct {
+	// Patterns is the trigger table. Default pattern.Default().
+	Patterns *pattern.Table
+	// QuietPeriod closes an incident whose source has sent nothing for
+	// this long. Default 5s.
+	QuietPeriod time.Duration
+	// SettleTime closes a fatal incident this long after its panic line,
+	// so that the trace printed after the panic is part of it. Default 2s.
+	SettleTime time.Duration
+	// MaxLines bounds an incident's lines. Default 200.
+	MaxLines int
+	// MaxOpen bounds the incidents open at once (one per source); past it
+	// the oldest is closed early. Default 100,000.
+	MaxOpen int
+}
+
+func (c Config) withDefaults() Config {
+	if c.Patterns == nil {
+		c.Patterns = pattern.Default()
+	}
+	if c.QuietPeriod <= 0 {
+		c.QuietPeriod = 5 * time.Second
+	}
+	if c.SettleTime <= 0 {
+		c.SettleTime = 2 * time.Second
+	}
+	if c.MaxLines <= 0 {
+		c.MaxLines = 200
+	}
+	if c.MaxOpen <= 0 {
+		c.MaxOpen = 100_000
+	}
+	return c
+}
+
+// Counters count what a Detector did.
+type Counters struct {
+	Messages    uint64 // messages given to Add
+	Triggers    uint64 // trigger lines seen
+	Unconfirmed uint64 // pattern matches a trigger's confirmation refused
+	Incidents   uint64 // incidents closed and returned
+	Duplicates  uint64 // incidents not returned again: same id as a recent one
+}
+
+// Detector assembles incidents. It is not safe for concurrent use.
+type Detector struct {
+	cfg      Config
+	open     map[netip.Addr]*building
+	recent   *lru.Cache // ids of incidents returned lately
+	counters Counters
+}
+
+// New returns a Detector with cfg.
+func New(cfg Config) *Detector {
+	cfg = cfg.withDefaults()
+	return &Detector{cfg: cfg, open: map[netip.Addr]*building{}, recent: lru.New(4096)}
+}
+
+// Counters returns what the detector has done so far.
+func (d *Detector) Counters() Counters { return d.counters }
+
+// SetPatterns replaces the trigger table, for incidents opened from now.
+func (d *Detector) SetPatterns(t *pattern.Table) { d.cfg.Patterns = t }
+
+// building is an open incident.
+type building struct {
+	source   netip.Addr
+	msgs     []netconsole.Message
+	dropped  int
+	triggers []trigger // in arrival order; at most maxTriggers
+	fatal    bool
+	panicAt  time.Time // when the first panic line was received
+	ended    bool      // the end marker arrived: close now
+	lastSeen time.Time
+}
+
+// trigger is a trigger line and its pattern's kind.
+type trigger struct {
+	msg  netconsole.Message
+	kind pattern.Kind
+}
+
+// maxTriggers bounds the trigger lines an incident keeps (a storm of
+// WARNs should not grow it without end).
+const maxTriggers = 64
+
+// Add gives the detector one message, and returns the incidents it closes
+// (at most the one of its source, on the end-of-panic marker).
+func (d *Detector) Add(m netconsole.Message) []Incident {
+	d.counters.Messages++
+	addr := m.Source.Addr()
+	b := d.open[addr]
+	trig, isTrigger := d.trigger(m.Text)
+	if b == nil {
+		if !isTrigger {
+			return nil // not part of any incident
+		}
+		if len(d.open) >= d.cfg.MaxOpen {
+			return d.closeOldest(m)
+		}
+		b = &building{source: addr}
+		d.open[addr] = b
+	}
+	b.add(m, trig, isTrigger, d.cfg.MaxLines)
+	if b.ended {
+		return d.close(addr)
+	}
+	return nil
+}
+
+// closeOldest closes the least recently heard incident to make room, then
+// adds m.
+func (d *Detector) closeOldest(m netconsole.Message) []Incident {
+	var oldest netip.Addr
+	for addr, b := range d.open {
+		if !oldest.IsValid() || b.lastSeen.Before(d.open[oldest].lastSeen) {
+			oldest = addr
+		}
+	}
+	out := d.close(oldest)
+	return append(out, d.Add(m)...)
+}
+
+// Tick closes the incidents whose time is up at now: quiet for
+// QuietPeriod, or fatal and settled.
+func (d *Detector) Tick(now time.Time) []Incident {
+	var out []Incident
+	for addr, b := range d.open {
+		quiet := now.Sub(b.lastSeen) >= d.cfg.QuietPeriod
+		settled := b.fatal && !b.panicAt.IsZero() && now.Sub(b.panicAt) >= d.cfg.SettleTime
+		if quiet || settled {
+			out = append(out, d.close(addr)...)
+		}
+	}
+	sortIncidents(out)
+	return out
+}
+
+// Flush closes every open incident (end of input).
+func (d *Detector) Flush() []Incident {
+	var out []Incident
+	for addr := range d.open {
+		out = append(out, d.close(addr)...)
+	}
+	sortIncidents(out)
+	return out
+}
+
+func sortIncidents(in []Incident) {
+	sort.Slice(in, func(i, j int) bool {
+		if !in[i].First.Equal(in[j].First) {
+			return in[i].First.Before(in[j].First)
+		}
+		return in[i].ID < in[j].ID
+	})
+}
+
+// close finishes the source's incident; it is returned unless an incident
+// with its id was returned lately.
+func (d *Detector) close(addr netip.Addr) []Incident {
+	b := d.open[addr]
+	delete(d.open, addr)
+	inc := b.incident()
+	if _, seen := d.recent.Get(inc.ID); seen {
+		d.counters.Duplicates++
+		return nil
+	}
+	d.recent.Add(inc.ID, struct{}{})
+	d.counters.Incidents++
+	return []Incident{inc}
+}
+
+// trigger reports whether text is a trigger line, and its pattern. A
+// hung-task prefix ("INFO: task ") must be confirmed by "blocked for more
+// than": other "INFO: task" lines are not failures.
+func (d *Detector) trigger(text string) (pattern.Pattern, bool) {
+	p, ok := d.cfg.Patterns.MatchText([]byte(text))
+	if !ok {
+		return p, false
+	}
+	if p.Kind == pattern.KindHungTask && !strings.Contains(text, "blocked for more than") {
+		d.counters.Unconfirmed++
+		return p, false
+	}
+	d.counters.Triggers++
+	return p, true
+}
+
+// The two lines that say the kernel is dying.
+const (
+	panicPrefix    = "Kernel panic - not syncing"
+	panicEndPrefix = "---[ end Kernel panic"
+)
+
+func (b *building) add(m netconsole.Message, trig pattern.Pattern, isTrigger bool, maxLines int) {
+	b.lastSeen = m.Received
+	if len(b.msgs) < maxLines {
+		b.msgs = append(b.msgs, m)
+	} else {
+		b.dropped++
+	}
+	if !isTrigger {
+		return
+	}
+	if len(b.triggers) < maxTriggers {
+		b.triggers = append(b.triggers, trigger{msg: m, kind: trig.Kind})
+	}
+	switch {
+	case strings.HasPrefix(m.Text, panicPrefix):
+		b.fatal = true
+		if b.panicAt.IsZero() {
+			b.panicAt = m.Received
+		}
+	case strings.HasPrefix(m.Text, panicEndPrefix):
+		b.fatal, b.ended = true, true
+	}
+}
+
+// incident renders the open incident. Cause, kind and reason are read in
+// kernel order, so that collectors that heard the lines in different
+// orders agree: the cause is the first trigger, the kind the first
+// non-warning trigger's (else warning) unless the panic names its own,
+// the reason the first panic line (else the end marker's copy of it).
+func (b *building) incident() Incident {
+	msgs := append([]netconsole.Message(nil), b.msgs...)
+	sortKernelOrder(msgs, func(m netconsole.Message) netconsole.Message { return m })
+	trigs := append([]trigger(nil), b.triggers...)
+	sortKernelOrder(trigs, func(t trigger) netconsole.Message { return t.msg })
+
+	cause := &trigs[0].msg
+	inc := Incident{
+		Source:       b.source,
+		Fatal:        b.fatal,
+		Cause:        cause.Text,
+		Reason:       cause.Text,
+		LinesDropped: b.dropped,
+		First:        b.msgs[0].Received,
+		Last:         b.lastSeen,
+	}
+	var reason *netconsole.Message
+	for i := range trigs {
+		t := &trigs[i]
+		if inc.Kind == "" || (inc.Kind == pattern.KindWarning && t.kind != pattern.KindWarning) {
+			inc.Kind = t.kind
+		}
+		switch {
+		case strings.HasPrefix(t.msg.Text, panicPrefix):
+			if reason == nil || !strings.HasPrefix(reason.Text, panicPrefix) {
+				reason = &t.msg
+			}
+		case strings.HasPrefix(t.msg.Text, panicEndPrefix):
+			if reason == nil {
+				reason = &t.msg
+			}
+		}
+	}
+	if reason != nil {
+		inc.Reason = panicReason(reason.Text)
+		if k, ok := kindOfPanic(inc.Reason); ok {
+			inc.Kind = k
+		}
+	}
+	if inc.Kind == pattern.KindOops && strings.HasPrefix(inc.Cause, "Oops: general protection fault") {
+		inc.Kind = pattern.KindGPF
+	}
+	for _, m := range msgs {
+		inc.Lines = append(inc.Lines, render(m))
+		if inc.Task == "" {
+			inc.Task, inc.PID = taskOf(m.Text)
+		}
+		if inc.Module == "" {
+			inc.Module = moduleOf(m.Text)
+		}
+		if m.Received.Before(inc.First) {
+			inc.First = m.Received
+		}
+	}
+	inc.ID = incidentID(b.source, cause, reason)
+	return inc
+}
+
+// sortKernelOrder orders xs as the kernel logged their messages: by
+// sequence number when all have one, else by kernel time when all have
+// one, else as received.
+func sortKernelOrder[T any](xs []T, msg func(T) netconsole.Message) {
+	allSeq, allUptime := true, true
+	for _, x := range xs {
+		m := msg(x)
+		allSeq = allSeq && m.HasSeq
+		allUptime = allUptime && m.HasUptime
+	}
+	switch {
+	case allSeq:
+		sort.SliceStable(xs, func(i, j int) bool { return msg(xs[i]).Seq < msg(xs[j]).Seq })
+	case allUptime:
+		sort.SliceStable(xs, func(i, j int) bool { return msg(xs[i]).Uptime < msg(xs[j]).Uptime })
+	}
+}
+
+// render writes a message as the console shows it.
+func render(m netconsole.Message) string {
+	if !m.HasUptime {
+		return m.Text
+	}
+	return fmt.Sprintf("[%5d.%06d] %s", m.Uptime/time.Second, (m.Uptime%time.Second)/time.Microsecond, m.Text)
+}
+
+// panicReason turns the end marker "---[ end Kernel panic - not syncing:
+// X ]---" into the panic line it repeats; other lines are returned as
+// they are.
+func panicReason(text string) string {
+	if s, ok := strings.CutPrefix(text, "---[ end "); ok {
+		return strings.TrimSuffix(strings.TrimSpace(s), " ]---")
+	}
+	return text
+}
+
+// kindOfPanic reads the kind of failure from a panic line's stated reason,
+// where the kernel names one.
+func kindOfPanic(reason string) (pattern.Kind, bool) {
+	why, ok := strings.CutPrefix(reason, panicPrefix+": ")
+	if !ok {
+		return "", false
+	}
+	for _, r := range panicReasons {
+		if strings.Contains(why, r.contains) {
+			return r.kind, true
+		}
+	}
+	return "", false
+}
+
+// panicReasons are the reasons the kernel gives when a report turns into
+// a panic (softlockup_panic, hung_task_panic, panic_on_oom, ...).
+var panicReasons = []struct {
+	contains string
+	kind     pattern.Kind
+}{
+	{"softlockup: hung tasks", pattern.KindSoftLockup},
+	{"hung_task: blocked tasks", pattern.KindHungTask},
+	{"Hard LOCKUP", pattern.KindHardLockup},
+	{"Out of memory", pattern.KindOOM},
+	{"System is deadlocked on memory", pattern.KindOOM},
+	{"RCU Stall", pattern.KindRCUStall},
+	{"achine check", pattern.KindMCE},
+	{"sysrq triggered crash", pattern.KindSysrq},
+}
+
+// Where the kernel names a task or a module.
+var (
+	// "CPU: 0 PID: 114 Comm: insmod Tainted: ..." (comm may hold spaces;
+	// it ends before " Tainted" or " Not tainted" or the line's end)
+	commRE = regexp.MustCompile(`^CPU: \d+ (?:UID: \d+ )?PID: (\d+) Comm: (.+?)(?: (?:Not tainted|Tainted:).*)?$`)
+	// "INFO: task insmod:114 blocked for more than 120 seconds."
+	hungRE = regexp.MustCompile(`^INFO: task (.+):(\d+) blocked for more than`)
+	// "watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [insmod:114]"
+	lockupRE = regexp.MustCompile(`soft lockup - CPU#\d+ stuck for \d+s! \[(.+):(\d+)\]`)
+	// "Out of memory: Killed process 1234 (stress) total-vm:..."
+	oomRE = regexp.MustCompile(`^Out of memory: Killed process (\d+) \((.+?)\)`)
+	// "RIP: 0010:crashmod_init+0x49/0x1000 [crashmod]", and WARN's
+	// "WARNING: CPU: 0 PID: 111 at f.c:28 crashmod_init+0x89/0x1000 [crashmod]"
+	moduleRE = regexp.MustCompile(`^(?:RIP: 0010:|WARNING: CPU: \d+ PID: \d+ at ).*\+0x[0-9a-f]+/0x[0-9a-f]+ \[([A-Za-z0-9_-]+)\]`)
+)
+
+// taskOf returns the task a line names, if it names one.
+func taskOf(text string) (string, int) {
+	if m := commRE.FindStringSubmatch(text); m != nil {
+		pid, _ := strconv.Atoi(m[1])
+		return m[2], pid
+	}
+	for _, re := range []*regexp.Regexp{hungRE, lockupRE} {
+		if m := re.FindStringSubmatch(text); m != nil {
+			pid, _ := strconv.Atoi(m[2])
+			return m[1], pid
+		}
+	}
+	if m := oomRE.FindStringSubmatch(text); m != nil {
+		pid, _ := strconv.Atoi(m[1])
+		return m[2], pid
+	}
+	return "", 0
+}
+
+// moduleOf returns the module a line blames, if it names one.
+func moduleOf(text string) string {
+	if m := moduleRE.FindStringSubmatch(text); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+// incidentID hashes what every collector that heard the incident agrees
+// on: the source, and the cause and reason lines with their kernel times
+// (which tell one boot's panic from the next's). A line without a kernel
+// time brings its receive time to the minute instead.
+func incidentID(src netip.Addr, cause, reason *netconsole.Message) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n", src)
+	for _, m := range []*netconsole.Message{cause, reason} {
+		if m == nil {
+			fmt.Fprint(h, "-\n")
+			continue
+		}
+		when := m.Uptime.String()
+		if !m.HasUptime {
+			when = m.Received.UTC().Truncate(time.Minute).Format(time.RFC3339)
+		}
+		fmt.Fprintf(h, "%s %s\n", when, m.Text)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}

@@ -1,0 +1,247 @@
+package detect_test
+
+import (
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lastgasp/lastgasp/detect"
+	"github.com/lastgasp/lastgasp/filter"
+	"github.com/lastgasp/lastgasp/internal/packettest"
+	"github.com/lastgasp/lastgasp/netconsole"
+	"github.com/lastgasp/lastgasp/pattern"
+)
+
+var (
+	node = netip.MustParseAddrPort("10.99.0.2:6665")
+	t0   = time.Date(2026, 11, 22, 17, 55, 0, 0, time.UTC)
+)
+
+// scanGo runs a capture through the Go data path (filter, decoder,
+// detector), as the socket receiver would.
+func scanGo(t *testing.T, path string) []detect.Incident {
+	t.Helper()
+	frames, err := packettest.ReadCapture(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filter.New(filter.Config{})
+	asm := detect.NewAssembler(netconsole.Config{}, detect.Config{})
+	var out []detect.Incident
+	for _, c := range frames {
+		if l, ok := f.Judge(node, packettest.UDPPayload(c.Frame), c.Time); ok {
+			out = append(out, asm.Line(l)...)
+		}
+	}
+	return append(out, asm.Flush()...)
+}
+
+// TestCaptures checks the incident each real capture gives.
+func TestCaptures(t *testing.T) {
+	type want struct {
+		kind          pattern.Kind
+		fatal         bool
+		reason, cause string
+		module, task  string
+		pid           int
+	}
+	nullDeref := "BUG: kernel NULL pointer dereference, address: 0000000000000000"
+	warn := "WARNING: CPU: 0 PID: 111 at drivers/misc/crashmod.c:28 crashmod_init+0x89/0x1000 [crashmod]"
+	cases := map[string][]want{
+		"healthy":         nil,
+		"warn-alive":      {{pattern.KindWarning, false, warn, warn, "crashmod", "insmod", 111}},
+		"null-oops-alive": {{pattern.KindOops, false, nullDeref, nullDeref, "crashmod", "insmod", 114}},
+		"null-oops-panic": {{pattern.KindOops, true, "Kernel panic - not syncing: Fatal exception", nullDeref, "crashmod", "insmod", 114}},
+		"sysrq-v4":        {{pattern.KindSysrq, true, "Kernel panic - not syncing: sysrq triggered crash", "sysrq: Trigger a crash", "", "init", 1}},
+		"sysrq-ext-v4":    {{pattern.KindSysrq, true, "Kernel panic - not syncing: sysrq triggered crash", "sysrq: Trigger a crash", "", "init", 1}},
+	}
+	for name, wants := range cases {
+		t.Run(name, func(t *testing.T) {
+			got := scanGo(t, filepath.Join("../testdata/netconsole", name+".pcap"))
+			if len(got) != len(wants) {
+				t.Fatalf("%d incidents, want %d: %+v", len(got), len(wants), got)
+			}
+			for i, w := range wants {
+				g := got[i]
+				if g.Kind != w.kind || g.Fatal != w.fatal || g.Reason != w.reason || g.Cause != w.cause ||
+					g.Module != w.module || g.Task != w.task || g.PID != w.pid || g.Source != node.Addr() {
+					t.Errorf("incident %+v\nwant %+v", g, w)
+				}
+				if len(g.Lines) < 20 || g.First.After(g.Last) || len(g.ID) != 16 {
+					t.Errorf("%d lines, first %v last %v, id %q", len(g.Lines), g.First, g.Last, g.ID)
+				}
+			}
+		})
+	}
+}
+
+// feed gives the detector basic lines "[uptime] text" one apart in time,
+// received one millisecond apart from start.
+func feed(d *detect.Detector, src netip.AddrPort, start time.Time, lines ...string) []detect.Incident {
+	var out []detect.Incident
+	for i, l := range lines {
+		now := start.Add(time.Duration(i) * time.Millisecond)
+		out = append(out, d.Tick(now)...)
+		m := netconsole.Message{Source: src, Received: now, Level: -1, Facility: -1,
+			Uptime: 100*time.Second + time.Duration(i)*time.Millisecond, HasUptime: true, Text: l}
+		out = append(out, d.Add(m)...)
+	}
+	return out
+}
+
+func TestKinds(t *testing.T) {
+	cases := []struct {
+		lines []string
+		kind  pattern.Kind
+		fatal bool
+		task  string
+	}{
+		{[]string{"watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [spin:42]", "Kernel panic - not syncing: softlockup: hung tasks"}, pattern.KindSoftLockup, true, "spin"},
+		{[]string{"INFO: task sleepy:7 blocked for more than 120 seconds.", "Kernel panic - not syncing: hung_task: blocked tasks"}, pattern.KindHungTask, true, "sleepy"},
+		{[]string{"Kernel panic - not syncing: Out of memory: system-wide panic_on_oom is enabled"}, pattern.KindOOM, true, ""},
+		{[]string{"Out of memory: Killed process 1234 (stress) total-vm:1kB"}, pattern.KindOOM, false, "stress"},
+		{[]string{"watchdog: Watchdog detected hard LOCKUP on cpu 1", "Kernel panic - not syncing: Hard LOCKUP"}, pattern.KindHardLockup, true, ""},
+		{[]string{"rcu: INFO: rcu_sched self-detected stall on CPU", "Kernel panic - not syncing: RCU Stall"}, pattern.KindRCUStall, true, ""},
+		{[]string{"mce: [Hardware Error]: CPU 0: Machine Check Exception: 5 Bank 4", "Kernel panic - not syncing: Fatal machine check"}, pattern.KindMCE, true, ""},
+		{[]string{"kernel BUG at drivers/misc/crashmod.c:40!", "invalid opcode: 0000 [#1] PREEMPT SMP NOPTI", "Kernel panic - not syncing: Fatal exception"}, pattern.KindBug, true, ""},
+		{[]string{"general protection fault, probably for non-canonical address 0xdead: 0000 [#1]"}, pattern.KindGPF, false, ""},
+		{[]string{"Oops: general protection fault, probably for non-canonical address 0xdead: 0000 [#1]"}, pattern.KindGPF, false, ""},
+		{[]string{"WARNING: CPU: 1 PID: 9 at x.c:1 f+0x1/0x2", "BUG: unable to handle page fault for address: ffff"}, pattern.KindOops, false, ""},
+		{[]string{"Kernel panic - not syncing: VFS: Unable to mount root fs"}, pattern.KindPanic, true, ""},
+		{[]string{"---[ end Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009 ]---"}, pattern.KindPanic, true, ""},
+	}
+	for _, c := range cases {
+		d := detect.New(detect.Config{})
+		got := append(feed(d, node, t0, c.lines...), d.Flush()...)
+		if len(got) != 1 {
+			t.Errorf("%q: %d incidents", c.lines, len(got))
+			continue
+		}
+		if g := got[0]; g.Kind != c.kind || g.Fatal != c.fatal || g.Task != c.task || g.Cause != c.lines[0] {
+			t.Errorf("%q: kind %s fatal %v task %q cause %q", c.lines, g.Kind, g.Fatal, g.Task, g.Cause)
+		}
+	}
+	// The end marker gives the reason when the panic line was lost.
+	d := detect.New(detect.Config{})
+	got := feed(d, node, t0, "---[ end Kernel panic - not syncing: Attempted to kill init! ]---")
+	if len(got) != 1 || got[0].Reason != "Kernel panic - not syncing: Attempted to kill init!" {
+		t.Errorf("end marker alone: %+v", got)
+	}
+}
+
+func TestUnconfirmedHungTask(t *testing.T) {
+	d := detect.New(detect.Config{})
+	got := append(feed(d, node, t0, "INFO: task foo:1 can be anything else"), d.Flush()...)
+	if len(got) != 0 || d.Counters().Unconfirmed != 1 {
+		t.Errorf("incidents %+v, counters %+v", got, d.Counters())
+	}
+}
+
+func TestClosing(t *testing.T) {
+	d := detect.New(detect.Config{QuietPeriod: 5 * time.Second, SettleTime: 2 * time.Second})
+	// A non-fatal report closes after the quiet period.
+	feed(d, node, t0, "Oops: 0000 [#1] SMP", "CPU: 0 PID: 5 Comm: kworker/0:1 Tainted: G")
+	if got := d.Tick(t0.Add(4 * time.Second)); len(got) != 0 {
+		t.Errorf("closed before the quiet period: %+v", got)
+	}
+	got := d.Tick(t0.Add(6 * time.Second))
+	if len(got) != 1 || got[0].Fatal || got[0].Task != "kworker/0:1" {
+		t.Fatalf("after the quiet period: %+v", got)
+	}
+
+	// A panic settles even while its trace keeps coming.
+	t1 := t0.Add(time.Minute)
+	feed(d, node, t1, "Kernel panic - not syncing: Fatal exception", "Call Trace:")
+	late := netconsole.Message{Source: node, Received: t1.Add(1500 * time.Millisecond), Text: " <TASK>"}
+	d.Add(late)
+	got = d.Tick(t1.Add(2 * time.Second))
+	if len(got) != 1 || !got[0].Fatal || len(got[0].Lines) != 3 {
+		t.Fatalf("after settling: %+v", got)
+	}
+
+	// The end marker closes at once.
+	t2 := t0.Add(2 * time.Minute)
+	got = feed(d, node, t2, "Kernel panic - not syncing: x", "---[ end Kernel panic - not syncing: x ]---")
+	if len(got) != 1 || got[0].Reason != "Kernel panic - not syncing: x" {
+		t.Fatalf("end marker: %+v", got)
+	}
+
+	// Lines from another source are not part of an incident.
+	other := netip.MustParseAddrPort("10.99.0.3:6665")
+	feed(d, node, t2.Add(time.Minute), "Oops: 0000 [#2] SMP")
+	feed(d, other, t2.Add(time.Minute), "an ordinary line", "Kernel panic - not syncing: other")
+	got = d.Flush()
+	if len(got) != 2 || got[0].Source == got[1].Source {
+		t.Fatalf("two sources: %+v", got)
+	}
+	for _, inc := range got {
+		if len(inc.Lines) != 1 {
+			t.Errorf("%v: lines %q", inc.Source, inc.Lines)
+		}
+	}
+}
+
+func TestBounds(t *testing.T) {
+	d := detect.New(detect.Config{MaxLines: 5, MaxOpen: 2})
+	lines := []string{"Kernel panic - not syncing: x"}
+	for i := range 20 {
+		lines = append(lines, fmt.Sprintf("trace %d", i))
+	}
+	got := append(feed(d, node, t0, lines...), d.Flush()...)
+	if len(got) != 1 || len(got[0].Lines) != 5 || got[0].LinesDropped != 16 {
+		t.Fatalf("%+v", got)
+	}
+	// A third source makes room by closing the least recently heard.
+	for i := range 3 {
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 6665)
+		got = append(got, feed(d, src, t0.Add(time.Duration(i)*time.Second), "Oops: 0000")...)
+	}
+	if len(got) != 2 || got[1].Source != netip.MustParseAddr("10.0.0.0") {
+		t.Fatalf("%+v", got)
+	}
+}
+
+// TestStableID checks two collectors that heard the same panic, one of
+// them missing some context lines and hearing them in another order, name
+// it the same, and that a detector does not return the same incident
+// twice.
+func TestStableID(t *testing.T) {
+	lines := []string{"BUG: kernel NULL pointer dereference", "Oops: 0000 [#1]", "RIP: 0010:f+0x1/0x2 [m]", "Kernel panic - not syncing: Fatal exception"}
+	a := detect.New(detect.Config{})
+	b := detect.New(detect.Config{})
+	ia := append(feed(a, node, t0, lines...), a.Flush()...)
+	// b lost the RIP line and heard the rest out of order: the cause is
+	// still the first trigger the kernel printed.
+	var ib []detect.Incident
+	for _, i := range []int{1, 3, 0} {
+		m := netconsole.Message{Source: node, Received: t0.Add(time.Duration(10+i) * time.Millisecond),
+			Uptime: 100*time.Second + time.Duration(i)*time.Millisecond, HasUptime: true, Text: lines[i]}
+		ib = append(ib, b.Add(m)...)
+	}
+	ib = append(ib, b.Flush()...)
+	if len(ia) != 1 || len(ib) != 1 || ia[0].ID != ib[0].ID {
+		t.Fatalf("ids %+v / %+v", ia, ib)
+	}
+	// The same incident again (a replay) is not returned twice...
+	again := append(feed(a, node, t0.Add(time.Second), lines...), a.Flush()...)
+	if len(again) != 0 || a.Counters().Duplicates != 1 {
+		t.Errorf("replay: %+v, counters %+v", again, a.Counters())
+	}
+	// ...but the same words from the next boot are a new incident.
+	c := detect.New(detect.Config{})
+	var next []detect.Incident
+	for i, l := range lines {
+		m := netconsole.Message{Source: node, Received: t0.Add(time.Hour), Uptime: 5*time.Second + time.Duration(i), HasUptime: true, Text: l}
+		next = append(next, c.Add(m)...)
+	}
+	next = append(next, c.Flush()...)
+	if len(next) != 1 || next[0].ID == ia[0].ID {
+		t.Errorf("next boot: %+v", next)
+	}
+	if !strings.HasPrefix(ia[0].Lines[0], "[  100.000000] BUG") {
+		t.Errorf("lines rendered as %q", ia[0].Lines[0])
+	}
+}
