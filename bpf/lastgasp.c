@@ -286,7 +286,7 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet_counters *c
 	rec->wire_len = l->len;
 	rec->pattern_id = id;
 	rec->flags = flags | l->flags;
-	rec->_pad = 0;
+	__builtin_memset(rec->_pad, 0, sizeof(rec->_pad));
 	bpf_ringbuf_submit(rec, wake);
 	return 0;
 }
@@ -306,11 +306,17 @@ static __always_inline int judge_line(struct xdp_md *ctx, struct packet_counters
 		cnt->matched++;
 		open_burst(cnt, &l->src, now);
 		flags = RECORD_MATCH;
-		wake = BPF_RB_FORCE_WAKEUP; /* a match is news: wake at once */
+		/* Adaptive: wakes the reader if it has read everything before
+		 * this record (it is asleep), not otherwise (it is awake, or
+		 * will poll the context lines before it within PollInterval).
+		 * A forced wakeup costs about 5 us here: a storm of matches
+		 * must not pay it for every line. */
+		wake = 0;
 	} else if (take_context(&l->src, now, &last)) {
 		cnt->context++;
 		flags = RECORD_CONTEXT;
-		wake = BPF_RB_NO_WAKEUP; /* the reader polls for these */
+		wake = BPF_RB_NO_WAKEUP; /* the reader polls for these; the last
+					  * of a burst, or a filling ring, wakes it */
 		if (last || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >=
 				    wake_bytes)
 			wake = BPF_RB_FORCE_WAKEUP;

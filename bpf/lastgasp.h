@@ -55,9 +55,9 @@ struct record {
 	__u16 dport;        /* UDP destination port, host byte order */
 	__u16 len;          /* bytes of payload[] that hold data */
 	__u16 wire_len;     /* UDP payload length on the wire (>= len) */
-	__u16 pattern_id;   /* pattern matched (RECORD_MATCH), else 0 */
+	__u32 pattern_id;   /* pattern matched (RECORD_MATCH), else 0 */
 	__u8 flags;         /* enum record_flags */
-	__u8 _pad;
+	__u8 _pad[3];
 	__u8 payload[RECORD_PAYLOAD_LEN];
 };
 

@@ -73,10 +73,11 @@ type LastgaspRecord struct {
 	Dport     uint16
 	Len       uint16
 	WireLen   uint16
-	PatternId uint16
+	PatternId uint32
 	Flags     uint8
-	Pad       uint8
+	Pad       [3]uint8
 	Payload   [1024]uint8
+	_         [4]byte
 }
 
 type LastgaspRecordFlags uint32

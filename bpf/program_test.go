@@ -456,3 +456,32 @@ func TestForwardPass(t *testing.T) {
 		t.Errorf("counters %+v: want 3 netconsole lines, 2 matched, none dropped", d)
 	}
 }
+
+// TestLargePatternID checks pattern ids keep all 32 bits on the way
+// through the ring buffer (a 16-bit record field once turned id 65537
+// into 1, another pattern, and 65536 into 0, a lost line).
+func TestLargePatternID(t *testing.T) {
+	h := newHarness(t, loader.Config{NoContext: true})
+	table, err := pattern.NewTable([]pattern.Pattern{
+		{ID: 1, Prefix: "Oops: ", Kind: pattern.KindOops},
+		{ID: 65536, Prefix: "Kernel panic - not syncing", Kind: pattern.KindPanic},
+		{ID: 65537, Prefix: "BUG: ", Kind: pattern.KindBug},
+		{ID: 1 << 31, Prefix: "WARNING: CPU: ", Kind: pattern.KindWarning},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.sc.Program().SetPatterns(table); err != nil {
+		t.Fatal(err)
+	}
+	for text, id := range map[string]uint32{
+		panicLine:                        65536,
+		"[    1.000000] BUG: x\n":        65537,
+		"[    1.000000] WARNING: CPU: 0": 1 << 31,
+		"[    1.000000] Oops: 0000\n":    1,
+	} {
+		if _, lines := h.send(packettest.Line(text).Frame()); len(lines) != 1 || lines[0].PatternID != id {
+			t.Errorf("%q: forwarded %+v, want pattern %d", text, lines, id)
+		}
+	}
+}

@@ -477,7 +477,8 @@ func readLine(t *testing.T, ctx context.Context, rd *ringbuf.Reader) filter.Line
 func expectNoLine(t *testing.T, rd *ringbuf.Reader) {
 	t.Helper()
 	var extra []string
-	_, err := rd.ReadWaiting(ringbuf.WallClock, func(l filter.Line) {
+	var clock ringbuf.Clock
+	_, err := rd.ReadWaiting(clock.Stamp, func(l filter.Line) {
 		extra = append(extra, l.Flag.String()+" "+string(l.Payload))
 	})
 	if err != nil {

@@ -89,6 +89,7 @@ var defaults = []Pattern{
 // Table is a validated set of patterns, ready to match. It is immutable.
 type Table struct {
 	patterns []Pattern
+	prefixes [][]byte // patterns[i].Prefix as bytes, for matching
 	byID     map[uint32]int
 	// byFirst lists, for each first byte, the indexes of the patterns that
 	// start with it, longest first: the first prefix found is the longest.
@@ -141,6 +142,7 @@ func NewTable(ps []Pattern) (*Table, error) {
 		}
 		t.byID[p.ID] = i
 		prefixes[p.Prefix] = p.ID
+		t.prefixes = append(t.prefixes, []byte(p.Prefix))
 		if len(p.Prefix) > 0 {
 			t.byFirst[p.Prefix[0]] = append(t.byFirst[p.Prefix[0]], i)
 		}
@@ -188,7 +190,7 @@ func (t *Table) MatchText(text []byte) (Pattern, bool) {
 		text = text[:MaxPrefixLen]
 	}
 	for _, i := range t.byFirst[text[0]] {
-		if bytes.HasPrefix(text, []byte(t.patterns[i].Prefix)) {
+		if bytes.HasPrefix(text, t.prefixes[i]) {
 			return t.patterns[i], true
 		}
 	}

@@ -1,9 +1,9 @@
 // Package ringbuf reads the XDP program's ring buffer and turns each record
 // (struct record in bpf/lastgasp.h) into a filter.Line.
 //
-// The program wakes the reader at once for a match, but writes context
-// lines without a wakeup (a wakeup costs about a microsecond in the
-// kernel's receive path); the reader therefore also polls, every
+// A match wakes a sleeping reader, but context lines are written without a
+// wakeup (a wakeup costs microseconds in the kernel's receive path) until
+// a burst ends or the ring fills; the reader therefore also polls, every
 // PollInterval, and so sees every record within that time.
 package ringbuf
 
@@ -40,9 +40,10 @@ const recordSize = int(unsafe.Sizeof(bpf.LastgaspRecord{}))
 // Reader reads forwarded lines from the ring buffer. Read is not safe for
 // concurrent use; Close may be called from any goroutine to stop it.
 type Reader struct {
-	rd  *cilium.Reader
-	rec cilium.Record
-	bad atomic.Uint64
+	rd    *cilium.Reader
+	rec   cilium.Record
+	clock Clock
+	bad   atomic.Uint64
 }
 
 // NewReader opens the ring buffer map events (loader.Program.Events).
@@ -74,7 +75,7 @@ func (r *Reader) Read(ctx context.Context) (filter.Line, error) {
 		if err != nil {
 			return filter.Line{}, fmt.Errorf("read ring buffer: %w", err)
 		}
-		line, err := Decode(r.rec.RawSample, WallClock)
+		line, err := Decode(r.rec.RawSample, r.clock.Stamp)
 		if err != nil {
 			r.bad.Add(1)
 			continue
@@ -123,8 +124,8 @@ func (r *Reader) Close() error {
 
 // Decode turns one raw record into a Line; the Line's Payload aliases raw,
 // so it is valid only as long as raw is. stamp converts the record's
-// CLOCK_MONOTONIC receive time to wall time (WallClock does it for a live
-// reader; an offline scan substitutes the capture's own time).
+// CLOCK_MONOTONIC receive time to wall time (Clock.Stamp does it for a
+// live reader; an offline scan substitutes the capture's own time).
 func Decode(raw []byte, stamp func(monoNS uint64) time.Time) (filter.Line, error) {
 	if len(raw) != recordSize {
 		return filter.Line{}, fmt.Errorf("decode record: %d bytes, want %d", len(raw), recordSize)
@@ -154,15 +155,25 @@ func Decode(raw []byte, stamp func(monoNS uint64) time.Time) (filter.Line, error
 	}, nil
 }
 
-// WallClock converts a CLOCK_MONOTONIC time in nanoseconds (the program's
-// bpf_ktime_get_ns) to wall time, by its distance from the monotonic clock
-// now: exact for records read soon after they were written, whatever the
-// wall clock did since boot.
-func WallClock(monoNS uint64) time.Time {
-	var ts unix.Timespec
-	now := time.Now()
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil || uint64(ts.Nano()) < monoNS {
-		return now
+// Clock converts the program's receive times (bpf_ktime_get_ns, that is
+// CLOCK_MONOTONIC) to wall time, by the offset between the two clocks. It
+// measures the offset at most once a second, since a clock_gettime system
+// call costs far more than decoding a record: a step of the wall clock
+// shows within a second. The zero value is ready; it is not safe for
+// concurrent use.
+type Clock struct {
+	offset int64     // wall minus monotonic, in nanoseconds
+	next   time.Time // when to measure it again
+}
+
+// Stamp returns the wall time of a CLOCK_MONOTONIC time in nanoseconds.
+func (c *Clock) Stamp(monoNS uint64) time.Time {
+	if now := time.Now(); !now.Before(c.next) {
+		var ts unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err == nil {
+			c.offset = now.UnixNano() - ts.Nano()
+		}
+		c.next = now.Add(time.Second)
 	}
-	return now.Add(-time.Duration(uint64(ts.Nano()) - monoNS))
+	return time.Unix(0, int64(monoNS)+c.offset)
 }

@@ -1,0 +1,115 @@
+package bench
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/lastgasp/lastgasp/bpf"
+	"github.com/lastgasp/lastgasp/filter"
+	"github.com/lastgasp/lastgasp/internal/packettest"
+	"github.com/lastgasp/lastgasp/pattern"
+	"github.com/lastgasp/lastgasp/ringbuf"
+)
+
+// reportLineRate reports b.N lines in the benchmark's time as lines/s.
+func reportLineRate(b *testing.B) {
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "lines/s")
+}
+
+// BenchmarkMatch is the Go matcher (the socket path's, and the twin of the
+// XDP program's find_text and LPM lookup) on one payload.
+func BenchmarkMatch(b *testing.B) {
+	table := pattern.Default()
+	for _, c := range []struct {
+		name  string
+		line  string
+		match bool
+	}{
+		{"ordinary-basic", ordinaryBasic, false},
+		{"ordinary-extended", ordinaryExtended, false},
+		{"matching", matchingBasic, true},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			payload := []byte(c.line)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, ok := table.Match(payload); ok != c.match {
+					b.Fatalf("match %v, want %v", ok, c.match)
+				}
+			}
+			reportLineRate(b)
+		})
+	}
+}
+
+// BenchmarkJudge is the socket path's whole decision, filter.Filter.Judge,
+// on one payload: an ordinary line with no burst open, a match (which
+// opens a burst), and a line inside an open burst.
+func BenchmarkJudge(b *testing.B) {
+	src := netip.AddrPortFrom(packettest.NodeV4, packettest.NodePort)
+	for _, c := range []struct {
+		name    string
+		line    string
+		burst   bool // open a burst first
+		forward bool
+	}{
+		{"ordinary", ordinaryBasic, false, false},
+		{"matching", matchingBasic, false, true},
+		{"context", ordinaryBasic, true, true},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			f := filter.New(filter.Config{ContextLines: 1 << 30, BurstTimeout: 24 * time.Hour})
+			now := time.Now()
+			if c.burst {
+				f.Judge(src, []byte(matchingBasic), now)
+			}
+			payload := []byte(c.line)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, ok := f.Judge(src, payload, now); ok != c.forward {
+					b.Fatalf("forward %v, want %v", ok, c.forward)
+				}
+			}
+			reportLineRate(b)
+		})
+	}
+}
+
+// BenchmarkDecode is ringbuf.Decode on one raw ring buffer record (a
+// match), with a fixed time stamp (as pcapscan's) and with
+// ringbuf.Clock, the live reader's: time.Now, and a clock_gettime system
+// call (golang.org/x/sys/unix does not go through the vDSO) once a second.
+func BenchmarkDecode(b *testing.B) {
+	raw := make([]byte, unsafe.Sizeof(bpf.LastgaspRecord{}))
+	rec := (*bpf.LastgaspRecord)(unsafe.Pointer(unsafe.SliceData(raw)))
+	rec.Saddr = packettest.NodeV4.As16() // ::ffff:10.99.0.2, as the program writes it
+	rec.TimeNs = 3_053_091_000
+	rec.Sport, rec.Dport = packettest.NodePort, packettest.NetconsolePort
+	rec.Len = uint16(copy(rec.Payload[:], matchingBasic))
+	rec.WireLen = rec.Len
+	rec.PatternId = 1
+	rec.Flags = uint8(bpf.LastgaspRecordFlagsRECORD_MATCH)
+
+	fixed := time.Now()
+	var clock ringbuf.Clock
+	for _, c := range []struct {
+		name  string
+		stamp func(uint64) time.Time
+	}{
+		{"fixed-stamp", func(uint64) time.Time { return fixed }},
+		{"clock", clock.Stamp},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				line, err := ringbuf.Decode(raw, c.stamp)
+				if err != nil || line.Flag != filter.Match || line.Source.Addr() != packettest.NodeV4 {
+					b.Fatalf("decode: %+v, %v", line, err)
+				}
+			}
+			reportLineRate(b)
+		})
+	}
+}
