@@ -15,7 +15,7 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: deps
-deps: ## install what the build and tests need (apt packages, Go modules, bpffs)
+deps: ## install what the build and tests need (apt packages, Go modules, bpffs, control plane)
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "apt-get install $$missing"; \
@@ -23,6 +23,11 @@ deps: ## install what the build and tests need (apt packages, Go modules, bpffs)
 	fi
 	$(GO) mod download
 	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+	@./internal/controlplane/build.sh >/dev/null
+
+.PHONY: controlplane
+controlplane: ## build (once, ~10 min, cached in /var/cache/lastgasp) kube-apiserver, kube-controller-manager and etcd
+	./internal/controlplane/build.sh
 
 .PHONY: generate
 generate: ## compile bpf/*.c and regenerate its Go bindings (bpf2go)

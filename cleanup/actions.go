@@ -1,0 +1,274 @@
+package cleanup
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+
+	"github.com/lastgasp/lastgasp/detect"
+)
+
+// Annotations lastgasp writes.
+const (
+	// On the Pods and the Node of a fatal incident.
+	AnnotationReason     = "lastgasp.io/termination-reason"      // "the node's kernel panicked: <reason>"
+	AnnotationReasonCode = "lastgasp.io/termination-reason-code" // the incident kind
+	AnnotationIncident   = "lastgasp.io/incident"                // the incident id
+
+	// On the Node of a non-fatal incident.
+	AnnotationKernelIncident       = "lastgasp.io/kernel-incident"
+	AnnotationKernelIncidentKind   = "lastgasp.io/kernel-incident-kind"
+	AnnotationKernelIncidentReason = "lastgasp.io/kernel-incident-reason"
+
+	// On the Node of a panic that could not be confirmed.
+	AnnotationUnconfirmed         = "lastgasp.io/unconfirmed-incident"
+	AnnotationUnconfirmedEvidence = "lastgasp.io/unconfirmed-incident-evidence"
+)
+
+// TaintKey is the taint put on a node with a non-fatal incident, if asked.
+const TaintKey = "lastgasp.io/kernel-oops"
+
+// Condition and Event reasons.
+const (
+	// ConditionReasonKernelPanic is the reason of the DisruptionTarget
+	// condition given to the Pods.
+	ConditionReasonKernelPanic = "KernelPanic"
+	// EventReasonNodeKernelPanic is the Event on the Pods and the Node.
+	EventReasonNodeKernelPanic = "NodeKernelPanic"
+	// EventReasonKernelPanicUnconfirmed is the Event on a live Node.
+	EventReasonKernelPanicUnconfirmed = "KernelPanicUnconfirmed"
+	// EventReasonNodeKernelProblem is the Event of a non-fatal incident.
+	EventReasonNodeKernelProblem = "NodeKernelProblem"
+)
+
+// fieldManager owns what lastgasp applies.
+const fieldManager = "lastgasp"
+
+// maxAnnotationText bounds the kernel text put in an annotation.
+const maxAnnotationText = 1024
+
+func clip(s string) string {
+	if len(s) > maxAnnotationText {
+		return s[:maxAnnotationText] + "…"
+	}
+	return s
+}
+
+// terminationReason is the human text of a fatal incident.
+func terminationReason(inc detect.Incident) string {
+	return clip("the node's kernel panicked: " + inc.Reason)
+}
+
+// cleanUp ends the Pods bound to the node, then the Node.
+func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1.Node, inc detect.Incident) error {
+	pods, err := c.cfg.Index.PodsOn(node.Name)
+	if err != nil {
+		return err
+	}
+	log.Info("cleaning up a dead node", "pods", len(pods), "reason", inc.Reason, "cause", inc.Cause)
+	for _, pod := range pods {
+		if err := c.endPod(ctx, log, pod, inc); err != nil {
+			return err
+		}
+	}
+	annotations := map[string]string{
+		AnnotationReason:     terminationReason(inc),
+		AnnotationReasonCode: string(inc.Kind),
+		AnnotationIncident:   inc.ID,
+	}
+	err = c.write(log, "annotate node", func() error {
+		return ignoreNotFound(c.annotate(ctx, "", "nodes", node.Name, annotations))
+	})
+	if err != nil {
+		return err
+	}
+	if err := c.event(ctx, log, nodeRef(node), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc)+" (cause: "+inc.Cause+")"); err != nil {
+		return err
+	}
+	err = c.write(log, "delete node", func() error {
+		uid := node.UID
+		return ignoreGone(c.cfg.Client.CoreV1().Nodes().Delete(ctx, node.Name, metav1.DeleteOptions{
+			Preconditions: &metav1.Preconditions{UID: &uid},
+		}))
+	})
+	if err != nil {
+		return err
+	}
+	if !c.cfg.DryRun {
+		c.stats.NodesDeleted.Add(1)
+	}
+	log.Info("node deleted", "pods", len(pods), "dry_run", c.cfg.DryRun)
+	return nil
+}
+
+// endPod gives one Pod its final status, an Event, and deletes it.
+func (c *Controller) endPod(ctx context.Context, log *slog.Logger, pod *corev1.Pod, inc detect.Incident) error {
+	log = log.With("pod", pod.Namespace+"/"+pod.Name)
+	annotations := map[string]string{
+		AnnotationReason:     terminationReason(inc),
+		AnnotationReasonCode: string(inc.Kind),
+		AnnotationIncident:   inc.ID,
+	}
+	err := c.write(log, "annotate pod", func() error {
+		return ignoreNotFound(c.annotate(ctx, pod.Namespace, "pods", pod.Name, annotations))
+	})
+	if err != nil {
+		return err
+	}
+	err = c.write(log, "fail pod", func() error {
+		return ignoreNotFound(c.failPod(ctx, pod, inc))
+	})
+	if err != nil {
+		return err
+	}
+	if err := c.event(ctx, log, podRef(pod), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc)); err != nil {
+		return err
+	}
+	err = c.write(log, "delete pod", func() error {
+		uid := pod.UID
+		zero := int64(0) // the kubelet that would honour a grace period is dead
+		return ignoreGone(c.cfg.Client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
+			GracePeriodSeconds: &zero,
+			Preconditions:      &metav1.Preconditions{UID: &uid},
+		}))
+	})
+	if err == nil && !c.cfg.DryRun {
+		c.stats.PodsDeleted.Add(1)
+	}
+	return err
+}
+
+// failPod applies the Pod's final status, as the pod garbage collector
+// does for a vanished node: a DisruptionTarget condition, and phase
+// Failed unless the Pod already ended. The condition's time is the
+// incident's, so that every collector applies the same status.
+func (c *Controller) failPod(ctx context.Context, pod *corev1.Pod, inc detect.Incident) error {
+	terminal := pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
+	err := c.applyPodStatus(ctx, pod, inc, !terminal)
+	if apierrors.IsInvalid(err) && !terminal {
+		// The cache was behind: the Pod ended meanwhile, and a terminal
+		// phase cannot change. Apply the condition alone.
+		err = c.applyPodStatus(ctx, pod, inc, false)
+	}
+	if err == nil {
+		c.stats.PodsFailed.Add(1)
+	}
+	return err
+}
+
+// applyPodStatus server-side applies the DisruptionTarget condition, and
+// phase Failed if fail is set.
+func (c *Controller) applyPodStatus(ctx context.Context, pod *corev1.Pod, inc detect.Incident, fail bool) error {
+	status := corev1ac.PodStatus().WithConditions(corev1ac.PodCondition().
+		WithType(corev1.DisruptionTarget).
+		WithStatus(corev1.ConditionTrue).
+		WithReason(ConditionReasonKernelPanic).
+		WithMessage(terminationReason(inc) + " (incident " + inc.ID + ")").
+		WithLastTransitionTime(metav1.NewTime(inc.First.Truncate(time.Second))))
+	if fail {
+		status = status.WithPhase(corev1.PodFailed)
+	}
+	apply := corev1ac.Pod(pod.Name, pod.Namespace).WithStatus(status)
+	_, err := c.cfg.Client.CoreV1().Pods(pod.Namespace).ApplyStatus(ctx, apply, metav1.ApplyOptions{FieldManager: fieldManager, Force: true})
+	return err
+}
+
+// reportNonFatal annotates the Node, records an Event, and taints it if
+// asked.
+func (c *Controller) reportNonFatal(ctx context.Context, log *slog.Logger, node *corev1.Node, inc detect.Incident) error {
+	log.Info("non-fatal kernel incident: reported on the node", "reason", inc.Reason)
+	msg := clip(fmt.Sprintf("the node's kernel reported a %s and is still running: %s", inc.Kind, inc.Reason))
+	err := c.write(log, "annotate node", func() error {
+		return ignoreNotFound(c.annotate(ctx, "", "nodes", node.Name, map[string]string{
+			AnnotationKernelIncident:       inc.ID,
+			AnnotationKernelIncidentKind:   string(inc.Kind),
+			AnnotationKernelIncidentReason: clip(inc.Reason),
+		}))
+	})
+	if err != nil {
+		return err
+	}
+	if err := c.event(ctx, log, nodeRef(node), inc.ID, EventReasonNodeKernelProblem, msg); err != nil {
+		return err
+	}
+	if !c.cfg.TaintNonFatal {
+		return nil
+	}
+	return c.write(log, "taint node", func() error {
+		taint := corev1ac.Taint().WithKey(TaintKey).WithEffect(corev1.TaintEffectNoSchedule)
+		apply := corev1ac.Node(node.Name).WithSpec(corev1ac.NodeSpec().WithTaints(taint))
+		_, err := c.cfg.Client.CoreV1().Nodes().Apply(ctx, apply, metav1.ApplyOptions{FieldManager: fieldManager, Force: true})
+		return ignoreNotFound(err)
+	})
+}
+
+// reportUnconfirmed marks a live node that a panic was claimed for.
+func (c *Controller) reportUnconfirmed(ctx context.Context, log *slog.Logger, node *corev1.Node, inc detect.Incident, evidence string) error {
+	err := c.write(log, "annotate node", func() error {
+		return ignoreNotFound(c.annotate(ctx, "", "nodes", node.Name, map[string]string{
+			AnnotationUnconfirmed:         inc.ID,
+			AnnotationUnconfirmedEvidence: clip(evidence),
+		}))
+	})
+	if err != nil {
+		return err
+	}
+	msg := clip(fmt.Sprintf("a kernel panic was reported from %s but the node is alive (%s); nothing was deleted: %s", inc.Source, evidence, inc.Reason))
+	return c.event(ctx, log, nodeRef(node), inc.ID, EventReasonKernelPanicUnconfirmed, msg)
+}
+
+// annotate merges annotations into an object's metadata.
+func (c *Controller) annotate(ctx context.Context, namespace, resource, name string, annotations map[string]string) error {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": annotations}})
+	if err != nil {
+		return err
+	}
+	switch resource {
+	case "pods":
+		_, err = c.cfg.Client.CoreV1().Pods(namespace).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
+	case "nodes":
+		_, err = c.cfg.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
+	default:
+		err = fmt.Errorf("annotate: unknown resource %q", resource)
+	}
+	return err
+}
+
+func ignoreNotFound(err error) error {
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+// ignoreGone treats "not found" and a failed UID precondition (the name
+// now belongs to another object) as done: the object we meant is gone.
+func ignoreGone(err error) error {
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return nil
+	}
+	return err
+}
+
+// Stats counts what the controller did.
+type Stats struct {
+	NotAllowed    atomic.Uint64 // incidents from a source outside AllowedSources
+	UnknownSource atomic.Uint64 // incidents from a source that is no node's
+	NonFatal      atomic.Uint64 // non-fatal incidents reported on a node
+	Unconfirmed   atomic.Uint64 // panics refused: the node was alive
+	Capped        atomic.Uint64 // node cleanups delayed by the deletion cap
+	PodsFailed    atomic.Uint64 // pod statuses set
+	PodsDeleted   atomic.Uint64 // pods deleted
+	NodesDeleted  atomic.Uint64 // nodes deleted
+	Events        atomic.Uint64 // Events created
+	APIErrors     atomic.Uint64 // attempts that failed and were retried
+}

@@ -1,0 +1,561 @@
+package cleanup_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/lastgasp/lastgasp/cleanup"
+	"github.com/lastgasp/lastgasp/detect"
+	"github.com/lastgasp/lastgasp/internal/controlplane"
+	"github.com/lastgasp/lastgasp/internal/testnet"
+	"github.com/lastgasp/lastgasp/liveness"
+	"github.com/lastgasp/lastgasp/nodeindex"
+	"github.com/lastgasp/lastgasp/pattern"
+)
+
+// cp is the control plane every test shares (started once: ~6 s).
+var cp *controlplane.ControlPlane
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("cleanup tests need root (the control plane's binaries are cached under /var/cache)")
+		os.Exit(0)
+	}
+	var err error
+	cp, err = controlplane.Start(context.Background())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if err := cp.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "stop control plane:", err)
+	}
+	os.Exit(code)
+}
+
+// hold is a finalizer the tests put on pods, so that a deleted pod can
+// still be read: its final status, annotations and deletion.
+const hold = "test.lastgasp.io/hold"
+
+func client(t *testing.T) *kubernetes.Clientset {
+	t.Helper()
+	c, err := cp.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func unique(prefix string) string {
+	b := make([]byte, 3)
+	rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+// collector is a controller with its own informers, as a separate
+// collector would have.
+type collector struct {
+	*cleanup.Controller
+	index *nodeindex.Index
+}
+
+// start runs a collector until the test ends.
+func start(t *testing.T, cs kubernetes.Interface, cfg cleanup.Config) *collector {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	factory := informers.NewSharedInformerFactory(cs, 0)
+	index, err := nodeindex.New(factory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Client, cfg.Index = cs, index
+	c := cleanup.New(cfg)
+	factory.Start(ctx.Done())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx, 4) }()
+	t.Cleanup(func() { cancel(); <-done; factory.Shutdown() })
+	if err := index.WaitForSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return &collector{Controller: c, index: index}
+}
+
+// enqueue hands the incident over once the collector's cache holds the
+// source's node and its pods (in a live cluster the node has existed for
+// long; here it was created a moment ago).
+func (c *collector) enqueue(t *testing.T, inc detect.Incident, pods int) {
+	t.Helper()
+	eventually(t, 10*time.Second, "cache never held the node of "+inc.Source.String(), func() bool {
+		n, _, _ := c.index.NodeFor(inc.Source)
+		if n == nil {
+			return false
+		}
+		got, _ := c.index.PodsOn(n.Name)
+		return len(got) == pods
+	})
+	c.Enqueue(inc)
+}
+
+// makeNode registers a Node with the given addresses and annotations.
+func makeNode(t *testing.T, cs kubernetes.Interface, addrs []corev1.NodeAddress, annotations map[string]string) *corev1.Node {
+	t.Helper()
+	ctx := context.Background()
+	n, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: unique("node"), Annotations: annotations}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Status.Addresses = addrs
+	if n, err = cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.CoreV1().Nodes().Delete(context.Background(), n.Name, metav1.DeleteOptions{}) })
+	return n
+}
+
+func internalIP(s string) []corev1.NodeAddress {
+	return []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: s}}
+}
+
+// makePods binds n pods to node in a new namespace; the first ends
+// Succeeded. Each holds the test finalizer.
+func makePods(t *testing.T, cs kubernetes.Interface, node string, n int) (string, []*corev1.Pod) {
+	t.Helper()
+	ctx := context.Background()
+	ns := unique("ns")
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var pods []*corev1.Pod
+	for i := range n {
+		p, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("pod-%d", i), Finalizers: []string{hold}},
+			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Status.Phase = corev1.PodRunning
+		if i == 0 {
+			p.Status.Phase = corev1.PodSucceeded
+		}
+		if p, err = cs.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		pods = append(pods, p)
+	}
+	t.Cleanup(func() { release(cs, ns) })
+	return ns, pods
+}
+
+// release removes the test finalizer from every pod of ns, and ns.
+func release(cs kubernetes.Interface, ns string) {
+	ctx := context.Background()
+	pods, _ := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	patch := []byte(`{"metadata":{"finalizers":null}}`)
+	for _, p := range pods.Items {
+		cs.CoreV1().Pods(ns).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	}
+	cs.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
+}
+
+func fatal(src string) detect.Incident {
+	return detect.Incident{
+		ID:     unique("inc")[4:] + "0123456789",
+		Source: netip.MustParseAddr(src),
+		Kind:   pattern.KindOops,
+		Fatal:  true,
+		Reason: "Kernel panic - not syncing: Fatal exception",
+		Cause:  "BUG: kernel NULL pointer dereference, address: 0000000000000000",
+		First:  time.Now().Add(-time.Second),
+		Last:   time.Now(),
+	}
+}
+
+// eventually polls cond until it holds or the timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond) // polling the API server: no watch needed for a test
+	}
+}
+
+func nodeGone(cs kubernetes.Interface, name string) func() bool {
+	return func() bool {
+		_, err := cs.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	}
+}
+
+// eventsFor lists the Events about an object.
+func eventsFor(t *testing.T, cs kubernetes.Interface, ns string, uid types.UID) []corev1.Event {
+	t.Helper()
+	if ns == "" {
+		ns = metav1.NamespaceDefault
+	}
+	list, err := cs.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.uid=" + string(uid)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list.Items
+}
+
+// checkPodEnded checks one pod's final state.
+func checkPodEnded(t *testing.T, p *corev1.Pod, inc detect.Incident, wantPhase corev1.PodPhase) {
+	t.Helper()
+	if p.DeletionTimestamp == nil {
+		t.Errorf("%s: not deleted", p.Name)
+	}
+	if p.Status.Phase != wantPhase {
+		t.Errorf("%s: phase %s, want %s", p.Name, p.Status.Phase, wantPhase)
+	}
+	var cond *corev1.PodCondition
+	for i := range p.Status.Conditions {
+		if p.Status.Conditions[i].Type == corev1.DisruptionTarget {
+			cond = &p.Status.Conditions[i]
+		}
+	}
+	if cond == nil || cond.Status != corev1.ConditionTrue || cond.Reason != cleanup.ConditionReasonKernelPanic || !strings.Contains(cond.Message, inc.Reason) {
+		t.Errorf("%s: DisruptionTarget condition %+v", p.Name, cond)
+	}
+	a := p.Annotations
+	if a[cleanup.AnnotationIncident] != inc.ID || a[cleanup.AnnotationReasonCode] != "oops" ||
+		a[cleanup.AnnotationReason] != "the node's kernel panicked: "+inc.Reason {
+		t.Errorf("%s: annotations %v", p.Name, a)
+	}
+}
+
+// TestFatalIncident: a node found by its InternalIP, with 110 pods (one
+// already Succeeded): every pod failed with the condition and
+// annotations, an Event each, deleted with grace 0; then the node
+// annotated, its Event, deleted.
+func TestFatalIncident(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{})
+	node := makeNode(t, cs, internalIP("10.200.0.11"), nil)
+	ns, _ := makePods(t, cs, node.Name, 110)
+
+	inc := fatal("10.200.0.11")
+	start := time.Now()
+	c.enqueue(t, inc, 110)
+	eventually(t, 60*time.Second, "node not deleted", nodeGone(cs, node.Name))
+	t.Logf("110 pods and the node cleaned up in %v", time.Since(start).Round(time.Millisecond))
+
+	pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil || len(pods.Items) != 110 {
+		t.Fatalf("%d pods held, %v", len(pods.Items), err)
+	}
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		want := corev1.PodFailed
+		if p.Name == "pod-0" {
+			want = corev1.PodSucceeded // a terminal phase is kept
+		}
+		checkPodEnded(t, p, inc, want)
+		if *p.DeletionGracePeriodSeconds != 0 {
+			t.Errorf("%s: grace period %d", p.Name, *p.DeletionGracePeriodSeconds)
+		}
+		if ev := eventsFor(t, cs, ns, p.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelPanic {
+			t.Errorf("%s: events %+v", p.Name, ev)
+		}
+	}
+	if ev := eventsFor(t, cs, "", node.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelPanic || !strings.Contains(ev[0].Message, inc.Cause) {
+		t.Errorf("node events %+v", ev)
+	}
+	if s := c.Stats(); s.NodesDeleted.Load() != 1 || s.PodsDeleted.Load() != 110 || s.APIErrors.Load() != 0 {
+		t.Errorf("stats: %d nodes, %d pods deleted, %d API errors", s.NodesDeleted.Load(), s.PodsDeleted.Load(), s.APIErrors.Load())
+	}
+}
+
+// TestFindingTheNode: by IPv6 InternalIP, by ExternalIP, by the override
+// annotation; an unknown source touches nothing.
+func TestFindingTheNode(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{})
+	v6 := makeNode(t, cs, internalIP("fd00:200::12"), nil)
+	ext := makeNode(t, cs, []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.200.0.13"}, {Type: corev1.NodeExternalIP, Address: "192.0.2.13"}}, nil)
+	override := makeNode(t, cs, internalIP("10.200.0.14"), map[string]string{nodeindex.SourceAnnotation: "10.201.0.14, fd00:201::14"})
+	bystander := makeNode(t, cs, internalIP("10.200.0.15"), nil)
+
+	for _, src := range []string{"fd00:200:0::12", "192.0.2.13", "fd00:201::14"} {
+		c.enqueue(t, fatal(src), 0)
+	}
+	c.Enqueue(fatal("10.9.9.9")) // no node's
+	for _, n := range []*corev1.Node{v6, ext, override} {
+		eventually(t, 30*time.Second, n.Name+" not deleted", nodeGone(cs, n.Name))
+	}
+	eventually(t, 10*time.Second, "unknown source not counted", func() bool { return c.Stats().UnknownSource.Load() == 1 })
+	if _, err := cs.CoreV1().Nodes().Get(context.Background(), bystander.Name, metav1.GetOptions{}); err != nil {
+		t.Errorf("bystander node: %v", err)
+	}
+}
+
+// TestNonFatal: annotation, Event and taint on the node; nothing deleted.
+func TestNonFatal(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{TaintNonFatal: true})
+	node := makeNode(t, cs, internalIP("10.200.0.21"), nil)
+	ns, pods := makePods(t, cs, node.Name, 3)
+	inc := fatal("10.200.0.21")
+	inc.Fatal, inc.Kind, inc.Reason = false, pattern.KindWarning, "WARNING: CPU: 0 PID: 111 at x.c:28"
+	c.enqueue(t, inc, 3)
+	eventually(t, 20*time.Second, "node not tainted", func() bool {
+		n, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{})
+		return err == nil && len(n.Spec.Taints) == 1 && n.Spec.Taints[0].Key == cleanup.TaintKey
+	})
+	n, _ := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{})
+	if n.Annotations[cleanup.AnnotationKernelIncident] != inc.ID || n.Annotations[cleanup.AnnotationKernelIncidentKind] != "warning" {
+		t.Errorf("annotations %v", n.Annotations)
+	}
+	if ev := eventsFor(t, cs, "", node.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelProblem {
+		t.Errorf("events %+v", ev)
+	}
+	for _, p := range pods {
+		got, err := cs.CoreV1().Pods(ns).Get(context.Background(), p.Name, metav1.GetOptions{})
+		if err != nil || got.DeletionTimestamp != nil || got.Annotations[cleanup.AnnotationIncident] != "" {
+			t.Errorf("%s touched: %v %+v", p.Name, err, got.ObjectMeta)
+		}
+	}
+}
+
+// TestTwoCollectors: two controllers with their own caches apply the same
+// incident at once: one set of annotations and Events, no errors.
+func TestTwoCollectors(t *testing.T) {
+	cs := client(t)
+	a := start(t, cs, cleanup.Config{Instance: "collector-a"})
+	b := start(t, cs, cleanup.Config{Instance: "collector-b"})
+	node := makeNode(t, cs, internalIP("10.200.0.31"), nil)
+	ns, _ := makePods(t, cs, node.Name, 20)
+	inc := fatal("10.200.0.31")
+	a.enqueue(t, inc, 20)
+	b.enqueue(t, inc, 20)
+	eventually(t, 30*time.Second, "node not deleted", nodeGone(cs, node.Name))
+	eventually(t, 10*time.Second, "work left", func() bool { return a.Pending() == 0 && b.Pending() == 0 })
+
+	pods, _ := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		want := corev1.PodFailed
+		if p.Name == "pod-0" {
+			want = corev1.PodSucceeded
+		}
+		checkPodEnded(t, p, inc, want)
+		if ev := eventsFor(t, cs, ns, p.UID); len(ev) != 1 {
+			t.Errorf("%s: %d events, want 1", p.Name, len(ev))
+		}
+	}
+	if ev := eventsFor(t, cs, "", node.UID); len(ev) != 1 {
+		t.Errorf("node: %d events, want 1", len(ev))
+	}
+	if ea, eb := a.Stats().APIErrors.Load(), b.Stats().APIErrors.Load(); ea+eb != 0 {
+		t.Errorf("API errors: %d and %d", ea, eb)
+	}
+}
+
+// TestDryRun: everything computed, nothing written.
+func TestDryRun(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{DryRun: true})
+	node := makeNode(t, cs, internalIP("10.200.0.41"), nil)
+	ns, pods := makePods(t, cs, node.Name, 5)
+	c.enqueue(t, fatal("10.200.0.41"), 5)
+	eventually(t, 20*time.Second, "incident not processed", func() bool { return c.Pending() == 0 })
+	n, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{})
+	if err != nil || n.Annotations[cleanup.AnnotationIncident] != "" {
+		t.Errorf("node written: %v %v", err, n.Annotations)
+	}
+	for _, p := range pods {
+		got, err := cs.CoreV1().Pods(ns).Get(context.Background(), p.Name, metav1.GetOptions{})
+		if err != nil || got.DeletionTimestamp != nil || got.ResourceVersion != p.ResourceVersion {
+			t.Errorf("%s written: %v", p.Name, err)
+		}
+	}
+	if ev := eventsFor(t, cs, "", node.UID); len(ev) != 0 {
+		t.Errorf("events recorded: %+v", ev)
+	}
+}
+
+// TestAllowedSources: a source outside the allowed networks is refused.
+func TestAllowedSources(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{AllowedSources: []netip.Prefix{netip.MustParsePrefix("10.250.0.0/16")}})
+	node := makeNode(t, cs, internalIP("10.200.0.51"), nil)
+	c.enqueue(t, fatal("10.200.0.51"), 0)
+	eventually(t, 10*time.Second, "not refused", func() bool { return c.Stats().NotAllowed.Load() == 1 })
+	if _, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{}); err != nil {
+		t.Errorf("node: %v", err)
+	}
+}
+
+// TestDeletionCap: with a cap of 2 a minute, 4 panics at once delete 2
+// nodes now, and the other 2 wait their turn (counted).
+func TestDeletionCap(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{MaxNodeDeletionsPerMinute: 2})
+	var nodes []*corev1.Node
+	for i := range 4 {
+		addr := fmt.Sprintf("10.200.0.6%d", i)
+		nodes = append(nodes, makeNode(t, cs, internalIP(addr), nil))
+	}
+	for i := range 4 {
+		c.enqueue(t, fatal(fmt.Sprintf("10.200.0.6%d", i)), 0)
+	}
+	eventually(t, 20*time.Second, "two nodes not deleted", func() bool { return c.Stats().NodesDeleted.Load() == 2 })
+	eventually(t, 5*time.Second, "cap not counted", func() bool { return c.Stats().Capped.Load() == 2 })
+	time.Sleep(2 * time.Second) // the cap's next turn is 30 s away: nothing more happens meanwhile
+	left := 0
+	for _, n := range nodes {
+		if _, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{}); err == nil {
+			left++
+		}
+	}
+	if left != 2 || c.Stats().NodesDeleted.Load() != 2 || c.Pending() != 2 {
+		t.Errorf("%d nodes left, %d deleted, %d pending; want 2, 2, 2", left, c.Stats().NodesDeleted.Load(), c.Pending())
+	}
+}
+
+// TestAPIServerOutage: the API server becomes unreachable mid-cleanup
+// (every connection cut, new ones refused, through a proxy in front of
+// it); the incident is retried with backoff and applied once it is back.
+func TestAPIServerOutage(t *testing.T) {
+	cs := client(t)
+	proxy, err := cp.NewProxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	through, err := kubernetes.NewForConfig(proxy.Config(cp.Config))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := start(t, through, cleanup.Config{})
+	node := makeNode(t, cs, internalIP("10.200.0.71"), nil)
+	makePods(t, cs, node.Name, 30)
+	eventually(t, 10*time.Second, "cache never held the pods", func() bool {
+		got, _ := c.index.PodsOn(node.Name)
+		return len(got) == 30
+	})
+
+	proxy.Cut()
+	c.Enqueue(fatal("10.200.0.71"))
+	eventually(t, 20*time.Second, "no failed attempt during the outage", func() bool { return c.Stats().APIErrors.Load() >= 3 })
+	if _, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{}); err != nil {
+		t.Fatalf("node gone during the outage: %v", err)
+	}
+	if err := proxy.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "node not deleted after the outage", nodeGone(cs, node.Name))
+	if c.Stats().PodsDeleted.Load() != 30 {
+		t.Errorf("%d pods deleted, want 30", c.Stats().PodsDeleted.Load())
+	}
+	t.Logf("%d attempts failed during the outage", c.Stats().APIErrors.Load())
+}
+
+// TestSpoofedPanic: the node answers on its kubelet port, or its kubelet
+// renewed its Lease after the "panic": nothing is deleted, the node is
+// marked, the refusal counted. A node that answers nothing is deleted.
+func TestSpoofedPanic(t *testing.T) {
+	testnet.RequireRoot(t)
+	cs := client(t)
+	pair := testnet.NewPair(t)
+
+	// The live node: a listener on its "kubelet" port.
+	var ln net.Listener
+	if err := pair.Node.Netns.Do(func() (err error) {
+		ln, err = net.Listen("tcp", net.JoinHostPort(pair.Node.IPv4.String(), "10250"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+		}
+	}()
+
+	prober := &liveness.Prober{
+		Client:  cs,
+		Window:  1500 * time.Millisecond,
+		Attempt: 500 * time.Millisecond,
+		Dial: func(ctx context.Context, network, address string) (conn net.Conn, err error) {
+			err = pair.Collector.Netns.Do(func() error {
+				conn, err = (&net.Dialer{}).DialContext(ctx, network, address)
+				return err
+			})
+			return conn, err
+		},
+	}
+	c := start(t, cs, cleanup.Config{Prober: prober})
+
+	// An address in the collector's subnet that nobody holds: ARP goes
+	// unanswered, as for a panicked kernel.
+	deadAddr := pair.Node.IPv4.Next()
+	live := makeNode(t, cs, internalIP(pair.Node.IPv4.String()), nil)
+	leased := makeNode(t, cs, internalIP(deadAddr.Next().String()), nil)
+	dead := makeNode(t, cs, internalIP(deadAddr.String()), nil)
+	ns, pods := makePods(t, cs, live.Name, 2)
+
+	// The leased node's kubelet renewed its Lease just now.
+	now := metav1.NewMicroTime(time.Now().Add(5 * time.Second))
+	if _, err := cs.CoordinationV1().Leases(corev1.NamespaceNodeLease).Create(context.Background(), &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: leased.Name},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &leased.Name, RenewTime: &now},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	c.enqueue(t, fatal(pair.Node.IPv4.String()), 2)
+	c.enqueue(t, fatal(deadAddr.Next().String()), 0)
+	c.enqueue(t, fatal(deadAddr.String()), 0)
+
+	eventually(t, 30*time.Second, "dead node not deleted", nodeGone(cs, dead.Name))
+	eventually(t, 30*time.Second, "refusals not counted", func() bool { return c.Stats().Unconfirmed.Load() == 2 })
+	for _, n := range []*corev1.Node{live, leased} {
+		got, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("%s deleted: %v", n.Name, err)
+		}
+		if got.Annotations[cleanup.AnnotationUnconfirmed] == "" || got.Annotations[cleanup.AnnotationIncident] != "" {
+			t.Errorf("%s annotations %v", n.Name, got.Annotations)
+		}
+		if ev := eventsFor(t, cs, "", n.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonKernelPanicUnconfirmed {
+			t.Errorf("%s events %+v", n.Name, ev)
+		}
+		t.Logf("%s: %s", n.Name, got.Annotations[cleanup.AnnotationUnconfirmedEvidence])
+	}
+	for _, p := range pods {
+		got, err := cs.CoreV1().Pods(ns).Get(context.Background(), p.Name, metav1.GetOptions{})
+		if err != nil || got.DeletionTimestamp != nil || got.Status.Phase != p.Status.Phase {
+			t.Errorf("pod %s on the live node touched", p.Name)
+		}
+	}
+	out, _ := json.Marshal(map[string]uint64{"unconfirmed": c.Stats().Unconfirmed.Load(), "nodes_deleted": c.Stats().NodesDeleted.Load()})
+	t.Logf("stats %s", out)
+}

@@ -1,0 +1,151 @@
+// Package nodeindex answers, from shared informers' caches, the two
+// questions the cleanup controller asks: which Node a netconsole source
+// address belongs to, and which Pods are bound to a Node.
+//
+// A Node is found by the addresses in its status (InternalIP and
+// ExternalIP, IPv4 and IPv6) and by the override annotation
+// lastgasp.io/netconsole-source (a comma-separated list of addresses), for
+// nodes whose netconsole leaves from another address.
+package nodeindex
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/informers"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// SourceAnnotation names extra netconsole source addresses of a Node.
+const SourceAnnotation = "lastgasp.io/netconsole-source"
+
+// Index names.
+const (
+	byAddress  = "lastgasp.io/address"
+	byNodeName = "lastgasp.io/node-name"
+)
+
+// Index looks Nodes up by address and Pods up by Node.
+type Index struct {
+	nodes       cache.SharedIndexInformer
+	pods        cache.SharedIndexInformer
+	nodeLister  corelisters.NodeLister
+	nodesSynced cache.InformerSynced
+	podsSynced  cache.InformerSynced
+}
+
+// New registers the indexes on the factory's Node and Pod informers. Start
+// the factory, then WaitForSync, before looking anything up.
+func New(factory informers.SharedInformerFactory) (*Index, error) {
+	nodes := factory.Core().V1().Nodes()
+	pods := factory.Core().V1().Pods()
+	if err := nodes.Informer().AddIndexers(cache.Indexers{byAddress: nodeAddresses}); err != nil {
+		return nil, fmt.Errorf("index nodes by address: %w", err)
+	}
+	if err := pods.Informer().AddIndexers(cache.Indexers{byNodeName: podNodeName}); err != nil {
+		return nil, fmt.Errorf("index pods by node: %w", err)
+	}
+	return &Index{
+		nodes:       nodes.Informer(),
+		pods:        pods.Informer(),
+		nodeLister:  nodes.Lister(),
+		nodesSynced: nodes.Informer().HasSynced,
+		podsSynced:  pods.Informer().HasSynced,
+	}, nil
+}
+
+// WaitForSync waits until both caches have synced, or ctx is done.
+func (x *Index) WaitForSync(ctx context.Context) error {
+	if !cache.WaitForCacheSync(ctx.Done(), x.nodesSynced, x.podsSynced) {
+		return fmt.Errorf("node and pod caches: not synced: %w", context.Cause(ctx))
+	}
+	return nil
+}
+
+// HasSynced reports whether both caches have synced.
+func (x *Index) HasSynced() bool { return x.nodesSynced() && x.podsSynced() }
+
+// NodeFor returns the Node a netconsole source address belongs to. With
+// several (a misconfigured override), the first by name is returned and
+// ambiguous is set.
+func (x *Index) NodeFor(addr netip.Addr) (node *corev1.Node, ambiguous bool, err error) {
+	objs, err := x.nodes.GetIndexer().ByIndex(byAddress, addr.Unmap().String())
+	if err != nil {
+		return nil, false, fmt.Errorf("look up node by address %s: %w", addr, err)
+	}
+	for _, o := range objs {
+		n := o.(*corev1.Node)
+		if node == nil || n.Name < node.Name {
+			node = n
+		}
+	}
+	return node, len(objs) > 1, nil
+}
+
+// Node returns the cached Node of that name.
+func (x *Index) Node(name string) (*corev1.Node, error) {
+	return x.nodeLister.Get(name)
+}
+
+// PodsOn returns the cached Pods bound to the named Node.
+func (x *Index) PodsOn(nodeName string) ([]*corev1.Pod, error) {
+	objs, err := x.pods.GetIndexer().ByIndex(byNodeName, nodeName)
+	if err != nil {
+		return nil, fmt.Errorf("list pods on node %s: %w", nodeName, err)
+	}
+	pods := make([]*corev1.Pod, len(objs))
+	for i, o := range objs {
+		pods[i] = o.(*corev1.Pod)
+	}
+	return pods, nil
+}
+
+// nodeAddresses is the index function: a Node's addresses, normalised.
+func nodeAddresses(obj any) ([]string, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return nil, nil
+	}
+	return Addresses(n), nil
+}
+
+// Addresses returns the netconsole source addresses a Node is known by:
+// its InternalIP and ExternalIP addresses and those of SourceAnnotation,
+// normalised (IPv4 plain, IPv6 compressed), without repeats.
+func Addresses(n *corev1.Node) []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(s string) {
+		a, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err != nil {
+			return
+		}
+		k := a.Unmap().WithZone("").String()
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, k)
+		}
+	}
+	for _, a := range n.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
+			add(a.Address)
+		}
+	}
+	for _, s := range strings.Split(n.Annotations[SourceAnnotation], ",") {
+		add(s)
+	}
+	return out
+}
+
+// podNodeName is the index function: the Node a Pod is bound to.
+func podNodeName(obj any) ([]string, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok || p.Spec.NodeName == "" {
+		return nil, nil
+	}
+	return []string{p.Spec.NodeName}, nil
+}
