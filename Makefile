@@ -7,8 +7,12 @@ GO ?= go
 
 # What the build and the tests need from Debian: clang and llvm compile the
 # XDP program, libbpf-dev has bpf_helpers.h, linux-libc-dev the protocol
-# headers; iproute2 builds the test network namespaces.
-DEBIAN_PACKAGES := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 jq
+# headers; iproute2 builds the test network namespaces; the real-kernel rig
+# (kernelrig/) boots Debian's 6.1 kernel under qemu with a busybox
+# initramfs and builds its test module against the kernel's headers.
+KERNEL_ABI := 6.1.0-56-amd64
+DEBIAN_PACKAGES := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 jq \
+	qemu-system-x86 linux-image-$(KERNEL_ABI) linux-headers-$(KERNEL_ABI) busybox-static gcc make libc6-dev
 
 .PHONY: help
 help: ## list the targets
@@ -56,6 +60,10 @@ test: deps check-generated ## set up this machine and run every test
 .PHONY: bench
 bench: deps ## run the benchmarks (see bench/README.md)
 	$(GO) test -run '^$$' -bench . -benchmem ./bench/
+
+.PHONY: record-kernel
+record-kernel: deps ## re-record the real-kernel captures in testdata/kernel (qemu, ~4 min)
+	$(GO) run ./kernelrig/cmd/record -out testdata/kernel
 
 .PHONY: demo
 demo: deps build ## run the real panic captures through the XDP program

@@ -260,7 +260,13 @@ func (b *building) incident() Incident {
 	var reason *netconsole.Message
 	for i := range trigs {
 		t := &trigs[i]
-		if inc.Kind == "" || (inc.Kind == pattern.KindWarning && t.kind != pattern.KindWarning) {
+		// The panic line says the kernel is dying, not why (unless its
+		// reason names a kind, below): it does not displace what caused
+		// it, and "panic" is the kind only of a panic with no other
+		// trigger. A warning gives way to any other report.
+		switch {
+		case t.kind == pattern.KindPanic:
+		case inc.Kind == "" || (inc.Kind == pattern.KindWarning && t.kind != pattern.KindWarning):
 			inc.Kind = t.kind
 		}
 		switch {
@@ -274,6 +280,9 @@ func (b *building) incident() Incident {
 			}
 		}
 	}
+	if inc.Kind == "" {
+		inc.Kind = pattern.KindPanic
+	}
 	if reason != nil {
 		inc.Reason = panicReason(reason.Text)
 		if k, ok := kindOfPanic(inc.Reason); ok {
@@ -283,6 +292,7 @@ func (b *building) incident() Incident {
 	if inc.Kind == pattern.KindOops && strings.HasPrefix(inc.Cause, "Oops: general protection fault") {
 		inc.Kind = pattern.KindGPF
 	}
+	var traceModule string // the first module a call trace names
 	for _, m := range msgs {
 		inc.Lines = append(inc.Lines, render(m))
 		if inc.Task == "" {
@@ -291,9 +301,15 @@ func (b *building) incident() Incident {
 		if inc.Module == "" {
 			inc.Module = moduleOf(m.Text)
 		}
+		if traceModule == "" {
+			traceModule = traceModuleOf(m.Text)
+		}
 		if m.Received.Before(inc.First) {
 			inc.First = m.Received
 		}
+	}
+	if inc.Module == "" {
+		inc.Module = traceModule
 	}
 	inc.ID = incidentID(b.source, cause, reason)
 	return inc
@@ -380,6 +396,9 @@ var (
 	// "RIP: 0010:crashmod_init+0x49/0x1000 [crashmod]", and WARN's
 	// "WARNING: CPU: 0 PID: 111 at f.c:28 crashmod_init+0x89/0x1000 [crashmod]"
 	moduleRE = regexp.MustCompile(`^(?:RIP: 0010:|WARNING: CPU: \d+ PID: \d+ at ).*\+0x[0-9a-f]+/0x[0-9a-f]+ \[([A-Za-z0-9_-]+)\]`)
+	// A reliable call trace frame in a module, " lg_hung_fn+0x1d/0x40
+	// [crashmod]" (frames marked "? " are guesses and are skipped).
+	traceRE = regexp.MustCompile(`^\s+[A-Za-z0-9_.]+\+0x[0-9a-f]+/0x[0-9a-f]+ \[([A-Za-z0-9_-]+)\]`)
 )
 
 // taskOf returns the task a line names, if it names one.
@@ -399,6 +418,15 @@ func taskOf(text string) (string, int) {
 		return m[2], pid
 	}
 	return "", 0
+}
+
+// traceModuleOf returns the module of a call trace frame, if the line is
+// one in a module.
+func traceModuleOf(text string) string {
+	if m := traceRE.FindStringSubmatch(text); m != nil {
+		return m[1]
+	}
+	return ""
 }
 
 // moduleOf returns the module a line blames, if it names one.

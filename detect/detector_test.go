@@ -245,3 +245,23 @@ func TestStableID(t *testing.T) {
 		t.Errorf("lines rendered as %q", ia[0].Lines[0])
 	}
 }
+
+// TestPanicOnWarn: a WARN made fatal by panic_on_warn is a fatal warning,
+// not a direct panic; a panic with no other trigger is.
+func TestPanicOnWarn(t *testing.T) {
+	d := detect.New(detect.Config{})
+	got := append(feed(d, node, t0, "WARNING: CPU: 0 PID: 104 at x.c:178 f+0xa6/0x1000 [m]", "Kernel panic - not syncing: kernel: panic_on_warn set ..."), d.Flush()...)
+	if len(got) != 1 || got[0].Kind != pattern.KindWarning || !got[0].Fatal {
+		t.Errorf("%+v", got)
+	}
+}
+
+// TestTraceModule: without a RIP or WARNING line, the module is the first
+// reliable call trace frame's.
+func TestTraceModule(t *testing.T) {
+	d := detect.New(detect.Config{})
+	got := append(feed(d, node, t0, "INFO: task lg-hung:111 blocked for more than 5 seconds.", "Call Trace:", " ? guess+0x1/0x2 [notthis]", " lg_hung_fn+0x1d/0x40 [crashmod]", "Kernel panic - not syncing: hung_task: blocked tasks"), d.Flush()...)
+	if len(got) != 1 || got[0].Module != "crashmod" || got[0].Task != "lg-hung" || got[0].Kind != pattern.KindHungTask {
+		t.Errorf("%+v", got)
+	}
+}
