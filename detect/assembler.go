@@ -34,11 +34,19 @@ func (a *Assembler) Line(l filter.Line) []Incident {
 // Tick closes the incidents whose time is up at now, and expires stale
 // fragments; a live collector calls it now and then.
 func (a *Assembler) Tick(now time.Time) []Incident {
-	a.Decoder.Expire(now)
-	return a.Detector.Tick(now)
+	var out []Incident
+	for _, m := range a.Decoder.Expire(now) {
+		out = append(out, a.Detector.Add(m)...)
+	}
+	return append(out, a.Detector.Tick(now)...)
 }
 
-// Flush closes every open incident: the end of the input.
+// Flush decodes what the decoder still holds and closes every open
+// incident: the end of the input.
 func (a *Assembler) Flush() []Incident {
-	return a.Detector.Flush()
+	var out []Incident
+	for _, m := range a.Decoder.Flush() {
+		out = append(out, a.Detector.Add(m)...)
+	}
+	return append(out, a.Detector.Flush()...)
 }

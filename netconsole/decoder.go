@@ -68,6 +68,7 @@ type Counters struct {
 	Reassembled      uint64 // records completed from fragments
 	FragmentsExpired uint64 // incomplete records dropped after FragmentTimeout
 	FragmentsRefused uint64 // fragments refused: impossible offsets or lengths, or over a bound
+	Joined           uint64 // basic lines continued from the previous datagram
 }
 
 // Decoder decodes datagrams. It is not safe for concurrent use.
@@ -85,6 +86,18 @@ type Decoder struct {
 	order        []*partial
 	perSource    map[netip.Addr]int
 	pendingBytes int
+
+	// Basic lines cut short by the end of a datagram (netconsole sends at
+	// most 1000 bytes a datagram, and a pr_cont line in pieces), by
+	// source, waiting for the datagram that continues them.
+	tails map[netip.Addr]*tail
+}
+
+// tail is the unfinished last line of a source's basic datagram.
+type tail struct {
+	src  netip.AddrPort
+	text []byte
+	at   time.Time
 }
 
 // NewDecoder returns a Decoder bounded by cfg.
@@ -96,6 +109,7 @@ func NewDecoder(cfg Config) *Decoder {
 		seen:      lru.New(cfg.MaxSources),
 		pending:   map[fragKey]*partial{},
 		perSource: map[netip.Addr]int{},
+		tails:     map[netip.Addr]*tail{},
 	}
 }
 
@@ -107,7 +121,7 @@ func (d *Decoder) Counters() Counters { return d.counters }
 // decodable), one, or several (a basic datagram may hold several lines).
 func (d *Decoder) Decode(src netip.AddrPort, payload []byte, received time.Time) []Message {
 	d.counters.Datagrams++
-	d.Expire(received)
+	out := d.Expire(received)
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 	payload = bytes.TrimRight(payload, "\x00")
 
@@ -115,27 +129,84 @@ func (d *Decoder) Decode(src netip.AddrPort, payload []byte, received time.Time)
 		if h.fragTotal > 0 {
 			body, ok = d.reassemble(src.Addr(), h, body, received)
 			if !ok {
-				return nil
+				return out
 			}
 		}
 		m, ok := d.extendedMessage(src, h, body, received)
 		if !ok {
 			d.counters.Malformed++
-			return nil
+			return out
 		}
-		return d.keep(nil, m)
+		return d.keep(out, m)
 	}
+	return append(out, d.basic(src, payload, received)...)
+}
 
+// basic decodes a basic datagram. A datagram that does not end with a
+// newline leaves its last line unfinished: the next datagram from the
+// source continues it, unless that one starts a new timestamped line (then
+// the unfinished one is taken as it is). Expire takes the ones that wait
+// too long.
+func (d *Decoder) basic(src netip.AddrPort, payload []byte, received time.Time) []Message {
 	var out []Message
-	for _, line := range bytes.Split(bytes.TrimRight(payload, "\n"), []byte("\n")) {
-		if m, ok := d.basicMessage(src, line, received); ok {
-			out = d.keep(out, m)
+	addr := src.Addr()
+	if t := d.tails[addr]; t != nil {
+		d.dropTail(addr)
+		if startsWithUptime(payload) {
+			out = d.emitBasic(out, t.src, t.text, t.at)
+		} else {
+			payload = append(t.text, payload...)
+			received = t.at // the line began when its first part came
+			d.counters.Joined++
 		}
 	}
-	if len(out) == 0 && len(bytes.TrimSpace(payload)) == 0 {
+	if len(bytes.TrimSpace(payload)) == 0 {
 		d.counters.Malformed++
+		return out
+	}
+	finished := bytes.HasSuffix(payload, []byte("\n"))
+	lines := bytes.Split(bytes.TrimRight(payload, "\n"), []byte("\n"))
+	if !finished {
+		last := lines[len(lines)-1]
+		lines = lines[:len(lines)-1]
+		if len(last) < d.cfg.MaxRecordBytes && d.pendingBytes+len(last) <= d.cfg.MaxPendingBytes {
+			d.tails[addr] = &tail{src: src, text: bytes.Clone(last), at: received}
+			d.pendingBytes += len(last)
+		} else {
+			lines = append(lines, last) // too long to wait for: take it as it is
+		}
+	}
+	for _, line := range lines {
+		out = d.emitBasic(out, src, line, received)
 	}
 	return out
+}
+
+// emitBasic decodes one basic line and appends it to out unless it is
+// empty or a duplicate.
+func (d *Decoder) emitBasic(out []Message, src netip.AddrPort, line []byte, received time.Time) []Message {
+	if m, ok := d.basicMessage(src, line, received); ok {
+		out = d.keep(out, m)
+	}
+	return out
+}
+
+// startsWithUptime reports whether a basic payload starts with a printk
+// time: a new line, not the continuation of one.
+func startsWithUptime(p []byte) bool {
+	inner, _, ok := bracket(p)
+	if !ok {
+		return false
+	}
+	_, ok = parseUptime(inner)
+	return ok
+}
+
+func (d *Decoder) dropTail(addr netip.Addr) {
+	if t := d.tails[addr]; t != nil {
+		d.pendingBytes -= len(t.text)
+		delete(d.tails, addr)
+	}
 }
 
 // keep appends m to out unless it is a duplicate.

@@ -101,7 +101,7 @@ func TestExtended(t *testing.T) {
 	}
 	// Not headers: basic lines that begin with a digit.
 	for _, p := range []string{"8021q: adding VLAN 0 to HW filter;", "1;2", "4,5;x", "4,x,6,-;text", "4,5,6,-,ncfrag=a/b;x"} {
-		if m := decodeOne(t, d, p); m.Extended || m.Text != p {
+		if m := decodeOne(t, d, p+"\n"); m.Extended || m.Text != p {
 			t.Errorf("%q: %+v, want a basic line", p, m)
 		}
 	}
@@ -139,16 +139,50 @@ func TestBasic(t *testing.T) {
 	}
 }
 
+// TestContinuedLines: a basic line cut by the end of its datagram (a
+// line over netconsole's 1000 bytes, or a pr_cont line in pieces) is
+// continued by the source's next datagram.
+func TestContinuedLines(t *testing.T) {
+	d := NewDecoder(Config{FragmentTimeout: time.Second})
+	other := netip.MustParseAddrPort("10.99.0.3:6665")
+	var got []Message
+	got = append(got, d.Decode(node, []byte("[    3.000001] long line, caf\xc3"), t0)...)
+	got = append(got, d.Decode(other, []byte("[    3.000002] another source\n"), t0)...)
+	got = append(got, d.Decode(node, []byte("\xa9 and the rest\n[    3.000003] next\n"), t0)...)
+	// A cut line followed by a new timestamped line: taken as it is.
+	got = append(got, d.Decode(node, []byte("[    3.000004] cut"), t0)...)
+	got = append(got, d.Decode(node, []byte("[    3.000005] new\n"), t0)...)
+	// A cut line nothing continues: given up after FragmentTimeout.
+	got = append(got, d.Decode(node, []byte("[    3.000006] last words"), t0)...)
+	got = append(got, d.Expire(t0.Add(2*time.Second))...)
+	var texts []string
+	for _, m := range got {
+		texts = append(texts, m.Text)
+	}
+	want := []string{"another source", "long line, café and the rest", "next", "cut", "new", "last words"}
+	if strings.Join(texts, "|") != strings.Join(want, "|") {
+		t.Errorf("got %q\nwant %q", texts, want)
+	}
+	if c := d.Counters(); c.Joined != 1 || c.InvalidUTF8 != 0 || d.pendingBytes != 0 {
+		t.Errorf("counters %+v, %d bytes pending", c, d.pendingBytes)
+	}
+	// Flush takes what still waits.
+	d.Decode(node, []byte("[    3.000007] end of input"), t0)
+	if m := d.Flush(); len(m) != 1 || m[0].Text != "end of input" {
+		t.Errorf("flush: %+v", m)
+	}
+}
+
 func TestDuplicates(t *testing.T) {
 	d := NewDecoder(Config{DedupWindow: 2})
 	once := func(p string) int { return len(d.Decode(node, []byte(p), t0)) }
 	if once("4,1,100,-;a") != 1 || once("4,1,100,-;a") != 0 {
 		t.Error("an extended record twice: want it once")
 	}
-	if once("[    1.000000] b") != 1 || once("[    1.000000] b") != 0 {
+	if once("[    1.000000] b\n") != 1 || once("[    1.000000] b\n") != 0 {
 		t.Error("a timed basic line twice: want it once")
 	}
-	if once("no time") != 1 || once("no time") != 1 {
+	if once("no time\n") != 1 || once("no time\n") != 1 {
 		t.Error("an untimed basic line twice: want it twice (a repeat cannot be told from a resend)")
 	}
 	if len(d.Decode(netip.MustParseAddrPort("10.99.0.3:6665"), []byte("4,1,100,-;a"), t0)) != 1 {

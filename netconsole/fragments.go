@@ -77,9 +77,11 @@ func (d *Decoder) forget(p *partial) {
 }
 
 // Expire drops records whose fragments have not all arrived within
-// FragmentTimeout of now. Decode calls it with each datagram's time; a
-// caller with no traffic should call it now and then.
-func (d *Decoder) Expire(now time.Time) {
+// FragmentTimeout of now, and returns the unfinished basic lines that
+// waited that long for their continuation, as they are. Decode calls it
+// with each datagram's time (and keeps what it returns); a caller with no
+// traffic should call it now and then.
+func (d *Decoder) Expire(now time.Time) []Message {
 	i := 0
 	for ; i < len(d.order); i++ {
 		p := d.order[i]
@@ -93,4 +95,24 @@ func (d *Decoder) Expire(now time.Time) {
 		d.counters.FragmentsExpired++
 	}
 	d.order = d.order[i:]
+
+	var out []Message
+	for addr, t := range d.tails {
+		if now.Sub(t.at) >= d.cfg.FragmentTimeout {
+			d.dropTail(addr)
+			out = d.emitBasic(out, t.src, t.text, t.at)
+		}
+	}
+	return out
+}
+
+// Flush returns every unfinished basic line as it is: the end of the
+// input.
+func (d *Decoder) Flush() []Message {
+	var out []Message
+	for addr, t := range d.tails {
+		d.dropTail(addr)
+		out = d.emitBasic(out, t.src, t.text, t.at)
+	}
+	return out
 }
