@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	batchv1 "k8s.io/api/batch/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -558,4 +559,76 @@ func TestSpoofedPanic(t *testing.T) {
 	}
 	out, _ := json.Marshal(map[string]uint64{"unconfirmed": c.Stats().Unconfirmed.Load(), "nodes_deleted": c.Stats().NodesDeleted.Load()})
 	t.Logf("stats %s", out)
+}
+
+// TestJobPodFailurePolicy proves the user-facing point with a real job
+// controller (kube-controller-manager): a Job whose podFailurePolicy
+// ignores DisruptionTarget, with its pod on the panicked node, gets a
+// replacement pod and no failure counted against its backoffLimit.
+func TestJobPodFailurePolicy(t *testing.T) {
+	cs := client(t)
+	stop, err := cp.StartControllerManager(context.Background(), "job")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	c := start(t, cs, cleanup.Config{})
+	node := makeNode(t, cs, internalIP("10.200.0.81"), nil)
+	ns := unique("ns")
+	ctx := context.Background()
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	zero := int32(0)
+	job, err := cs.BatchV1().Jobs(ns).Create(ctx, &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: "batch"},
+		Spec: batchv1.JobSpec{
+			BackoffLimit: &zero, // a counted failure would fail the Job at once
+			PodFailurePolicy: &batchv1.PodFailurePolicy{Rules: []batchv1.PodFailurePolicyRule{{
+				Action:          batchv1.PodFailurePolicyActionIgnore,
+				OnPodConditions: []batchv1.PodFailurePolicyOnPodConditionsPattern{{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue}},
+			}}},
+			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+				NodeName:      node.Name, // no scheduler here: bound from the start
+				RestartPolicy: corev1.RestartPolicyNever,
+				Containers:    []corev1.Container{{Name: "work", Image: "busybox"}},
+			}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first corev1.Pod
+	eventually(t, 30*time.Second, "the job controller made no pod", func() bool {
+		pods, _ := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if len(pods.Items) == 1 {
+			first = pods.Items[0]
+		}
+		return len(pods.Items) == 1
+	})
+	c.enqueue(t, fatal("10.200.0.81"), 1)
+	eventually(t, 30*time.Second, "node not deleted", nodeGone(cs, node.Name))
+	eventually(t, 60*time.Second, "no replacement pod", func() bool {
+		pods, _ := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		for _, p := range pods.Items {
+			if p.UID != first.UID && p.DeletionTimestamp == nil {
+				return true
+			}
+		}
+		return false
+	})
+	got, err := cs.BatchV1().Jobs(ns).Get(ctx, job.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cond := range got.Status.Conditions {
+		if cond.Type == batchv1.JobFailed && cond.Status == corev1.ConditionTrue {
+			t.Errorf("the job failed: %s: %s", cond.Reason, cond.Message)
+		}
+	}
+	if got.Status.Failed != 0 {
+		t.Errorf("the job counted %d failures, want 0", got.Status.Failed)
+	}
+	t.Logf("job status: active %d, failed %d", got.Status.Active, got.Status.Failed)
+	cs.BatchV1().Jobs(ns).Delete(ctx, job.Name, metav1.DeleteOptions{})
 }

@@ -84,3 +84,46 @@ func (c *ControlPlane) Client() (*kubernetes.Clientset, error) {
 func (c *ControlPlane) Stop() error {
 	return c.env.Stop()
 }
+
+// StartControllerManager runs kube-controller-manager with only the named
+// controllers (for example "job"), as an administrator, until ctx is done
+// or the returned stop is called.
+func (c *ControlPlane) StartControllerManager(ctx context.Context, controllers ...string) (stop func(), err error) {
+	user, err := c.env.AddUser(envtest.User{Name: "kube-controller-manager", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("controller manager: user: %w", err)
+	}
+	kubeconfig, err := user.KubeConfig()
+	if err != nil {
+		return nil, fmt.Errorf("controller manager: kubeconfig: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "lastgasp-kcm-")
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(path, kubeconfig, 0o600); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	cmd := exec.CommandContext(ctx, filepath.Join(c.Dir, "kube-controller-manager"),
+		"--kubeconfig="+path,
+		"--controllers="+strings.Join(controllers, ","),
+		"--leader-elect=false",
+		"--secure-port=0",
+		"--use-service-account-credentials=false",
+	)
+	if os.Getenv("LASTGASP_CONTROLPLANE_LOGS") != "" {
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	}
+	if err := cmd.Start(); err != nil {
+		cancel()
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("controller manager: %w", err)
+	}
+	return func() {
+		cancel()
+		cmd.Wait()
+		os.RemoveAll(dir)
+	}, nil
+}
