@@ -86,14 +86,12 @@ func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1
 		AnnotationIncident:   inc.ID,
 	}
 	err = c.write(log, "annotate node", func() error {
-		return ignoreNotFound(c.annotate(ctx, "", "nodes", node.Name, annotations))
+		return ignoreGone(c.annotate(ctx, "", "nodes", node.Name, node.UID, annotations))
 	})
 	if err != nil {
 		return err
 	}
-	if err := c.event(ctx, log, nodeRef(node), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc)+" (cause: "+inc.Cause+")"); err != nil {
-		return err
-	}
+	c.event(ctx, log, nodeRef(node), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc)+" (cause: "+inc.Cause+")")
 	err = c.write(log, "delete node", func() error {
 		uid := node.UID
 		return ignoreGone(c.cfg.Client.CoreV1().Nodes().Delete(ctx, node.Name, metav1.DeleteOptions{
@@ -119,20 +117,18 @@ func (c *Controller) endPod(ctx context.Context, log *slog.Logger, pod *corev1.P
 		AnnotationIncident:   inc.ID,
 	}
 	err := c.write(log, "annotate pod", func() error {
-		return ignoreNotFound(c.annotate(ctx, pod.Namespace, "pods", pod.Name, annotations))
+		return ignoreGone(c.annotate(ctx, pod.Namespace, "pods", pod.Name, pod.UID, annotations))
 	})
 	if err != nil {
 		return err
 	}
 	err = c.write(log, "fail pod", func() error {
-		return ignoreNotFound(c.failPod(ctx, pod, inc))
+		return ignoreGone(c.failPod(ctx, pod, inc))
 	})
 	if err != nil {
 		return err
 	}
-	if err := c.event(ctx, log, podRef(pod), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc)); err != nil {
-		return err
-	}
+	c.event(ctx, log, podRef(pod), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc))
 	err = c.write(log, "delete pod", func() error {
 		uid := pod.UID
 		zero := int64(0) // the kubelet that would honour a grace period is dead
@@ -177,7 +173,9 @@ func (c *Controller) applyPodStatus(ctx context.Context, pod *corev1.Pod, inc de
 	if fail {
 		status = status.WithPhase(corev1.PodFailed)
 	}
-	apply := corev1ac.Pod(pod.Name, pod.Namespace).WithStatus(status)
+	// The UID makes the apply fail (409 Conflict) on a pod recreated
+	// under the same name.
+	apply := corev1ac.Pod(pod.Name, pod.Namespace).WithUID(pod.UID).WithStatus(status)
 	_, err := c.cfg.Client.CoreV1().Pods(pod.Namespace).ApplyStatus(ctx, apply, metav1.ApplyOptions{FieldManager: fieldManager, Force: true})
 	return err
 }
@@ -188,7 +186,7 @@ func (c *Controller) reportNonFatal(ctx context.Context, log *slog.Logger, node 
 	log.Info("non-fatal kernel incident: reported on the node", "reason", inc.Reason)
 	msg := clip(fmt.Sprintf("the node's kernel reported a %s and is still running: %s", inc.Kind, inc.Reason))
 	err := c.write(log, "annotate node", func() error {
-		return ignoreNotFound(c.annotate(ctx, "", "nodes", node.Name, map[string]string{
+		return ignoreGone(c.annotate(ctx, "", "nodes", node.Name, node.UID, map[string]string{
 			AnnotationKernelIncident:       inc.ID,
 			AnnotationKernelIncidentKind:   string(inc.Kind),
 			AnnotationKernelIncidentReason: clip(inc.Reason),
@@ -197,24 +195,22 @@ func (c *Controller) reportNonFatal(ctx context.Context, log *slog.Logger, node 
 	if err != nil {
 		return err
 	}
-	if err := c.event(ctx, log, nodeRef(node), inc.ID, EventReasonNodeKernelProblem, msg); err != nil {
-		return err
-	}
+	c.event(ctx, log, nodeRef(node), inc.ID, EventReasonNodeKernelProblem, msg)
 	if !c.cfg.TaintNonFatal {
 		return nil
 	}
 	return c.write(log, "taint node", func() error {
 		taint := corev1ac.Taint().WithKey(TaintKey).WithEffect(corev1.TaintEffectNoSchedule)
-		apply := corev1ac.Node(node.Name).WithSpec(corev1ac.NodeSpec().WithTaints(taint))
+		apply := corev1ac.Node(node.Name).WithUID(node.UID).WithSpec(corev1ac.NodeSpec().WithTaints(taint))
 		_, err := c.cfg.Client.CoreV1().Nodes().Apply(ctx, apply, metav1.ApplyOptions{FieldManager: fieldManager, Force: true})
-		return ignoreNotFound(err)
+		return ignoreGone(err)
 	})
 }
 
 // reportUnconfirmed marks a live node that a panic was claimed for.
 func (c *Controller) reportUnconfirmed(ctx context.Context, log *slog.Logger, node *corev1.Node, inc detect.Incident, evidence string) error {
 	err := c.write(log, "annotate node", func() error {
-		return ignoreNotFound(c.annotate(ctx, "", "nodes", node.Name, map[string]string{
+		return ignoreGone(c.annotate(ctx, "", "nodes", node.Name, node.UID, map[string]string{
 			AnnotationUnconfirmed:         inc.ID,
 			AnnotationUnconfirmedEvidence: clip(evidence),
 		}))
@@ -223,12 +219,16 @@ func (c *Controller) reportUnconfirmed(ctx context.Context, log *slog.Logger, no
 		return err
 	}
 	msg := clip(fmt.Sprintf("a kernel panic was reported from %s but the node is alive (%s); nothing was deleted: %s", inc.Source, evidence, inc.Reason))
-	return c.event(ctx, log, nodeRef(node), inc.ID, EventReasonKernelPanicUnconfirmed, msg)
+	c.event(ctx, log, nodeRef(node), inc.ID, EventReasonKernelPanicUnconfirmed, msg)
+	return nil
 }
 
-// annotate merges annotations into an object's metadata.
-func (c *Controller) annotate(ctx context.Context, namespace, resource, name string, annotations map[string]string) error {
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": annotations}})
+// annotate merges annotations into an object's metadata. The patch
+// carries the object's UID, so that it fails (409 Conflict) on another
+// object of the same name: a pod recreated elsewhere, a node registered
+// again.
+func (c *Controller) annotate(ctx context.Context, namespace, resource, name string, uid types.UID, annotations map[string]string) error {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"uid": uid, "annotations": annotations}})
 	if err != nil {
 		return err
 	}
@@ -243,15 +243,9 @@ func (c *Controller) annotate(ctx context.Context, namespace, resource, name str
 	return err
 }
 
-func ignoreNotFound(err error) error {
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
-	return err
-}
-
-// ignoreGone treats "not found" and a failed UID precondition (the name
-// now belongs to another object) as done: the object we meant is gone.
+// ignoreGone treats "not found" and a failed UID precondition (409: the
+// name now belongs to another object) as done: the object we meant is
+// gone, and the other one is not ours to touch.
 func ignoreGone(err error) error {
 	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
 		return nil
@@ -270,5 +264,6 @@ type Stats struct {
 	PodsDeleted   atomic.Uint64 // pods deleted
 	NodesDeleted  atomic.Uint64 // nodes deleted
 	Events        atomic.Uint64 // Events created
+	EventErrors   atomic.Uint64 // Events that could not be recorded (logged; the cleanup goes on)
 	APIErrors     atomic.Uint64 // attempts that failed and were retried
 }

@@ -502,9 +502,10 @@ func TestSpoofedPanic(t *testing.T) {
 	}()
 
 	prober := &liveness.Prober{
-		Client:  cs,
-		Window:  1500 * time.Millisecond,
-		Attempt: 500 * time.Millisecond,
+		Client:      cs,
+		Window:      1500 * time.Millisecond,
+		Attempt:     500 * time.Millisecond,
+		LeaseWindow: time.Second,
 		Dial: func(ctx context.Context, network, address string) (conn net.Conn, err error) {
 			err = pair.Collector.Netns.Do(func() error {
 				conn, err = (&net.Dialer{}).DialContext(ctx, network, address)

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/workqueue"
 
@@ -90,10 +91,17 @@ type work struct {
 	// turn is when the deletion cap lets this incident's node go; zero
 	// until a place is reserved.
 	turn time.Time
-	// confirmed is set once the node was found dead (not probed again on
-	// a retry).
-	confirmed bool
+	// confirmedAt is when the node was found dead, and confirmedUID the
+	// UID it had then: a retry soon after, of the same node, is not
+	// probed again.
+	confirmedAt  time.Time
+	confirmedUID types.UID
 }
+
+// reconfirmAfter is how long a confirmation holds: a cleanup that starts
+// later (it waited for the deletion cap, or for the API server) probes
+// again, since a node can reboot and come back in a minute.
+const reconfirmAfter = 15 * time.Second
 
 // New returns a Controller; start it with Run.
 func New(cfg Config) *Controller {
@@ -229,8 +237,12 @@ func (c *Controller) apply(ctx context.Context, w *work) (time.Duration, error) 
 		return 0, c.reportNonFatal(ctx, log, node, inc)
 	}
 
-	if c.cfg.Prober != nil && !w.confirmed && node.Annotations[AnnotationIncident] != inc.ID {
-		v, err := c.cfg.Prober.Confirm(ctx, node, inc.Source, inc.First)
+	if c.cfg.Prober != nil && (node.UID != w.confirmedUID || time.Since(w.confirmedAt) > reconfirmAfter) {
+		since := inc.PanicAt
+		if since.IsZero() {
+			since = inc.First
+		}
+		v, err := c.cfg.Prober.Confirm(ctx, node, inc.Source, since)
 		if err != nil {
 			return 0, err
 		}
@@ -240,7 +252,7 @@ func (c *Controller) apply(ctx context.Context, w *work) (time.Duration, error) 
 			return 0, c.reportUnconfirmed(ctx, log, node, inc, v.Evidence)
 		}
 		log.Info("node confirmed dead", "evidence", v.Evidence)
-		w.confirmed = true
+		w.confirmedAt, w.confirmedUID = time.Now(), node.UID
 	}
 
 	if w.turn.IsZero() {
@@ -253,6 +265,11 @@ func (c *Controller) apply(ctx context.Context, w *work) (time.Duration, error) 
 	}
 	if wait := time.Until(w.turn); wait > 0 {
 		return wait, nil
+	}
+	if c.cfg.Prober != nil && time.Since(w.confirmedAt) > reconfirmAfter {
+		// It waited its turn: is the node still dead?
+		w.confirmedAt = time.Time{}
+		return c.apply(ctx, w)
 	}
 	return 0, c.cleanUp(ctx, log, node, inc)
 }

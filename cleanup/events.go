@@ -14,8 +14,10 @@ import (
 // incident id and the object's UID, so that however many collectors
 // record it, and however often, there is one Event: a second create finds
 // it already there. (client-go's EventRecorder names Events at random,
-// and would record one per collector.)
-func (c *Controller) event(ctx context.Context, log *slog.Logger, obj corev1.ObjectReference, incidentID, reason, message string) error {
+// and would record one per collector.) An Event that cannot be recorded
+// (a namespace being deleted refuses new objects) is logged and counted,
+// and the cleanup goes on: the annotations and status say it too.
+func (c *Controller) event(ctx context.Context, log *slog.Logger, obj corev1.ObjectReference, incidentID, reason, message string) {
 	now := metav1.NewTime(time.Now())
 	namespace := obj.Namespace
 	if namespace == "" {
@@ -37,7 +39,7 @@ func (c *Controller) event(ctx context.Context, log *slog.Logger, obj corev1.Obj
 		ReportingController: "lastgasp.io/lastgasp",
 		ReportingInstance:   c.cfg.Instance,
 	}
-	return c.write(log, "record event "+reason, func() error {
+	err := c.write(log, "record event "+reason, func() error {
 		_, err := c.cfg.Client.CoreV1().Events(namespace).Create(ctx, ev, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
 			return nil
@@ -47,6 +49,10 @@ func (c *Controller) event(ctx context.Context, log *slog.Logger, obj corev1.Obj
 		}
 		return err
 	})
+	if err != nil {
+		c.stats.EventErrors.Add(1)
+		log.Warn("event not recorded", "reason", reason, "object", obj.Namespace+"/"+obj.Name, "error", err)
+	}
 }
 
 func podRef(p *corev1.Pod) corev1.ObjectReference {

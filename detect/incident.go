@@ -45,6 +45,10 @@ type Incident struct {
 	// Task and PID name the task the kernel blamed, if it named one.
 	Task string `json:"task,omitempty"`
 	PID  int    `json:"pid,omitempty"`
+	// PanicAt is when the panic line (or, without one, the end marker)
+	// was received; zero for a non-fatal incident. The node must show no
+	// sign of life after it.
+	PanicAt time.Time `json:"panic_at,omitzero"`
 	// First and Last are when the first and last lines were received.
 	First time.Time `json:"first"`
 	Last  time.Time `json:"last"`

@@ -33,6 +33,9 @@ const (
 	DefaultWindow     = 5 * time.Second
 	DefaultAttempt    = 2 * time.Second
 	DefaultLeaseGrace = 2 * time.Second
+	// DefaultLeaseWindow covers a kubelet's renewal interval (10 s) and
+	// the grace: a live kubelet renews within it.
+	DefaultLeaseWindow = 12 * time.Second
 )
 
 // Prober checks nodes. The zero value of each field means its default.
@@ -49,6 +52,10 @@ type Prober struct {
 	// kubelet: a renewal up to this long after the panic is not taken as
 	// a sign of life. Default 2s.
 	LeaseGrace time.Duration
+	// LeaseWindow is how long after the panic a live kubelet would have
+	// renewed its Lease: probing goes on at least until then, so that the
+	// Lease check can prove something. Default 12s.
+	LeaseWindow time.Duration
 	// Dial makes the connections. Default net.Dialer.DialContext.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 }
@@ -65,13 +72,24 @@ type Verdict struct {
 // It returns an error only when it could not decide (the Lease could not
 // be read): the caller retries.
 func (p *Prober) Confirm(ctx context.Context, node *corev1.Node, source netip.Addr, since time.Time) (Verdict, error) {
+	start := time.Now()
 	addr := probeAddress(node, source)
 	target := net.JoinHostPort(addr.String(), strconv.Itoa(p.port()))
-	if answered, how := p.probe(ctx, target); answered {
-		return Verdict{Evidence: fmt.Sprintf("%s answered on %s: its kernel is alive", target, how)}, nil
+	// Probe for the window, and at least until a live kubelet would have
+	// renewed its Lease since the panic.
+	until := time.Now().Add(p.window())
+	if leaseDue := since.Add(p.leaseWindow()); leaseDue.After(until) {
+		until = leaseDue
 	}
-	if err := ctx.Err(); err != nil {
+	answered, how, err := p.probe(ctx, target, until)
+	if err == nil {
+		err = ctx.Err() // cancelled, not finished: undecided
+	}
+	if err != nil {
 		return Verdict{}, fmt.Errorf("probe %s: %w", target, err)
+	}
+	if answered {
+		return Verdict{Evidence: fmt.Sprintf("%s answered on %s: its kernel is alive", target, how)}, nil
 	}
 	renewed, err := p.leaseRenewed(ctx, node.Name)
 	if err != nil {
@@ -81,13 +99,15 @@ func (p *Prober) Confirm(ctx context.Context, node *corev1.Node, source netip.Ad
 	if renewed.After(limit) {
 		return Verdict{Evidence: fmt.Sprintf("its Lease was renewed at %s, after the panic at %s", renewed.UTC().Format(time.RFC3339), since.UTC().Format(time.RFC3339))}, nil
 	}
-	return Verdict{Dead: true, Evidence: fmt.Sprintf("no answer from %s for %s, and no Lease renewal since the panic", target, p.window())}, nil
+	return Verdict{Dead: true, Evidence: fmt.Sprintf("no answer from %s for %s, and no Lease renewal since the panic", target, time.Since(start).Round(time.Second))}, nil
 }
 
 // probe connects to target until one attempt gets an answer of any kind,
-// or the window ends. It returns whether something answered and how.
-func (p *Prober) probe(ctx context.Context, target string) (bool, string) {
-	ctx, cancel := context.WithTimeout(ctx, p.window())
+// or until. It returns whether something answered and how, or an error
+// when the attempts failed for a reason of the collector's own (a local
+// firewall, no usable source address), which proves nothing of the node.
+func (p *Prober) probe(ctx context.Context, target string, until time.Time) (bool, string, error) {
+	ctx, cancel := context.WithDeadline(ctx, until)
 	defer cancel()
 	dial := p.Dial
 	if dial == nil {
@@ -101,20 +121,22 @@ func (p *Prober) probe(ctx context.Context, target string) (bool, string) {
 		switch {
 		case err == nil:
 			conn.Close()
-			return true, "a TCP connection"
+			return true, "a TCP connection", nil
 		case errors.Is(err, syscall.ECONNREFUSED):
-			return true, "a TCP reset (connection refused)"
+			return true, "a TCP reset (connection refused)", nil
+		case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EADDRNOTAVAIL):
+			return false, "", fmt.Errorf("cannot probe from here: %w", err)
 		}
 		// A timeout, "no route to host" (ARP went unanswered) or
 		// "network unreachable": no sign of life. Do not spin when the
 		// failure was immediate.
 		if ctx.Err() != nil {
-			return false, ""
+			return false, "", nil
 		}
 		if wait := 200*time.Millisecond - time.Since(start); wait > 0 {
 			select {
 			case <-ctx.Done():
-				return false, ""
+				return false, "", nil
 			case <-time.After(wait):
 			}
 		}
@@ -177,6 +199,13 @@ func (p *Prober) attempt() time.Duration {
 		return DefaultAttempt
 	}
 	return p.Attempt
+}
+
+func (p *Prober) leaseWindow() time.Duration {
+	if p.LeaseWindow <= 0 {
+		return DefaultLeaseWindow
+	}
+	return p.LeaseWindow
 }
 
 func (p *Prober) grace() time.Duration {

@@ -73,7 +73,7 @@ func (x *Index) HasSynced() bool { return x.nodesSynced() && x.podsSynced() }
 // several (a misconfigured override), the first by name is returned and
 // ambiguous is set.
 func (x *Index) NodeFor(addr netip.Addr) (node *corev1.Node, ambiguous bool, err error) {
-	objs, err := x.nodes.GetIndexer().ByIndex(byAddress, addr.Unmap().String())
+	objs, err := x.nodes.GetIndexer().ByIndex(byAddress, addr.Unmap().WithZone("").String())
 	if err != nil {
 		return nil, false, fmt.Errorf("look up node by address %s: %w", addr, err)
 	}
