@@ -13,7 +13,13 @@ import (
 type Assembler struct {
 	Decoder  *netconsole.Decoder
 	Detector *Detector
+
+	lastTick time.Time
 }
+
+// tickEvery bounds how often Line closes due incidents: a Tick looks at
+// every open incident, too much work for every line of a flood.
+const tickEvery = 100 * time.Millisecond
 
 // NewAssembler returns an Assembler with a decoder and a detector of the
 // given configurations.
@@ -24,7 +30,11 @@ func NewAssembler(dc netconsole.Config, cfg Config) *Assembler {
 // Line decodes one forwarded line and returns the incidents closed by the
 // time it was received or by its messages.
 func (a *Assembler) Line(l filter.Line) []Incident {
-	out := a.Detector.Tick(l.Time)
+	var out []Incident
+	if d := l.Time.Sub(a.lastTick); d >= tickEvery || d < 0 {
+		out = a.Detector.Tick(l.Time)
+		a.lastTick = l.Time
+	}
 	for _, m := range a.Decoder.Decode(l.Source, l.Payload, l.Time) {
 		out = append(out, a.Detector.Add(m)...)
 	}

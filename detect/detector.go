@@ -222,7 +222,10 @@ func (b *building) add(m netconsole.Message, trig pattern.Pattern, isTrigger boo
 	if !isTrigger {
 		return
 	}
-	if len(b.triggers) < maxTriggers {
+	// The panic and its end marker are always kept: they decide the
+	// reason and the id, which collectors must agree on.
+	dying := strings.HasPrefix(m.Text, panicPrefix) || strings.HasPrefix(m.Text, panicEndPrefix)
+	if len(b.triggers) < maxTriggers || dying {
 		b.triggers = append(b.triggers, trigger{msg: m, kind: trig.Kind})
 	}
 	switch {
@@ -233,6 +236,9 @@ func (b *building) add(m netconsole.Message, trig pattern.Pattern, isTrigger boo
 		}
 	case strings.HasPrefix(m.Text, panicEndPrefix):
 		b.fatal, b.ended = true, true
+		if b.panicAt.IsZero() {
+			b.panicAt = m.Received
+		}
 	}
 }
 
@@ -254,6 +260,7 @@ func (b *building) incident() Incident {
 		Cause:        cause.Text,
 		Reason:       cause.Text,
 		LinesDropped: b.dropped,
+		PanicAt:      b.panicAt,
 		First:        b.msgs[0].Received,
 		Last:         b.lastSeen,
 	}
@@ -453,7 +460,9 @@ func incidentID(src netip.Addr, cause, reason *netconsole.Message) string {
 		if !m.HasUptime {
 			when = m.Received.UTC().Truncate(time.Minute).Format(time.RFC3339)
 		}
-		fmt.Fprintf(h, "%s %s\n", when, m.Text)
+		// The panic line's text, also for the end marker that repeats
+		// it: a collector that lost one of them agrees on the text.
+		fmt.Fprintf(h, "%s %s\n", when, panicReason(m.Text))
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }

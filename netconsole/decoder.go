@@ -28,10 +28,11 @@ type Config struct {
 	// sources. Default 16 MiB.
 	MaxPendingBytes int
 	// DedupWindow is how many recent messages per source are remembered
-	// to drop duplicates. Default 1024.
+	// to drop duplicates. Default 256.
 	DedupWindow int
 	// MaxSources is how many sources' duplicate windows are remembered
-	// (least recently heard forgotten first). Default 100,000.
+	// (least recently heard forgotten first). Default 10,000: at about
+	// 40 bytes a message remembered, at most about 100 MiB.
 	MaxSources int
 }
 
@@ -49,10 +50,10 @@ func (c Config) withDefaults() Config {
 		c.MaxPendingBytes = 16 << 20
 	}
 	if c.DedupWindow <= 0 {
-		c.DedupWindow = 1024
+		c.DedupWindow = 256
 	}
 	if c.MaxSources <= 0 {
-		c.MaxSources = 100_000
+		c.MaxSources = 10_000
 	}
 	return c
 }
@@ -90,7 +91,8 @@ type Decoder struct {
 	// Basic lines cut short by the end of a datagram (netconsole sends at
 	// most 1000 bytes a datagram, and a pr_cont line in pieces), by
 	// source, waiting for the datagram that continues them.
-	tails map[netip.Addr]*tail
+	tails     map[netip.Addr]*tail
+	tailOrder []*tail // in arrival order, for expiry
 }
 
 // tail is the unfinished last line of a source's basic datagram.
@@ -98,7 +100,13 @@ type tail struct {
 	src  netip.AddrPort
 	text []byte
 	at   time.Time
+	done bool // continued, replaced or given up: skip it in tailOrder
 }
+
+// tailOverhead is what a waiting line costs beyond its text (map entry,
+// struct, list slot), charged against MaxPendingBytes so that many tiny
+// lines from many sources cannot grow without bound.
+const tailOverhead = 128
 
 // NewDecoder returns a Decoder bounded by cfg.
 func NewDecoder(cfg Config) *Decoder {
@@ -169,9 +177,11 @@ func (d *Decoder) basic(src netip.AddrPort, payload []byte, received time.Time) 
 	if !finished {
 		last := lines[len(lines)-1]
 		lines = lines[:len(lines)-1]
-		if len(last) < d.cfg.MaxRecordBytes && d.pendingBytes+len(last) <= d.cfg.MaxPendingBytes {
-			d.tails[addr] = &tail{src: src, text: bytes.Clone(last), at: received}
-			d.pendingBytes += len(last)
+		if len(last) < d.cfg.MaxRecordBytes && d.pendingBytes+len(last)+tailOverhead <= d.cfg.MaxPendingBytes {
+			t := &tail{src: src, text: bytes.Clone(last), at: received}
+			d.tails[addr] = t
+			d.tailOrder = append(d.tailOrder, t)
+			d.pendingBytes += len(last) + tailOverhead
 		} else {
 			lines = append(lines, last) // too long to wait for: take it as it is
 		}
@@ -204,7 +214,8 @@ func startsWithUptime(p []byte) bool {
 
 func (d *Decoder) dropTail(addr netip.Addr) {
 	if t := d.tails[addr]; t != nil {
-		d.pendingBytes -= len(t.text)
+		d.pendingBytes -= len(t.text) + tailOverhead
+		t.done = true
 		delete(d.tails, addr)
 	}
 }

@@ -307,3 +307,23 @@ func FuzzDecode(f *testing.F) {
 }
 
 func utf8Valid(s string) bool { return strings.ToValidUTF8(s, "") == s }
+
+// TestBuffersReleased: a completed record's buffers are released at once,
+// even while an older incomplete record keeps it in the expiry list; a
+// waiting line is charged its text and an overhead.
+func TestBuffersReleased(t *testing.T) {
+	d := NewDecoder(Config{})
+	d.Decode(node, []byte("4,1,1,-,ncfrag=0/100;stuck"), t0) // never completed
+	for seq := 2; seq < 50; seq++ {
+		d.Decode(node, []byte(fmt.Sprintf("4,%d,1,-,ncfrag=0/2;ab", seq)), t0)
+	}
+	for _, p := range d.order[1:] {
+		if !p.done || p.body != nil || p.filled != nil {
+			t.Fatalf("completed record %d still holds its buffers", p.key.seq)
+		}
+	}
+	d.Decode(netip.MustParseAddrPort("10.99.0.9:6665"), []byte("x"), t0)
+	if want := 100 + 1 + tailOverhead; d.pendingBytes != want {
+		t.Errorf("%d bytes pending, want %d", d.pendingBytes, want)
+	}
+}

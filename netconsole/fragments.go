@@ -61,16 +61,19 @@ func (d *Decoder) reassemble(addr netip.Addr, h header, chunk []byte, now time.T
 	if p.have < total {
 		return nil, false
 	}
+	body := p.body
 	d.forget(p)
 	d.counters.Reassembled++
-	return p.body, true
+	return body, true
 }
 
-// forget drops a record from reassembly.
+// forget drops a record from reassembly. Its buffers are released at once:
+// the expiry list may hold the record a while longer.
 func (d *Decoder) forget(p *partial) {
 	p.done = true
 	delete(d.pending, p.key)
 	d.pendingBytes -= len(p.body)
+	p.body, p.filled = nil, nil
 	if d.perSource[p.key.addr]--; d.perSource[p.key.addr] <= 0 {
 		delete(d.perSource, p.key.addr)
 	}
@@ -96,13 +99,22 @@ func (d *Decoder) Expire(now time.Time) []Message {
 	}
 	d.order = d.order[i:]
 
+	// Unfinished lines, oldest first; those continued or replaced since
+	// are skipped.
 	var out []Message
-	for addr, t := range d.tails {
-		if now.Sub(t.at) >= d.cfg.FragmentTimeout {
-			d.dropTail(addr)
-			out = d.emitBasic(out, t.src, t.text, t.at)
+	j := 0
+	for ; j < len(d.tailOrder); j++ {
+		t := d.tailOrder[j]
+		if t.done {
+			continue
 		}
+		if now.Sub(t.at) < d.cfg.FragmentTimeout {
+			break
+		}
+		d.dropTail(t.src.Addr())
+		out = d.emitBasic(out, t.src, t.text, t.at)
 	}
+	d.tailOrder = d.tailOrder[j:]
 	return out
 }
 
@@ -110,9 +122,12 @@ func (d *Decoder) Expire(now time.Time) []Message {
 // input.
 func (d *Decoder) Flush() []Message {
 	var out []Message
-	for addr, t := range d.tails {
-		d.dropTail(addr)
-		out = d.emitBasic(out, t.src, t.text, t.at)
+	for _, t := range d.tailOrder {
+		if !t.done {
+			d.dropTail(t.src.Addr())
+			out = d.emitBasic(out, t.src, t.text, t.at)
+		}
 	}
+	d.tailOrder = nil
 	return out
 }
