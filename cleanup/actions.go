@@ -257,6 +257,7 @@ func ignoreGone(err error) error {
 type Stats struct {
 	NotAllowed    atomic.Uint64 // incidents from a source outside AllowedSources
 	UnknownSource atomic.Uint64 // incidents from a source that is no node's
+	Ambiguous     atomic.Uint64 // fatal incidents refused: several nodes claim the source
 	NonFatal      atomic.Uint64 // non-fatal incidents reported on a node
 	Unconfirmed   atomic.Uint64 // panics refused: the node was alive
 	Capped        atomic.Uint64 // node cleanups delayed by the deletion cap

@@ -307,8 +307,19 @@ func TestFindingTheNode(t *testing.T) {
 		eventually(t, 30*time.Second, n.Name+" not deleted", nodeGone(cs, n.Name))
 	}
 	eventually(t, 10*time.Second, "unknown source not counted", func() bool { return c.Stats().UnknownSource.Load() == 1 })
-	if _, err := cs.CoreV1().Nodes().Get(context.Background(), bystander.Name, metav1.GetOptions{}); err != nil {
-		t.Errorf("bystander node: %v", err)
+
+	// Two nodes claiming one address: neither is deleted.
+	claimant := makeNode(t, cs, internalIP("10.200.0.16"), map[string]string{nodeindex.SourceAnnotation: "10.200.0.15"})
+	eventually(t, 10*time.Second, "cache never held the claimant", func() bool {
+		_, ambiguous, _ := c.index.NodeFor(netip.MustParseAddr("10.200.0.15"))
+		return ambiguous
+	})
+	c.Enqueue(fatal("10.200.0.15"))
+	eventually(t, 10*time.Second, "ambiguous source not refused", func() bool { return c.Stats().Ambiguous.Load() == 1 })
+	for _, n := range []*corev1.Node{bystander, claimant} {
+		if _, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{}); err != nil {
+			t.Errorf("%s: %v", n.Name, err)
+		}
 	}
 }
 

@@ -229,8 +229,13 @@ func (c *Controller) apply(ctx context.Context, w *work) (time.Duration, error) 
 		return 0, nil
 	}
 	log = log.With("node", node.Name)
-	if ambiguous {
-		log.Warn("several nodes claim this source address; acting on the first by name")
+	if ambiguous && inc.Fatal {
+		// Two Nodes claim the address (a stale Node with a recycled IP,
+		// or an override annotation naming another's): deleting either
+		// could be wrong.
+		c.stats.Ambiguous.Add(1)
+		log.Warn("several nodes claim this source address: nothing deleted")
+		return 0, nil
 	}
 	if !inc.Fatal {
 		c.stats.NonFatal.Add(1)
