@@ -94,15 +94,16 @@ func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1
 	c.event(ctx, log, nodeRef(node), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc)+" (cause: "+inc.Cause+")")
 	err = c.write(log, "delete node", func() error {
 		uid := node.UID
-		return ignoreGone(c.cfg.Client.CoreV1().Nodes().Delete(ctx, node.Name, metav1.DeleteOptions{
+		err := c.cfg.Client.CoreV1().Nodes().Delete(ctx, node.Name, metav1.DeleteOptions{
 			Preconditions: &metav1.Preconditions{UID: &uid},
-		}))
+		})
+		if err == nil {
+			c.stats.NodesDeleted.Add(1) // by us, not by another collector
+		}
+		return ignoreGone(err)
 	})
 	if err != nil {
 		return err
-	}
-	if !c.cfg.DryRun {
-		c.stats.NodesDeleted.Add(1)
 	}
 	log.Info("node deleted", "pods", len(pods), "dry_run", c.cfg.DryRun)
 	return nil
@@ -132,14 +133,15 @@ func (c *Controller) endPod(ctx context.Context, log *slog.Logger, pod *corev1.P
 	err = c.write(log, "delete pod", func() error {
 		uid := pod.UID
 		zero := int64(0) // the kubelet that would honour a grace period is dead
-		return ignoreGone(c.cfg.Client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
+		err := c.cfg.Client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
 			GracePeriodSeconds: &zero,
 			Preconditions:      &metav1.Preconditions{UID: &uid},
-		}))
+		})
+		if err == nil {
+			c.stats.PodsDeleted.Add(1) // by us, not by another collector
+		}
+		return ignoreGone(err)
 	})
-	if err == nil && !c.cfg.DryRun {
-		c.stats.PodsDeleted.Add(1)
-	}
 	return err
 }
 
@@ -262,8 +264,8 @@ type Stats struct {
 	Unconfirmed   atomic.Uint64 // panics refused: the node was alive
 	Capped        atomic.Uint64 // node cleanups delayed by the deletion cap
 	PodsFailed    atomic.Uint64 // pod statuses set
-	PodsDeleted   atomic.Uint64 // pods deleted
-	NodesDeleted  atomic.Uint64 // nodes deleted
+	PodsDeleted   atomic.Uint64 // pods this controller deleted
+	NodesDeleted  atomic.Uint64 // nodes this controller deleted
 	Events        atomic.Uint64 // Events created
 	EventErrors   atomic.Uint64 // Events that could not be recorded (logged; the cleanup goes on)
 	APIErrors     atomic.Uint64 // attempts that failed and were retried

@@ -98,6 +98,10 @@ type work struct {
 	confirmedUID types.UID
 }
 
+// attemptTimeout bounds one attempt at an incident: a node of 110 pods
+// takes about 9 s at the default QPS, a probe up to the Lease window.
+const attemptTimeout = 2 * time.Minute
+
 // reconfirmAfter is how long a confirmation holds: a cleanup that starts
 // later (it waited for the deletion cap, or for the API server) probes
 // again, since a node can reboot and come back in a minute.
@@ -186,7 +190,11 @@ func (c *Controller) processNextWorkItem(ctx context.Context) bool {
 		return true
 	}
 
-	wait, err := c.apply(ctx, w)
+	// A bound on one attempt, so that a blackholed connection to the API
+	// server cannot hold a worker forever: the attempt is retried.
+	attempt, cancel := context.WithTimeout(ctx, attemptTimeout)
+	wait, err := c.apply(attempt, w)
+	cancel()
 	switch {
 	case err != nil:
 		// An API error, or the API server away: try again later, with

@@ -67,13 +67,19 @@ type Detector struct {
 	cfg      Config
 	open     map[netip.Addr]*building
 	recent   *lru.Cache // ids of incidents returned lately
+	dead     *lru.Cache // source -> when its last fatal incident closed
 	counters Counters
 }
+
+// lateMarker is how long after a fatal incident closed a lone end-of-panic
+// marker from the same source is taken as that panic's last word, not a
+// new incident.
+const lateMarker = time.Minute
 
 // New returns a Detector with cfg.
 func New(cfg Config) *Detector {
 	cfg = cfg.withDefaults()
-	return &Detector{cfg: cfg, open: map[netip.Addr]*building{}, recent: lru.New(4096)}
+	return &Detector{cfg: cfg, open: map[netip.Addr]*building{}, recent: lru.New(4096), dead: lru.New(4096)}
 }
 
 // Counters returns what the detector has done so far.
@@ -114,6 +120,11 @@ func (d *Detector) Add(m netconsole.Message) []Incident {
 	if b == nil {
 		if !isTrigger {
 			return nil // not part of any incident
+		}
+		if strings.HasPrefix(m.Text, panicEndPrefix) {
+			if closed, ok := d.dead.Get(addr); ok && m.Received.Sub(closed.(time.Time)) < lateMarker {
+				return nil // the end of a panic already reported
+			}
 		}
 		if len(d.open) >= d.cfg.MaxOpen {
 			return d.closeOldest(m)
@@ -181,6 +192,9 @@ func (d *Detector) close(addr netip.Addr) []Incident {
 	b := d.open[addr]
 	delete(d.open, addr)
 	inc := b.incident()
+	if inc.Fatal {
+		d.dead.Add(addr, b.lastSeen)
+	}
 	if _, seen := d.recent.Get(inc.ID); seen {
 		d.counters.Duplicates++
 		return nil

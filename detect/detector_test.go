@@ -265,3 +265,17 @@ func TestTraceModule(t *testing.T) {
 		t.Errorf("%+v", got)
 	}
 }
+
+// TestLateEndMarker: the end-of-panic marker arriving after its incident
+// closed (SettleTime passed) is not a second incident.
+func TestLateEndMarker(t *testing.T) {
+	d := detect.New(detect.Config{SettleTime: time.Second})
+	got := feed(d, node, t0, "Kernel panic - not syncing: Fatal exception")
+	got = append(got, d.Tick(t0.Add(2*time.Second))...)
+	m := netconsole.Message{Source: node, Received: t0.Add(3 * time.Second), Text: "---[ end Kernel panic - not syncing: Fatal exception ]---"}
+	got = append(got, d.Add(m)...)
+	got = append(got, d.Flush()...)
+	if len(got) != 1 {
+		t.Errorf("%d incidents: %+v", len(got), got)
+	}
+}
