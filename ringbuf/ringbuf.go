@@ -177,3 +177,18 @@ func (c *Clock) Stamp(monoNS uint64) time.Time {
 	}
 	return time.Unix(0, int64(monoNS)+c.offset)
 }
+
+// Run reads lines and calls emit with each until ctx is done (it then
+// returns nil) or reading fails.
+func (r *Reader) Run(ctx context.Context, emit func(filter.Line)) error {
+	for {
+		line, err := r.Read(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		emit(line)
+	}
+}

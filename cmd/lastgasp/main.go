@@ -1,6 +1,7 @@
 // Command lastgasp turns a Linux kernel's dying words, sent by netconsole,
 // into a clean, explained end for the Kubernetes node and pods it took down.
 //
+//	lastgasp run [flags]         the collector: data path, detection, cleanup
 //	lastgasp scan FILE.pcap...   run captures through the XDP program
 package main
 
@@ -30,8 +31,10 @@ const (
 const usage = `usage: lastgasp COMMAND [flags] [args]
 
 commands:
+  run            the collector: netconsole lines in (XDP or a socket),
+                 incidents out, dead nodes and their pods cleaned up
   scan FILE...   run pcap/pcapng captures through the XDP program and print
-                 every line it forwards, one JSON object a line
+                 the incidents (or lines) found, one JSON object a line
 
 Run "lastgasp COMMAND -h" for a command's flags.
 `
@@ -43,6 +46,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	switch args[0] {
+	case "run":
+		return runCmd(ctx, args[1:], stdout, stderr)
 	case "scan":
 		return scan(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":

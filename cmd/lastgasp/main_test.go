@@ -13,7 +13,7 @@ import (
 
 const fixtures = "../../testdata/netconsole"
 
-func runCmd(args ...string) (code int, stdout, stderr string) {
+func invoke(args ...string) (code int, stdout, stderr string) {
 	var out, errb bytes.Buffer
 	code = run(context.Background(), args, &out, &errb)
 	return code, out.String(), errb.String()
@@ -29,7 +29,7 @@ func TestUsageErrors(t *testing.T) {
 		{"scan", "--context-lines", "-1", "x.pcap"},
 		{"scan", "--no-such-flag", "x.pcap"},
 	} {
-		if code, _, stderr := runCmd(args...); code != exitUsage || stderr == "" {
+		if code, _, stderr := invoke(args...); code != exitUsage || stderr == "" {
 			t.Errorf("%q: exit %d, stderr %q; want exit %d and a message", args, code, stderr, exitUsage)
 		}
 	}
@@ -39,7 +39,7 @@ func TestScan(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("loading BPF programs needs root")
 	}
-	code, stdout, stderr := runCmd("scan", "--lines", "--stats", filepath.Join(fixtures, "sysrq-ext-v4.pcap"))
+	code, stdout, stderr := invoke("scan", "--lines", "--stats", filepath.Join(fixtures, "sysrq-ext-v4.pcap"))
 	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -68,7 +68,7 @@ func TestScan(t *testing.T) {
 	full, _ := os.ReadFile(filepath.Join(fixtures, "sysrq-v4.pcap"))
 	cut := filepath.Join(t.TempDir(), "cut.pcap")
 	os.WriteFile(cut, full[:len(full)-50], 0o644)
-	code, stdout, stderr = runCmd("scan", "--lines", cut)
+	code, stdout, stderr = invoke("scan", "--lines", cut)
 	if code != exitError || !strings.Contains(stdout, "Kernel panic") || !strings.Contains(stderr, "after") {
 		t.Errorf("truncated capture: exit %d, %d bytes out, stderr %q", code, len(stdout), stderr)
 	}
@@ -90,7 +90,7 @@ func TestScanIncidents(t *testing.T) {
 		"sysrq-ext-v4":    "sysrq/true/sysrq: Trigger a crash/Kernel panic - not syncing: sysrq triggered crash",
 	}
 	for name, w := range want {
-		code, stdout, stderr := runCmd("scan", filepath.Join(fixtures, name+".pcap"))
+		code, stdout, stderr := invoke("scan", filepath.Join(fixtures, name+".pcap"))
 		if code != exitOK {
 			t.Fatalf("%s: exit %d: %s", name, code, stderr)
 		}

@@ -1,0 +1,110 @@
+// Package collector is the running appliance: it takes forwarded lines
+// from a data path (the XDP program's ring buffer, or a UDP socket),
+// assembles them into incidents, logs each incident once, and hands the
+// incidents to the cleanup controller when there is a cluster to act on
+// (report-only otherwise).
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/lastgasp/lastgasp/detect"
+	"github.com/lastgasp/lastgasp/filter"
+	"github.com/lastgasp/lastgasp/netconsole"
+	"github.com/lastgasp/lastgasp/pattern"
+)
+
+// Source is a data path: it calls emit with every forwarded line until ctx
+// is done (then it returns nil) or it fails.
+type Source interface {
+	Run(ctx context.Context, emit func(filter.Line)) error
+}
+
+// Sink receives every incident, once (the cleanup controller's Enqueue).
+type Sink func(detect.Incident)
+
+// Config configures a collector.
+type Config struct {
+	// Source is where lines come from.
+	Source Source
+	// Patterns is the detector's trigger table (the one the data path
+	// matches with). Default pattern.Default().
+	Patterns *pattern.Table
+	// Sink, if set, receives every incident: nil is report-only.
+	Sink Sink
+	// Logger receives every incident and what the collector does.
+	Logger *slog.Logger
+}
+
+// tickEvery is how often open incidents are checked for closing when no
+// line arrives.
+const tickEvery = 500 * time.Millisecond
+
+// Run runs the collector until ctx is done.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	asm := detect.NewAssembler(netconsole.Config{}, detect.Config{Patterns: cfg.Patterns})
+	report := func(incs []detect.Incident) {
+		for _, inc := range incs {
+			log.Info("incident",
+				"id", inc.ID, "source", inc.Source, "kind", inc.Kind, "fatal", inc.Fatal,
+				"reason", inc.Reason, "cause", inc.Cause, "module", inc.Module, "task", inc.Task,
+				"first", inc.First, "lines", len(inc.Lines),
+				"action", action(cfg.Sink != nil, inc))
+			if cfg.Sink != nil {
+				cfg.Sink(inc)
+			}
+		}
+	}
+
+	lines := make(chan filter.Line, 4096)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srcErr := make(chan error, 1)
+	go func() {
+		defer close(lines)
+		srcErr <- cfg.Source.Run(ctx, func(l filter.Line) {
+			select {
+			case lines <- l:
+			case <-ctx.Done():
+			}
+		})
+	}()
+
+	tick := time.NewTicker(tickEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				report(asm.Flush())
+				if err := <-srcErr; err != nil && !errors.Is(err, context.Canceled) {
+					return fmt.Errorf("collector: data path: %w", err)
+				}
+				return nil
+			}
+			report(asm.Line(l))
+		case now := <-tick.C:
+			report(asm.Tick(now))
+		}
+	}
+}
+
+// action says what will be done with an incident.
+func action(cluster bool, inc detect.Incident) string {
+	switch {
+	case !cluster:
+		return "none: report-only"
+	case inc.Fatal:
+		return "cleanup: confirm the node dead, end its pods, delete it"
+	default:
+		return "report on the node"
+	}
+}
