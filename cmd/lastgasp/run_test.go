@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -12,6 +13,11 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/lastgasp/lastgasp/internal/controlplane"
 	"github.com/lastgasp/lastgasp/internal/packettest"
 	"github.com/lastgasp/lastgasp/internal/testnet"
 )
@@ -166,5 +172,104 @@ func eventuallyLogged(t *testing.T, out *syncBuffer, msg string) {
 			t.Fatalf("never logged %q:\n%s", msg, out.String())
 		}
 		time.Sleep(20 * time.Millisecond) // the log is the only signal
+	}
+}
+
+// TestRunCleansUp is the whole chain: a real kernel's panic, sent from
+// the node's namespace, through the XDP program attached to the
+// collector's veth, assembled into an incident, and applied to a real
+// API server: the node's pods failed and deleted, the Node deleted.
+// (--confirm=none: a probe from this test would leave from the root
+// namespace; the probe is tested in package cleanup, from a namespace.)
+func TestRunCleansUp(t *testing.T) {
+	testnet.RequireRoot(t)
+	cp, err := controlplane.Start(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cp.Stop()
+	cs, err := cp.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig, err := cp.Kubeconfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kcPath := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kcPath, kubeconfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	pair := testnet.NewPair(t)
+	ctx := context.Background()
+	node, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: pair.Node.IPv4.String()}}
+	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		_, err := cs.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "job-" + strconv.Itoa(i)},
+			Spec:       corev1.PodSpec{NodeName: node.Name, Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	var out syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		pair.Collector.Netns.Do(func() error {
+			done <- runCmd(runCtx, []string{"--mode", "xdp", "--interface", pair.Collector.Ifname, "--kubeconfig", kcPath, "--confirm", "none"}, &out, &out)
+			return nil
+		})
+	}()
+	eventuallyLogged(t, &out, "lastgasp collecting")
+	// The controller's caches must hold the node and pods: they sync
+	// before its workers start, and the incident waits in the queue.
+	var conn *net.UDPConn
+	if err := pair.Node.Netns.Do(func() (err error) {
+		conn, err = net.ListenUDP("udp", &net.UDPAddr{IP: pair.Node.IPv4.AsSlice(), Port: 6665})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	replay(t, conn, &net.UDPAddr{IP: pair.Collector.IPv4.AsSlice(), Port: 6666}, "sysrq-ext-v4.pcap")
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := cs.CoreV1().Nodes().Get(ctx, node.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node not deleted:\n%s", out.String())
+		}
+		time.Sleep(50 * time.Millisecond) // polling the API server
+	}
+	t.Logf("from the first packet to the Node deleted: %v", time.Since(start).Round(time.Millisecond))
+	pods, _ := cs.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+	if len(pods.Items) != 0 {
+		t.Errorf("%d pods left", len(pods.Items))
+	}
+	events, _ := cs.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
+	reasons := map[string]int{}
+	for _, e := range events.Items {
+		reasons[e.Reason]++
+	}
+	if reasons["NodeKernelPanic"] != 4 {
+		t.Errorf("events %v, want 4 NodeKernelPanic (3 pods, the node)", reasons)
+	}
+	cancel()
+	if code := <-done; code != exitOK {
+		t.Errorf("exit %d:\n%s", code, out.String())
 	}
 }

@@ -89,13 +89,9 @@ func (c *ControlPlane) Stop() error {
 // controllers (for example "job"), as an administrator, until ctx is done
 // or the returned stop is called.
 func (c *ControlPlane) StartControllerManager(ctx context.Context, controllers ...string) (stop func(), err error) {
-	user, err := c.env.AddUser(envtest.User{Name: "kube-controller-manager", Groups: []string{"system:masters"}}, nil)
+	kubeconfig, err := c.Kubeconfig()
 	if err != nil {
-		return nil, fmt.Errorf("controller manager: user: %w", err)
-	}
-	kubeconfig, err := user.KubeConfig()
-	if err != nil {
-		return nil, fmt.Errorf("controller manager: kubeconfig: %w", err)
+		return nil, fmt.Errorf("controller manager: %w", err)
 	}
 	dir, err := os.MkdirTemp("", "lastgasp-kcm-")
 	if err != nil {
@@ -126,4 +122,13 @@ func (c *ControlPlane) StartControllerManager(ctx context.Context, controllers .
 		cmd.Wait()
 		os.RemoveAll(dir)
 	}, nil
+}
+
+// Kubeconfig returns a kubeconfig for an administrator of the API server.
+func (c *ControlPlane) Kubeconfig() ([]byte, error) {
+	user, err := c.env.AddUser(envtest.User{Name: "lastgasp", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("control plane: user: %w", err)
+	}
+	return user.KubeConfig()
 }
