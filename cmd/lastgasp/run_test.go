@@ -132,18 +132,52 @@ func TestRunSocketReportOnly(t *testing.T) {
 func TestRunXDPReportOnly(t *testing.T) {
 	testnet.RequireRoot(t)
 	pair := testnet.NewPair(t)
+	c := startCollector(t, pair, "--mode", "xdp", "--interface", pair.Collector.Ifname, "--xdp-mode", "native", "--report-only")
+	replay(t, nodeSocket(t, pair), &net.UDPAddr{IP: pair.Collector.IPv4.AsSlice(), Port: 6666}, "null-oops-panic.pcap")
+
+	inc := incidentLog(t, &c.out, 10*time.Second)
+	if inc["kind"] != "oops" || inc["fatal"] != true || inc["source"] != pair.Node.IPv4.String() || inc["module"] != "crashmod" {
+		t.Errorf("incident %v", inc)
+	}
+	c.stop(t)
+}
+
+// running is a "lastgasp run" running in the test's process.
+type running struct {
+	out    syncBuffer
+	done   chan int
+	cancel context.CancelFunc
+}
+
+// startCollector runs "lastgasp run args" inside the pair's collector
+// namespace (attaching finds the interface in the calling thread's
+// namespace), and waits until it says it is collecting.
+func startCollector(t *testing.T, pair *testnet.Pair, args ...string) *running {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
-	done := make(chan int, 1)
+	r := &running{done: make(chan int, 1), cancel: cancel}
 	go func() {
-		// Attaching finds the interface in the calling thread's namespace.
 		pair.Collector.Netns.Do(func() error {
-			done <- runCmd(ctx, []string{"--mode", "xdp", "--interface", pair.Collector.Ifname, "--xdp-mode", "native", "--report-only"}, &out, &out)
+			r.done <- runCmd(ctx, args, &r.out, &r.out)
 			return nil
 		})
 	}()
-	eventuallyLogged(t, &out, "lastgasp collecting")
+	eventuallyLogged(t, &r.out, "lastgasp collecting")
+	return r
+}
 
+// stop ends the run and checks it exited cleanly.
+func (r *running) stop(t *testing.T) {
+	t.Helper()
+	r.cancel()
+	if code := <-r.done; code != exitOK {
+		t.Errorf("exit %d:\n%s", code, r.out.String())
+	}
+}
+
+// nodeSocket is netconsole's socket on the node: its address, port 6665.
+func nodeSocket(t *testing.T, pair *testnet.Pair) *net.UDPConn {
+	t.Helper()
 	var conn *net.UDPConn
 	if err := pair.Node.Netns.Do(func() (err error) {
 		conn, err = net.ListenUDP("udp", &net.UDPAddr{IP: pair.Node.IPv4.AsSlice(), Port: 6665})
@@ -151,17 +185,8 @@ func TestRunXDPReportOnly(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	replay(t, conn, &net.UDPAddr{IP: pair.Collector.IPv4.AsSlice(), Port: 6666}, "null-oops-panic.pcap")
-
-	inc := incidentLog(t, &out, 10*time.Second)
-	if inc["kind"] != "oops" || inc["fatal"] != true || inc["source"] != pair.Node.IPv4.String() || inc["module"] != "crashmod" {
-		t.Errorf("incident %v", inc)
-	}
-	cancel()
-	if code := <-done; code != exitOK {
-		t.Errorf("exit %d:\n%s", code, out.String())
-	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 func eventuallyLogged(t *testing.T, out *syncBuffer, msg string) {
@@ -221,26 +246,10 @@ func TestRunCleansUp(t *testing.T) {
 		}
 	}
 
-	runCtx, cancel := context.WithCancel(ctx)
-	var out syncBuffer
-	done := make(chan int, 1)
-	go func() {
-		pair.Collector.Netns.Do(func() error {
-			done <- runCmd(runCtx, []string{"--mode", "xdp", "--interface", pair.Collector.Ifname, "--kubeconfig", kcPath, "--confirm", "none"}, &out, &out)
-			return nil
-		})
-	}()
-	eventuallyLogged(t, &out, "lastgasp collecting")
+	c := startCollector(t, pair, "--mode", "xdp", "--interface", pair.Collector.Ifname, "--kubeconfig", kcPath, "--confirm", "none")
 	// The controller's caches must hold the node and pods: they sync
 	// before its workers start, and the incident waits in the queue.
-	var conn *net.UDPConn
-	if err := pair.Node.Netns.Do(func() (err error) {
-		conn, err = net.ListenUDP("udp", &net.UDPAddr{IP: pair.Node.IPv4.AsSlice(), Port: 6665})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := nodeSocket(t, pair)
 	start := time.Now()
 	replay(t, conn, &net.UDPAddr{IP: pair.Collector.IPv4.AsSlice(), Port: 6666}, "sysrq-ext-v4.pcap")
 
@@ -251,7 +260,7 @@ func TestRunCleansUp(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("node not deleted:\n%s", out.String())
+			t.Fatalf("node not deleted:\n%s", c.out.String())
 		}
 		time.Sleep(50 * time.Millisecond) // polling the API server
 	}
@@ -268,8 +277,5 @@ func TestRunCleansUp(t *testing.T) {
 	if reasons["NodeKernelPanic"] != 4 {
 		t.Errorf("events %v, want 4 NodeKernelPanic (3 pods, the node)", reasons)
 	}
-	cancel()
-	if code := <-done; code != exitOK {
-		t.Errorf("exit %d:\n%s", code, out.String())
-	}
+	c.stop(t)
 }
