@@ -74,8 +74,11 @@ func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1
 	if err != nil {
 		return err
 	}
-	log.Info("cleaning up a dead node", "pods", len(pods), "reason", inc.Reason, "cause", inc.Cause)
+	log.Info("cleaning up a dead node", "pods", len(pods), "pod_action", c.cfg.PodAction, "keep_node", c.cfg.KeepNode, "reason", inc.Reason, "cause", inc.Cause)
 	for _, pod := range pods {
+		if c.cfg.PodAction == PodsNone {
+			break
+		}
 		if err := c.endPod(ctx, log, pod, inc); err != nil {
 			return err
 		}
@@ -92,6 +95,10 @@ func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1
 		return err
 	}
 	c.event(ctx, log, nodeRef(node), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc)+" (cause: "+inc.Cause+")")
+	if c.cfg.KeepNode {
+		log.Info("node kept (KeepNode)", "pods", len(pods), "dry_run", c.cfg.DryRun)
+		return nil
+	}
 	err = c.write(log, "delete node", func() error {
 		uid := node.UID
 		err := c.cfg.Client.CoreV1().Nodes().Delete(ctx, node.Name, metav1.DeleteOptions{
@@ -130,6 +137,9 @@ func (c *Controller) endPod(ctx context.Context, log *slog.Logger, pod *corev1.P
 		return err
 	}
 	c.event(ctx, log, podRef(pod), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc))
+	if c.cfg.PodAction == PodsFail {
+		return nil
+	}
 	err = c.write(log, "delete pod", func() error {
 		uid := pod.UID
 		zero := int64(0) // the kubelet that would honour a grace period is dead

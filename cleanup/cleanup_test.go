@@ -644,3 +644,47 @@ func TestJobPodFailurePolicy(t *testing.T) {
 	t.Logf("job status: active %d, failed %d", got.Status.Active, got.Status.Failed)
 	cs.BatchV1().Jobs(ns).Delete(ctx, job.Name, metav1.DeleteOptions{})
 }
+
+// TestActionsConfigurable: pods failed but not deleted, the Node
+// annotated but kept; and pods untouched.
+func TestActionsConfigurable(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{PodAction: cleanup.PodsFail, KeepNode: true})
+	node := makeNode(t, cs, internalIP("10.200.0.91"), nil)
+	ns, pods := makePods(t, cs, node.Name, 3)
+	inc := fatal("10.200.0.91")
+	c.enqueue(t, inc, 3)
+	eventually(t, 20*time.Second, "node not annotated", func() bool {
+		n, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{})
+		return err == nil && n.Annotations[cleanup.AnnotationIncident] == inc.ID
+	})
+	eventually(t, 10*time.Second, "incident not done", func() bool { return c.Pending() == 0 })
+	for _, p := range pods {
+		got, err := cs.CoreV1().Pods(ns).Get(context.Background(), p.Name, metav1.GetOptions{})
+		if err != nil || got.DeletionTimestamp != nil || got.Annotations[cleanup.AnnotationIncident] != inc.ID {
+			t.Errorf("%s: want failed and annotated, not deleted: %v %+v", p.Name, err, got.ObjectMeta)
+		}
+		want := corev1.PodFailed
+		if p.Name == "pod-0" {
+			want = corev1.PodSucceeded
+		}
+		if got.Status.Phase != want {
+			t.Errorf("%s: phase %s, want %s", p.Name, got.Status.Phase, want)
+		}
+	}
+
+	d := start(t, cs, cleanup.Config{PodAction: cleanup.PodsNone})
+	other := makeNode(t, cs, internalIP("10.200.0.92"), nil)
+	ns2, pods2 := makePods(t, cs, other.Name, 2)
+	d.enqueue(t, fatal("10.200.0.92"), 2)
+	eventually(t, 20*time.Second, "node not deleted", nodeGone(cs, other.Name))
+	for _, p := range pods2 {
+		got, err := cs.CoreV1().Pods(ns2).Get(context.Background(), p.Name, metav1.GetOptions{})
+		if err != nil || got.ResourceVersion != p.ResourceVersion {
+			t.Errorf("%s touched: %v", p.Name, err)
+		}
+	}
+	if _, err := cleanup.ParsePodAction("evict"); err == nil {
+		t.Error("ParsePodAction accepted evict")
+	}
+}

@@ -49,6 +49,12 @@ type Config struct {
 	// it, cleanups wait their turn, and each wait is logged and counted.
 	// Default 10.
 	MaxNodeDeletionsPerMinute int
+	// PodAction is what a fatal incident does to the node's Pods.
+	// Default PodsFailAndDelete.
+	PodAction PodAction
+	// KeepNode annotates the Node and records its Event but does not
+	// delete it (a cloud controller or an operator will).
+	KeepNode bool
 	// TaintNonFatal taints a node with a non-fatal incident
 	// (lastgasp.io/kernel-oops:NoSchedule).
 	TaintNonFatal bool
@@ -58,6 +64,30 @@ type Config struct {
 	Instance string
 	// Logger receives what the controller does. Default slog.Default().
 	Logger *slog.Logger
+}
+
+// PodAction is what a fatal incident does to the Pods of the dead node.
+type PodAction string
+
+// The pod actions.
+const (
+	// PodsFailAndDelete: annotations, final status, Event, then delete
+	// with grace 0. The default.
+	PodsFailAndDelete PodAction = "fail-and-delete"
+	// PodsFail: annotations, final status and Event; the Pods are left
+	// for the pod garbage collector to delete.
+	PodsFail PodAction = "fail"
+	// PodsNone: the Pods are not touched; only the Node is handled.
+	PodsNone PodAction = "none"
+)
+
+// ParsePodAction checks a pod action given by name.
+func ParsePodAction(s string) (PodAction, error) {
+	switch a := PodAction(s); a {
+	case PodsFailAndDelete, PodsFail, PodsNone:
+		return a, nil
+	}
+	return "", fmt.Errorf("pod action %q: want fail-and-delete, fail or none", s)
 }
 
 // DefaultMaxNodeDeletionsPerMinute is the default deletion cap.
@@ -117,6 +147,9 @@ func New(cfg Config) *Controller {
 	}
 	if cfg.Instance == "" {
 		cfg.Instance = "lastgasp"
+	}
+	if cfg.PodAction == "" {
+		cfg.PodAction = PodsFailAndDelete
 	}
 	perMinute := cfg.MaxNodeDeletionsPerMinute
 	return &Controller{

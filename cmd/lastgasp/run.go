@@ -49,6 +49,8 @@ type runConfig struct {
 	burst         int
 	logFormat     string
 	reportOnlyArg bool // --report-only: never write to a cluster
+	podAction     cleanup.PodAction
+	keepNode      bool
 }
 
 // parseRun parses and checks the flags; a wrong value is one line on
@@ -70,6 +72,8 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config; neither: report-only)")
 	fs.BoolVar(&c.reportOnlyArg, "report-only", false, "never write to the cluster, even with a kubeconfig")
 	fs.BoolVar(&c.dryRun, "dry-run", false, "compute and log every cluster action, write nothing")
+	podAction := fs.String("pod-action", string(cleanup.PodsFailAndDelete), "what a fatal incident does to the node's pods: fail-and-delete, fail (left for pod GC) or none")
+	fs.BoolVar(&c.keepNode, "keep-node", false, "annotate a dead node and record its Event, but do not delete it")
 	confirm := fs.String("confirm", "tcp", "how a panic is confirmed before deletion: tcp (kubelet port silent, Lease stale) or none")
 	fs.IntVar(&c.kubeletPort, "kubelet-port", liveness.DefaultPort, "port probed to confirm a node is dead")
 	fs.Var(&allow, "allow", "source network(s) acted on, CIDR, comma-separated or repeated (default: any)")
@@ -109,6 +113,9 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 		return c, fmt.Errorf("--kubelet-port %d: not a port", c.kubeletPort)
 	}
 	if c.xdpMode, err = loader.ParseXDPMode(*xdpMode); err != nil {
+		return c, err
+	}
+	if c.podAction, err = cleanup.ParsePodAction(*podAction); err != nil {
 		return c, err
 	}
 	if net.ParseIP(c.listen) == nil {
@@ -252,6 +259,7 @@ func clusterSide(ctx context.Context, c runConfig, log *slog.Logger) (collector.
 		Client: cs, Index: index, Prober: prober,
 		AllowedSources: c.allowed, MaxNodeDeletionsPerMinute: c.maxDeletions,
 		DryRun: c.dryRun, Instance: host, Logger: log,
+		PodAction: c.podAction, KeepNode: c.keepNode,
 	})
 	factory.Start(ctx.Done())
 	go func() {

@@ -34,6 +34,7 @@ func TestRunBadFlags(t *testing.T) {
 		{"run", "--mode", "socket", "--listen", "nowhere"},
 		{"run", "--mode", "socket", "--kube-api-qps", "0"},
 		{"run", "--mode", "socket", "extra"},
+		{"run", "--mode", "socket", "--pod-action", "evict"},
 	} {
 		code, stdout, stderr := invoke(args...)
 		if code != exitUsage || stdout != "" || strings.Count(strings.TrimSpace(stderr), "\n") != 0 || !strings.HasPrefix(stderr, "lastgasp run: ") {
