@@ -36,6 +36,11 @@ type Config struct {
 	Patterns *pattern.Table
 	// Sink, if set, receives every incident: nil is report-only.
 	Sink Sink
+	// Observe, if set, sees every incident too (metrics).
+	Observe func(detect.Incident)
+	// Snapshot, if set, receives the decoder's and detector's counters
+	// every tick and at the end: a copy other goroutines may read.
+	Snapshot func(netconsole.Counters, detect.Counters)
 	// Logger receives every incident and what the collector does.
 	Logger *slog.Logger
 }
@@ -58,6 +63,9 @@ func Run(ctx context.Context, cfg Config) error {
 				"reason", inc.Reason, "cause", inc.Cause, "module", inc.Module, "task", inc.Task,
 				"first", inc.First, "lines", len(inc.Lines),
 				"action", action(cfg.Sink != nil, inc))
+			if cfg.Observe != nil {
+				cfg.Observe(inc)
+			}
 			if cfg.Sink != nil {
 				cfg.Sink(inc)
 			}
@@ -78,6 +86,12 @@ func Run(ctx context.Context, cfg Config) error {
 		})
 	}()
 
+	snapshot := func() {
+		if cfg.Snapshot != nil {
+			cfg.Snapshot(asm.Decoder.Counters(), asm.Detector.Counters())
+		}
+	}
+	defer snapshot()
 	tick := time.NewTicker(tickEvery)
 	defer tick.Stop()
 	for {
@@ -93,6 +107,7 @@ func Run(ctx context.Context, cfg Config) error {
 			report(asm.Line(l))
 		case now := <-tick.C:
 			report(asm.Tick(now))
+			snapshot()
 		}
 	}
 }

@@ -8,10 +8,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -20,9 +23,12 @@ import (
 
 	"github.com/lastgasp/lastgasp/cleanup"
 	"github.com/lastgasp/lastgasp/collector"
+	"github.com/lastgasp/lastgasp/detect"
 	"github.com/lastgasp/lastgasp/filter"
 	"github.com/lastgasp/lastgasp/liveness"
 	"github.com/lastgasp/lastgasp/loader"
+	"github.com/lastgasp/lastgasp/metrics"
+	"github.com/lastgasp/lastgasp/netconsole"
 	"github.com/lastgasp/lastgasp/nodeindex"
 	"github.com/lastgasp/lastgasp/pattern"
 	"github.com/lastgasp/lastgasp/ringbuf"
@@ -51,6 +57,7 @@ type runConfig struct {
 	reportOnlyArg bool // --report-only: never write to a cluster
 	podAction     cleanup.PodAction
 	keepNode      bool
+	metricsAddr   string
 }
 
 // parseRun parses and checks the flags; a wrong value is one line on
@@ -81,6 +88,7 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	fs.Float64Var(&c.qps, "kube-api-qps", cleanup.DefaultClientQPS, "API server requests a second")
 	fs.IntVar(&c.burst, "kube-api-burst", cleanup.DefaultClientBurst, "API server request burst")
 	fs.StringVar(&c.logFormat, "log-format", "json", "log format: json or text")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "address to serve /metrics, /healthz and /readyz on (e.g. :9466; default off)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintf(stderr, "usage: lastgasp run [flags]\n\nThe collector: netconsole lines in, incidents out, dead nodes cleaned up.\n\nflags:\n")
@@ -158,22 +166,58 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // done.
 func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 	table := pattern.Default()
-	source, closeSource, err := dataPath(ctx, c, table, log)
+	var src metrics.Sources
+	source, closeSource, err := dataPath(ctx, c, table, log, &src)
 	if err != nil {
 		return err
 	}
 	defer closeSource()
 
-	sink, err := clusterSide(ctx, c, log)
+	sink, synced, err := clusterSide(ctx, c, log, &src)
 	if err != nil {
 		return err
 	}
+
+	var counters atomic.Pointer[assemblerCounters]
+	counters.Store(&assemblerCounters{})
+	src.Decoder = func() any { return counters.Load().decoder }
+	src.Detector = func() any { return counters.Load().detector }
+	m := metrics.New(src)
+	if c.metricsAddr != "" {
+		ln, err := net.Listen("tcp", c.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
+		log.Info("serving metrics", "addr", ln.Addr().String())
+	}
+	go func() {
+		// Ready once attached (done above) and the caches synced.
+		if synced == nil || synced(ctx) {
+			m.SetReady(true)
+		}
+	}()
+
 	log.Info("lastgasp collecting", "mode", c.mode, "ports", c.ports, "interfaces", c.interfaces, "report_only", sink == nil, "dry_run", c.dryRun)
-	return collector.Run(ctx, collector.Config{Source: source, Patterns: table, Sink: sink, Logger: log})
+	return collector.Run(ctx, collector.Config{
+		Source: source, Patterns: table, Sink: sink, Logger: log,
+		Observe: m.Incident,
+		Snapshot: func(d netconsole.Counters, t detect.Counters) {
+			counters.Store(&assemblerCounters{decoder: d, detector: t})
+		},
+	})
+}
+
+// assemblerCounters is a snapshot the collector publishes for scrapes.
+type assemblerCounters struct {
+	decoder  netconsole.Counters
+	detector detect.Counters
 }
 
 // dataPath loads and attaches the XDP program, or opens the sockets.
-func dataPath(ctx context.Context, c runConfig, table *pattern.Table, log *slog.Logger) (collector.Source, func(), error) {
+func dataPath(ctx context.Context, c runConfig, table *pattern.Table, log *slog.Logger, src *metrics.Sources) (collector.Source, func(), error) {
 	if c.mode == "socket" {
 		var sources collector.Sources
 		var rxs []*udpreceiver.Receiver
@@ -217,36 +261,39 @@ func dataPath(ctx context.Context, c runConfig, table *pattern.Table, log *slog.
 		prog.Close()
 		return nil, nil, err
 	}
+	src.XDP = func() (any, error) { return prog.Counters() }
+	src.RingMalformed = rd.Malformed
 	return rd, func() { rd.Close(); prog.Close() }, nil
 }
 
-// clusterSide starts the cleanup controller and returns its Enqueue, or
-// nil for report-only: no kubeconfig and not in a cluster, or asked.
-func clusterSide(ctx context.Context, c runConfig, log *slog.Logger) (collector.Sink, error) {
+// clusterSide starts the cleanup controller and returns its Enqueue and a
+// wait for its caches, or nil for report-only: no kubeconfig and not in a
+// cluster, or asked.
+func clusterSide(ctx context.Context, c runConfig, log *slog.Logger, src *metrics.Sources) (collector.Sink, func(context.Context) bool, error) {
 	if c.reportOnlyArg {
 		log.Info("report-only (--report-only): incidents are logged, nothing is written to a cluster")
-		return nil, nil
+		return nil, nil, nil
 	}
 	var cfg *rest.Config
 	var err error
 	if c.kubeconfig != "" {
 		cfg, err = clientcmd.BuildConfigFromFlags("", c.kubeconfig)
 		if err != nil {
-			return nil, fmt.Errorf("kubeconfig %s: %w", c.kubeconfig, err)
+			return nil, nil, fmt.Errorf("kubeconfig %s: %w", c.kubeconfig, err)
 		}
 	} else if cfg, err = rest.InClusterConfig(); err != nil {
 		log.Info("report-only: no --kubeconfig and not running in a cluster; incidents are logged, nothing is written")
-		return nil, nil
+		return nil, nil, nil
 	}
 	cfg.QPS, cfg.Burst = float32(c.qps), c.burst
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
+		return nil, nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	factory := informers.NewSharedInformerFactory(cs, 0)
 	index, err := nodeindex.New(factory)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var prober *liveness.Prober
 	if c.confirm {
@@ -267,7 +314,8 @@ func clusterSide(ctx context.Context, c runConfig, log *slog.Logger) (collector.
 			log.Error("cleanup controller stopped", "error", err)
 		}
 	}()
-	return ctrl.Enqueue, nil
+	src.Cleanup = func() any { return ctrl.Stats() }
+	return ctrl.Enqueue, func(ctx context.Context) bool { return index.WaitForSync(ctx) == nil }, nil
 }
 
 // stringList is a flag of strings, comma-separated or repeated.

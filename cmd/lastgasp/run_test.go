@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -101,12 +103,13 @@ func TestRunSocketReportOnly(t *testing.T) {
 	}
 	port := probe.LocalAddr().(*net.UDPAddr).Port
 	probe.Close()
+	metricsAddr := freeTCPAddr(t)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var out syncBuffer
 	done := make(chan int, 1)
 	go func() {
-		done <- runCmd(ctx, []string{"--mode", "socket", "--listen", "127.0.0.1", "--port", strconv.Itoa(port), "--report-only"}, &out, &out)
+		done <- runCmd(ctx, []string{"--mode", "socket", "--listen", "127.0.0.1", "--port", strconv.Itoa(port), "--report-only", "--metrics-addr", metricsAddr}, &out, &out)
 	}()
 	eventuallyLogged(t, &out, "lastgasp collecting")
 
@@ -121,6 +124,13 @@ func TestRunSocketReportOnly(t *testing.T) {
 	if inc["kind"] != "sysrq" || inc["fatal"] != true || inc["source"] != "127.0.0.1" || !strings.HasPrefix(inc["action"].(string), "none") {
 		t.Errorf("incident %v", inc)
 	}
+	direct := func(fn func() error) error { return fn() }
+	scrapeFor(t, direct, metricsAddr, `lastgasp_incidents_total{fatal="true",kind="sysrq"} 1`, `lastgasp_decoder_events_total{event="messages"} 22`)
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if body := get(t, direct, "http://"+metricsAddr+path); body != "ok\n" {
+			t.Errorf("%s: %q", path, body)
+		}
+	}
 	cancel()
 	if code := <-done; code != exitOK {
 		t.Errorf("exit %d:\n%s", code, out.String())
@@ -133,13 +143,17 @@ func TestRunSocketReportOnly(t *testing.T) {
 func TestRunXDPReportOnly(t *testing.T) {
 	testnet.RequireRoot(t)
 	pair := testnet.NewPair(t)
-	c := startCollector(t, pair, "--mode", "xdp", "--interface", pair.Collector.Ifname, "--xdp-mode", "native", "--report-only")
+	c := startCollector(t, pair, "--mode", "xdp", "--interface", pair.Collector.Ifname, "--xdp-mode", "native", "--report-only", "--metrics-addr", "127.0.0.1:9466")
 	replay(t, nodeSocket(t, pair), &net.UDPAddr{IP: pair.Collector.IPv4.AsSlice(), Port: 6666}, "null-oops-panic.pcap")
 
 	inc := incidentLog(t, &c.out, 10*time.Second)
 	if inc["kind"] != "oops" || inc["fatal"] != true || inc["source"] != pair.Node.IPv4.String() || inc["module"] != "crashmod" {
 		t.Errorf("incident %v", inc)
 	}
+	// The metrics are served in the collector's namespace.
+	scrapeFor(t, pair.Collector.Netns.Do, "127.0.0.1:9466",
+		`lastgasp_xdp_events_total{event="matched"} 3`, `lastgasp_xdp_events_total{event="netconsole"} 418`,
+		`lastgasp_incidents_total{fatal="true",kind="oops"} 1`, `lastgasp_ringbuf_malformed_records_total 0`)
 	c.stop(t)
 }
 
@@ -279,4 +293,74 @@ func TestRunCleansUp(t *testing.T) {
 		t.Errorf("events %v, want 4 NodeKernelPanic (3 pods, the node)", reasons)
 	}
 	c.stop(t)
+}
+
+// freeTCPAddr returns a loopback address with a port free a moment ago.
+func freeTCPAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// get fetches url; its connection is made through do (inside a
+// namespace: the HTTP client dials on a goroutine of its own, so the dial
+// itself must enter the namespace).
+func get(t *testing.T, do func(func() error) error, url string) string {
+	t.Helper()
+	dial := func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
+		err = do(func() error {
+			conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return conn, err
+	}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial}}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return string(body)
+}
+
+// scrapeFor scrapes /metrics until every wanted sample line is there
+// (the decoder's counters are published every 500 ms).
+func scrapeFor(t *testing.T, do func(func() error) error, addr string, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		body := get(t, do, "http://"+addr+"/metrics")
+		missing := ""
+		for _, w := range want {
+			if !strings.Contains(body, w+"\n") {
+				missing = w
+				break
+			}
+		}
+		if missing == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics lack %q:\n%s", missing, grepLastgasp(body))
+		}
+		time.Sleep(100 * time.Millisecond) // the counters are published on a tick
+	}
+}
+
+func grepLastgasp(body string) string {
+	var out []string
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, "lastgasp_") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -1,0 +1,165 @@
+// Package metrics exposes a collector's counters to Prometheus, and its
+// health. The counters stay where they are kept (the XDP program's
+// per-CPU map, the decoder, the detector, the cleanup controller): a
+// scrape reads them, so nothing is counted twice.
+package metrics
+
+import (
+	"net/http"
+	"reflect"
+	"strings"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/lastgasp/lastgasp/detect"
+)
+
+// Sources are the counters a scrape reads; nil fields are left out.
+type Sources struct {
+	// XDP returns the XDP program's counters (xdp mode).
+	XDP func() (any, error)
+	// RingMalformed returns how many ring buffer records were refused.
+	RingMalformed func() uint64
+	// Decoder and Detector return the assembler's counters.
+	Decoder  func() any
+	Detector func() any
+	// Cleanup returns the cleanup controller's stats (*cleanup.Stats).
+	Cleanup func() any
+}
+
+// Metrics is the collector's registry.
+type Metrics struct {
+	reg       *prometheus.Registry
+	incidents *prometheus.CounterVec
+	ready     atomic.Bool
+}
+
+// New registers the collector's metrics.
+func New(src Sources) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		incidents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lastgasp_incidents_total",
+			Help: "Incidents assembled, by kind and whether the kernel died.",
+		}, []string{"kind", "fatal"}),
+	}
+	m.reg.MustRegister(m.incidents, &scrape{src: src},
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+// Incident counts one incident.
+func (m *Metrics) Incident(inc detect.Incident) {
+	fatal := "false"
+	if inc.Fatal {
+		fatal = "true"
+	}
+	m.incidents.WithLabelValues(string(inc.Kind), fatal).Inc()
+}
+
+// SetReady marks the collector ready (program attached, caches synced).
+func (m *Metrics) SetReady(ready bool) { m.ready.Store(ready) }
+
+// Handler serves /metrics, /healthz (the process is up) and /readyz
+// (ready, or 503).
+func (m *Metrics) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !m.ready.Load() {
+			http.Error(w, "not ready\n", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// The families a scrape reads, one label "event" a counter field.
+var (
+	xdpDesc      = prometheus.NewDesc("lastgasp_xdp_events_total", "XDP program counters (bpf/lastgasp.h struct packet_counters), summed over CPUs.", []string{"event"}, nil)
+	ringDesc     = prometheus.NewDesc("lastgasp_ringbuf_malformed_records_total", "Ring buffer records that could not be decoded.", nil, nil)
+	decoderDesc  = prometheus.NewDesc("lastgasp_decoder_events_total", "netconsole decoder counters.", []string{"event"}, nil)
+	detectorDesc = prometheus.NewDesc("lastgasp_detector_events_total", "Incident detector counters.", []string{"event"}, nil)
+	cleanupDesc  = prometheus.NewDesc("lastgasp_cleanup_events_total", "Cleanup controller counters: refusals (not_allowed, unknown_source, ambiguous, unconfirmed, capped), actions, API errors.", []string{"event"}, nil)
+	errorDesc    = prometheus.NewDesc("lastgasp_scrape_errors_total", "Counters that could not be read at this scrape.", []string{"source"}, nil)
+)
+
+// scrape is a prometheus.Collector reading the sources' counters.
+type scrape struct{ src Sources }
+
+func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{xdpDesc, ringDesc, decoderDesc, detectorDesc, cleanupDesc, errorDesc} {
+		ch <- d
+	}
+}
+
+func (s *scrape) Collect(ch chan<- prometheus.Metric) {
+	if s.src.XDP != nil {
+		c, err := s.src.XDP()
+		if err != nil {
+			ch <- prometheus.MustNewConstMetric(errorDesc, prometheus.GaugeValue, 1, "xdp")
+		} else {
+			emit(ch, xdpDesc, c)
+		}
+	}
+	if s.src.RingMalformed != nil {
+		ch <- prometheus.MustNewConstMetric(ringDesc, prometheus.CounterValue, float64(s.src.RingMalformed()))
+	}
+	if s.src.Decoder != nil {
+		emit(ch, decoderDesc, s.src.Decoder())
+	}
+	if s.src.Detector != nil {
+		emit(ch, detectorDesc, s.src.Detector())
+	}
+	if s.src.Cleanup != nil {
+		emit(ch, cleanupDesc, s.src.Cleanup())
+	}
+}
+
+// emit sends one counter per unsigned integer field of a struct (or of
+// the struct a pointer points to; atomic.Uint64 fields included), its
+// label the field's name in snake case.
+func emit(ch chan<- prometheus.Metric, desc *prometheus.Desc, counters any) {
+	v := reflect.ValueOf(counters)
+	if v.Kind() == reflect.Pointer {
+		v = v.Elem()
+	}
+	if v.Kind() != reflect.Struct {
+		return
+	}
+	for i := range v.NumField() {
+		f, name := v.Field(i), v.Type().Field(i).Name
+		if !v.Type().Field(i).IsExported() {
+			continue
+		}
+		var n uint64
+		switch {
+		case f.Kind() == reflect.Uint64:
+			n = f.Uint()
+		case f.Type() == reflect.TypeFor[atomic.Uint64]():
+			n = f.Addr().Interface().(*atomic.Uint64).Load()
+		default:
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(n), snake(name))
+	}
+}
+
+// snake turns a Go field name into a label: RingbufFull -> ringbuf_full.
+func snake(name string) string {
+	var b strings.Builder
+	for i, r := range name {
+		if r >= 'A' && r <= 'Z' {
+			if i > 0 {
+				b.WriteByte('_')
+			}
+			r += 'a' - 'A'
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
