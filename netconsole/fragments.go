@@ -99,8 +99,19 @@ func (d *Decoder) Expire(now time.Time) []Message {
 	}
 	d.order = d.order[i:]
 
-	// Unfinished lines, oldest first; those continued or replaced since
-	// are skipped.
+	return d.takeTails(func(t *tail) bool { return now.Sub(t.at) >= d.cfg.FragmentTimeout })
+}
+
+// Flush returns every unfinished basic line as it is: the end of the
+// input.
+func (d *Decoder) Flush() []Message {
+	return d.takeTails(func(*tail) bool { return true })
+}
+
+// takeTails decodes, as they are, the unfinished lines that are due,
+// oldest first, stopping at the first that is not (the list is in arrival
+// order); those continued or replaced since are skipped.
+func (d *Decoder) takeTails(due func(*tail) bool) []Message {
 	var out []Message
 	j := 0
 	for ; j < len(d.tailOrder); j++ {
@@ -108,26 +119,12 @@ func (d *Decoder) Expire(now time.Time) []Message {
 		if t.done {
 			continue
 		}
-		if now.Sub(t.at) < d.cfg.FragmentTimeout {
+		if !due(t) {
 			break
 		}
 		d.dropTail(t.src.Addr())
 		out = d.emitBasic(out, t.src, t.text, t.at)
 	}
 	d.tailOrder = d.tailOrder[j:]
-	return out
-}
-
-// Flush returns every unfinished basic line as it is: the end of the
-// input.
-func (d *Decoder) Flush() []Message {
-	var out []Message
-	for _, t := range d.tailOrder {
-		if !t.done {
-			d.dropTail(t.src.Addr())
-			out = d.emitBasic(out, t.src, t.text, t.at)
-		}
-	}
-	d.tailOrder = nil
 	return out
 }
