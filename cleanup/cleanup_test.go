@@ -6,10 +6,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -293,16 +295,22 @@ func TestFatalIncident(t *testing.T) {
 // annotation; an unknown source touches nothing.
 func TestFindingTheNode(t *testing.T) {
 	cs := client(t)
-	c := start(t, cs, cleanup.Config{})
+	var done outcomes
+	c := start(t, cs, cleanup.Config{OnDone: done.record})
 	v6 := makeNode(t, cs, internalIP("fd00:200::12"), nil)
 	ext := makeNode(t, cs, []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.200.0.13"}, {Type: corev1.NodeExternalIP, Address: "192.0.2.13"}}, nil)
 	override := makeNode(t, cs, internalIP("10.200.0.14"), map[string]string{nodeindex.SourceAnnotation: "10.201.0.14, fd00:201::14"})
 	bystander := makeNode(t, cs, internalIP("10.200.0.15"), nil)
 
+	want := map[string]cleanup.Outcome{} // by incident id
 	for _, src := range []string{"fd00:200:0::12", "192.0.2.13", "fd00:201::14"} {
-		c.enqueue(t, fatal(src), 0)
+		inc := fatal(src)
+		c.enqueue(t, inc, 0)
+		want[inc.ID] = cleanup.OutcomeCleanedUp
 	}
-	c.Enqueue(fatal("10.9.9.9")) // no node's
+	unknown := fatal("10.9.9.9") // no node's
+	c.Enqueue(unknown)
+	want[unknown.ID] = cleanup.OutcomeUnknownSource
 	for _, n := range []*corev1.Node{v6, ext, override} {
 		eventually(t, 30*time.Second, n.Name+" not deleted", nodeGone(cs, n.Name))
 	}
@@ -314,13 +322,43 @@ func TestFindingTheNode(t *testing.T) {
 		_, ambiguous, _ := c.index.NodeFor(netip.MustParseAddr("10.200.0.15"))
 		return ambiguous
 	})
-	c.Enqueue(fatal("10.200.0.15"))
+	ambiguous := fatal("10.200.0.15")
+	c.Enqueue(ambiguous)
+	want[ambiguous.ID] = cleanup.OutcomeAmbiguous
 	eventually(t, 10*time.Second, "ambiguous source not refused", func() bool { return c.Stats().Ambiguous.Load() == 1 })
 	for _, n := range []*corev1.Node{bystander, claimant} {
 		if _, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{}); err != nil {
 			t.Errorf("%s: %v", n.Name, err)
 		}
 	}
+	// Each incident finished once, with what was done to it.
+	if got := done.get(); !maps.Equal(got, want) {
+		t.Errorf("outcomes %v, want %v", got, want)
+	}
+}
+
+// outcomes records what OnDone reports, once an incident.
+type outcomes struct {
+	mu   sync.Mutex
+	seen map[string]cleanup.Outcome
+}
+
+func (o *outcomes) record(inc detect.Incident, outcome cleanup.Outcome, _ time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.seen == nil {
+		o.seen = map[string]cleanup.Outcome{}
+	}
+	if prev, dup := o.seen[inc.ID]; dup {
+		outcome = "twice: " + prev + ", " + outcome
+	}
+	o.seen[inc.ID] = outcome
+}
+
+func (o *outcomes) get() map[string]cleanup.Outcome {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return maps.Clone(o.seen)
 }
 
 // TestNonFatal: annotation, Event and taint on the node; nothing deleted.

@@ -64,7 +64,24 @@ type Config struct {
 	Instance string
 	// Logger receives what the controller does. Default slog.Default().
 	Logger *slog.Logger
+	// OnDone, if set, is called once an incident is finished with, from
+	// a worker: with what was done, and when.
+	OnDone func(inc detect.Incident, outcome Outcome, at time.Time)
 }
+
+// Outcome is how an incident was finished with.
+type Outcome string
+
+// The outcomes.
+const (
+	OutcomeCleanedUp     Outcome = "cleaned up"              // pods and node handled, node deleted
+	OutcomeNodeKept      Outcome = "cleaned up, node kept"   // --keep-node
+	OutcomeReported      Outcome = "reported"                // non-fatal: annotated, Event
+	OutcomeUnconfirmed   Outcome = "refused: node alive"     // the panic was not confirmed
+	OutcomeNotAllowed    Outcome = "refused: source not allowed"
+	OutcomeUnknownSource Outcome = "refused: no node has this source"
+	OutcomeAmbiguous     Outcome = "refused: several nodes claim this source"
+)
 
 // PodAction is what a fatal incident does to the Pods of the dead node.
 type PodAction string
@@ -226,7 +243,7 @@ func (c *Controller) processNextWorkItem(ctx context.Context) bool {
 	// A bound on one attempt, so that a blackholed connection to the API
 	// server cannot hold a worker forever: the attempt is retried.
 	attempt, cancel := context.WithTimeout(ctx, attemptTimeout)
-	wait, err := c.apply(attempt, w)
+	outcome, wait, err := c.apply(attempt, w)
 	cancel()
 	switch {
 	case err != nil:
@@ -245,29 +262,32 @@ func (c *Controller) processNextWorkItem(ctx context.Context) bool {
 		c.mu.Lock()
 		delete(c.pending, id)
 		c.mu.Unlock()
+		if c.cfg.OnDone != nil {
+			c.cfg.OnDone(w.inc, outcome, time.Now())
+		}
 	}
 	return true
 }
 
-// apply takes one incident as far as it can go: done (0, nil), wait for
-// the deletion cap (d, nil), or retry after an error.
-func (c *Controller) apply(ctx context.Context, w *work) (time.Duration, error) {
+// apply takes one incident as far as it can go: done (its outcome, 0,
+// nil), wait for the deletion cap ("", d, nil), or retry after an error.
+func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration, error) {
 	inc := w.inc
 	log := c.log.With("incident", inc.ID, "source", inc.Source, "kind", inc.Kind, "fatal", inc.Fatal)
 
 	if !c.allowed(inc.Source) {
 		c.stats.NotAllowed.Add(1)
 		log.Warn("incident refused: source not in the allowed networks")
-		return 0, nil
+		return OutcomeNotAllowed, 0, nil
 	}
 	node, ambiguous, err := c.cfg.Index.NodeFor(inc.Source)
 	if err != nil {
-		return 0, err
+		return "", 0, err
 	}
 	if node == nil {
 		c.stats.UnknownSource.Add(1)
 		log.Warn("incident from a source that is no node's: no action", "reason", inc.Reason)
-		return 0, nil
+		return OutcomeUnknownSource, 0, nil
 	}
 	log = log.With("node", node.Name)
 	if ambiguous && inc.Fatal {
@@ -276,11 +296,11 @@ func (c *Controller) apply(ctx context.Context, w *work) (time.Duration, error) 
 		// could be wrong.
 		c.stats.Ambiguous.Add(1)
 		log.Warn("several nodes claim this source address: nothing deleted")
-		return 0, nil
+		return OutcomeAmbiguous, 0, nil
 	}
 	if !inc.Fatal {
 		c.stats.NonFatal.Add(1)
-		return 0, c.reportNonFatal(ctx, log, node, inc)
+		return OutcomeReported, 0, c.reportNonFatal(ctx, log, node, inc)
 	}
 
 	if c.cfg.Prober != nil && (node.UID != w.confirmedUID || time.Since(w.confirmedAt) > reconfirmAfter) {
@@ -290,12 +310,12 @@ func (c *Controller) apply(ctx context.Context, w *work) (time.Duration, error) 
 		}
 		v, err := c.cfg.Prober.Confirm(ctx, node, inc.Source, since)
 		if err != nil {
-			return 0, err
+			return "", 0, err
 		}
 		if !v.Dead {
 			c.stats.Unconfirmed.Add(1)
 			log.Warn("panic not confirmed: the node is alive; nothing deleted", "evidence", v.Evidence)
-			return 0, c.reportUnconfirmed(ctx, log, node, inc, v.Evidence)
+			return OutcomeUnconfirmed, 0, c.reportUnconfirmed(ctx, log, node, inc, v.Evidence)
 		}
 		log.Info("node confirmed dead", "evidence", v.Evidence)
 		w.confirmedAt, w.confirmedUID = time.Now(), node.UID
@@ -310,14 +330,17 @@ func (c *Controller) apply(ctx context.Context, w *work) (time.Duration, error) 
 		}
 	}
 	if wait := time.Until(w.turn); wait > 0 {
-		return wait, nil
+		return "", wait, nil
 	}
 	if c.cfg.Prober != nil && time.Since(w.confirmedAt) > reconfirmAfter {
 		// It waited its turn: is the node still dead?
 		w.confirmedAt = time.Time{}
 		return c.apply(ctx, w)
 	}
-	return 0, c.cleanUp(ctx, log, node, inc)
+	if c.cfg.KeepNode {
+		return OutcomeNodeKept, 0, c.cleanUp(ctx, log, node, inc)
+	}
+	return OutcomeCleanedUp, 0, c.cleanUp(ctx, log, node, inc)
 }
 
 // allowed reports whether addr is in the allowed networks.
