@@ -11,6 +11,7 @@ package filter
 
 import (
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/utils/lru"
@@ -87,9 +88,13 @@ type burst struct {
 }
 
 // Filter decides which lines to forward. It is not safe for concurrent
-// use: the socket receiver runs one per reading goroutine.
+// use (the socket receiver runs one per reading goroutine), except for
+// SetPatterns.
 type Filter struct {
 	cfg Config
+	// patterns is the table in use: SetPatterns may swap it from another
+	// goroutine (a reload).
+	patterns atomic.Pointer[pattern.Table]
 	// bursts maps a source address (netip.Addr) to *burst.
 	bursts *lru.Cache
 	// lastMatch is the time of the latest match from any source: no
@@ -113,14 +118,17 @@ func New(cfg Config) *Filter {
 	if cfg.MaxSources <= 0 {
 		cfg.MaxSources = int(bpf.LastgaspLimitsBURSTS_MAX)
 	}
-	return &Filter{cfg: cfg, bursts: lru.New(cfg.MaxSources)}
+	f := &Filter{cfg: cfg, bursts: lru.New(cfg.MaxSources)}
+	f.patterns.Store(cfg.Patterns)
+	return f
 }
 
 // Patterns returns the filter's pattern table.
-func (f *Filter) Patterns() *pattern.Table { return f.cfg.Patterns }
+func (f *Filter) Patterns() *pattern.Table { return f.patterns.Load() }
 
-// SetPatterns replaces the pattern table; open bursts stay open.
-func (f *Filter) SetPatterns(t *pattern.Table) { f.cfg.Patterns = t }
+// SetPatterns replaces the pattern table, safely while Judge runs in
+// another goroutine; open bursts stay open.
+func (f *Filter) SetPatterns(t *pattern.Table) { f.patterns.Store(t) }
 
 // Judge decides about one datagram from src received at now. It returns
 // the line to forward and true, or false for a line to throw away. The
@@ -132,7 +140,7 @@ func (f *Filter) Judge(src netip.AddrPort, payload []byte, now time.Time) (Line,
 		line.Payload = line.Payload[:MaxPayload]
 		line.Truncated = true
 	}
-	if p, ok := f.cfg.Patterns.Match(payload); ok {
+	if p, ok := f.patterns.Load().Match(payload); ok {
 		line.Flag, line.PatternID = Match, p.ID
 		f.openBurst(src.Addr(), now)
 		return line, true
