@@ -34,8 +34,11 @@ type Config struct {
 	// Patterns is the detector's trigger table (the one the data path
 	// matches with). Default pattern.Default().
 	Patterns *pattern.Table
-	// Sink, if set, receives every incident: nil is report-only.
+	// Sink, if set, receives every incident.
 	Sink Sink
+	// ReportOnly says the sink acts on no cluster (or there is no sink):
+	// the log says so.
+	ReportOnly bool
 	// Observe, if set, sees every incident too (metrics).
 	Observe func(detect.Incident)
 	// Snapshot, if set, receives the decoder's and detector's counters
@@ -43,6 +46,9 @@ type Config struct {
 	Snapshot func(netconsole.Counters, detect.Counters)
 	// Logger receives every incident and what the collector does.
 	Logger *slog.Logger
+	// Reload, if set, brings new pattern tables (a reloaded patterns
+	// file) for the detector; the data path is given them by the caller.
+	Reload <-chan *pattern.Table
 }
 
 // tickEvery is how often open incidents are checked for closing when no
@@ -62,7 +68,7 @@ func Run(ctx context.Context, cfg Config) error {
 				"id", inc.ID, "source", inc.Source, "kind", inc.Kind, "fatal", inc.Fatal,
 				"reason", inc.Reason, "cause", inc.Cause, "module", inc.Module, "task", inc.Task,
 				"first", inc.First, "lines", len(inc.Lines),
-				"action", action(cfg.Sink != nil, inc))
+				"action", action(!cfg.ReportOnly && cfg.Sink != nil, inc))
 			if cfg.Observe != nil {
 				cfg.Observe(inc)
 			}
@@ -108,6 +114,8 @@ func Run(ctx context.Context, cfg Config) error {
 		case now := <-tick.C:
 			report(asm.Tick(now))
 			snapshot()
+		case t := <-cfg.Reload:
+			asm.Detector.SetPatterns(t)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -27,13 +28,20 @@ type Sources struct {
 	Detector func() any
 	// Cleanup returns the cleanup controller's stats (*cleanup.Stats).
 	Cleanup func() any
+	// Journal returns the journal's stats (journal.Stats), and
+	// JournalUnfinished how many incidents it holds unfinished.
+	Journal           func() any
+	JournalUnfinished func() int
 }
 
 // Metrics is the collector's registry.
 type Metrics struct {
-	reg       *prometheus.Registry
-	incidents *prometheus.CounterVec
-	ready     atomic.Bool
+	reg         *prometheus.Registry
+	incidents   *prometheus.CounterVec
+	finished    *prometheus.CounterVec
+	nodeDeleted prometheus.Histogram
+	reloads     *prometheus.CounterVec
+	ready       atomic.Bool
 }
 
 // New registers the collector's metrics.
@@ -44,8 +52,23 @@ func New(src Sources) *Metrics {
 			Name: "lastgasp_incidents_total",
 			Help: "Incidents assembled, by kind and whether the kernel died.",
 		}, []string{"kind", "fatal"}),
+		finished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lastgasp_incidents_finished_total",
+			Help: "Incidents finished with by the cleanup controller, by outcome (cleaned up, reported, or why refused).",
+		}, []string{"outcome"}),
+		nodeDeleted: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "lastgasp_first_packet_to_node_deleted_seconds",
+			Help: "Time from the first packet of a fatal incident to its Node deleted: settle time, confirmation, the pods' cleanup, waits for the deletion cap or the API server.",
+			// From the 2 s settle time to the 2-minute attempt bound
+			// and beyond (a cap or an outage).
+			Buckets: []float64{1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600},
+		}),
 	}
-	m.reg.MustRegister(m.incidents, &scrape{src: src},
+	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "lastgasp_pattern_reloads_total",
+		Help: "Patterns file reloads, by result (ok, or rejected: the table in use was kept).",
+	}, []string{"result"})
+	m.reg.MustRegister(m.incidents, m.finished, m.nodeDeleted, m.reloads, &scrape{src: src},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -57,6 +80,24 @@ func (m *Metrics) Incident(inc detect.Incident) {
 		fatal = "true"
 	}
 	m.incidents.WithLabelValues(string(inc.Kind), fatal).Inc()
+}
+
+// Finished counts an incident finished with, by outcome.
+func (m *Metrics) Finished(outcome string) { m.finished.WithLabelValues(outcome).Inc() }
+
+// NodeDeleted observes the time from an incident's first packet to its
+// Node deleted, at.
+func (m *Metrics) NodeDeleted(inc detect.Incident, at time.Time) {
+	m.nodeDeleted.Observe(at.Sub(inc.First).Seconds())
+}
+
+// PatternReload counts a patterns file reload, applied or rejected.
+func (m *Metrics) PatternReload(ok bool) {
+	result := "ok"
+	if !ok {
+		result = "rejected"
+	}
+	m.reloads.WithLabelValues(result).Inc()
 }
 
 // SetReady marks the collector ready (program attached, caches synced).
@@ -84,6 +125,8 @@ var (
 	ringDesc     = prometheus.NewDesc("lastgasp_ringbuf_malformed_records_total", "Ring buffer records that could not be decoded.", nil, nil)
 	decoderDesc  = prometheus.NewDesc("lastgasp_decoder_events_total", "netconsole decoder counters.", []string{"event"}, nil)
 	detectorDesc = prometheus.NewDesc("lastgasp_detector_events_total", "Incident detector counters.", []string{"event"}, nil)
+	journalDesc  = prometheus.NewDesc("lastgasp_journal_events_total", "Journal counters: corrupt records skipped at start-up, incidents resumed, rotations, write errors.", []string{"event"}, nil)
+	openDesc     = prometheus.NewDesc("lastgasp_journal_unfinished_incidents", "Incidents taken on and not yet finished with.", nil, nil)
 	cleanupDesc  = prometheus.NewDesc("lastgasp_cleanup_events_total", "Cleanup controller counters: refusals (not_allowed, unknown_source, ambiguous, unconfirmed, capped), actions, API errors.", []string{"event"}, nil)
 	errorDesc    = prometheus.NewDesc("lastgasp_scrape_errors_total", "Counters that could not be read at this scrape.", []string{"source"}, nil)
 )
@@ -92,7 +135,7 @@ var (
 type scrape struct{ src Sources }
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{xdpDesc, ringDesc, decoderDesc, detectorDesc, cleanupDesc, errorDesc} {
+	for _, d := range []*prometheus.Desc{xdpDesc, ringDesc, decoderDesc, detectorDesc, cleanupDesc, journalDesc, openDesc, errorDesc} {
 		ch <- d
 	}
 }
@@ -117,6 +160,12 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	}
 	if s.src.Cleanup != nil {
 		emit(ch, cleanupDesc, s.src.Cleanup())
+	}
+	if s.src.Journal != nil {
+		emit(ch, journalDesc, s.src.Journal())
+	}
+	if s.src.JournalUnfinished != nil {
+		ch <- prometheus.MustNewConstMetric(openDesc, prometheus.GaugeValue, float64(s.src.JournalUnfinished()))
 	}
 }
 

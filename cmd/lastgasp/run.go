@@ -8,31 +8,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
-	"os"
-	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-
 	"github.com/lastgasp/lastgasp/cleanup"
-	"github.com/lastgasp/lastgasp/collector"
-	"github.com/lastgasp/lastgasp/detect"
-	"github.com/lastgasp/lastgasp/filter"
 	"github.com/lastgasp/lastgasp/liveness"
 	"github.com/lastgasp/lastgasp/loader"
-	"github.com/lastgasp/lastgasp/metrics"
-	"github.com/lastgasp/lastgasp/netconsole"
-	"github.com/lastgasp/lastgasp/nodeindex"
 	"github.com/lastgasp/lastgasp/pattern"
-	"github.com/lastgasp/lastgasp/ringbuf"
-	"github.com/lastgasp/lastgasp/udpreceiver"
 )
 
 // runConfig is every flag of "lastgasp run", checked.
@@ -58,6 +41,10 @@ type runConfig struct {
 	podAction     cleanup.PodAction
 	keepNode      bool
 	metricsAddr   string
+	journalDir    string        // --journal: where incidents are kept until done
+	patternsFile  string        // --patterns: the pattern table, reloaded on change
+	shutdownGrace time.Duration // how long SIGTERM waits for cleanups in flight
+	backstop      bool          // xdp drop mode: a socket takes what the program passes
 }
 
 // parseRun parses and checks the flags; a wrong value is one line on
@@ -89,6 +76,11 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	fs.IntVar(&c.burst, "kube-api-burst", cleanup.DefaultClientBurst, "API server request burst")
 	fs.StringVar(&c.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "address to serve /metrics, /healthz and /readyz on (e.g. :9466; default off)")
+	fs.StringVar(&c.journalDir, "journal", "", "directory of the incident journal: incidents are kept there until finished, and resumed after a crash (default: none)")
+	fs.StringVar(&c.patternsFile, "patterns", "", "patterns file (YAML: replace, patterns[{prefix, kind}]), reloaded on SIGHUP or when it changes (default: the built-in table)")
+	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 20*time.Second, "on SIGTERM, how long to let cleanups in flight finish (the rest stay in the journal)")
+	fs.BoolVar(&c.backstop, "backstop", true, "xdp mode with --forward drop: also read the netconsole port(s) with a socket, which gets the lines the program passes up (ring buffer full, IP fragments)")
+	configFile := fs.String("config", "", "config file (YAML): keys are these flags' names; the command line wins")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintf(stderr, "usage: lastgasp run [flags]\n\nThe collector: netconsole lines in, incidents out, dead nodes cleaned up.\n\nflags:\n")
@@ -99,6 +91,11 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *configFile != "" {
+		if err := applyConfigFile(fs, *configFile); err != nil {
+			return c, err
+		}
 	}
 	c.interfaces, c.ports = ifaces, ports.ports
 	var err error
@@ -119,6 +116,13 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 		return c, errors.New("--kube-api-qps, --kube-api-burst and --max-node-deletions-per-minute must be positive")
 	case c.kubeletPort <= 0 || c.kubeletPort > 65535:
 		return c, fmt.Errorf("--kubelet-port %d: not a port", c.kubeletPort)
+	case c.shutdownGrace < 0:
+		return c, fmt.Errorf("--shutdown-grace %v: must not be negative", c.shutdownGrace)
+	}
+	if c.patternsFile != "" {
+		if _, err := pattern.LoadFile(c.patternsFile); err != nil {
+			return c, err
+		}
 	}
 	if c.xdpMode, err = loader.ParseXDPMode(*xdpMode); err != nil {
 		return c, err
@@ -160,162 +164,6 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitError
 	}
 	return exitOK
-}
-
-// serve sets up the data path and the cluster side, and runs until ctx is
-// done.
-func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
-	table := pattern.Default()
-	var src metrics.Sources
-	source, closeSource, err := dataPath(ctx, c, table, log, &src)
-	if err != nil {
-		return err
-	}
-	defer closeSource()
-
-	sink, synced, err := clusterSide(ctx, c, log, &src)
-	if err != nil {
-		return err
-	}
-
-	var counters atomic.Pointer[assemblerCounters]
-	counters.Store(&assemblerCounters{})
-	src.Decoder = func() any { return counters.Load().decoder }
-	src.Detector = func() any { return counters.Load().detector }
-	m := metrics.New(src)
-	if c.metricsAddr != "" {
-		ln, err := net.Listen("tcp", c.metricsAddr)
-		if err != nil {
-			return fmt.Errorf("metrics: %w", err)
-		}
-		srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(ln)
-		defer srv.Close()
-		log.Info("serving metrics", "addr", ln.Addr().String())
-	}
-	go func() {
-		// Ready once attached (done above) and the caches synced.
-		if synced == nil || synced(ctx) {
-			m.SetReady(true)
-		}
-	}()
-
-	log.Info("lastgasp collecting", "mode", c.mode, "ports", c.ports, "interfaces", c.interfaces, "report_only", sink == nil, "dry_run", c.dryRun)
-	return collector.Run(ctx, collector.Config{
-		Source: source, Patterns: table, Sink: sink, Logger: log,
-		Observe: m.Incident,
-		Snapshot: func(d netconsole.Counters, t detect.Counters) {
-			counters.Store(&assemblerCounters{decoder: d, detector: t})
-		},
-	})
-}
-
-// assemblerCounters is a snapshot the collector publishes for scrapes.
-type assemblerCounters struct {
-	decoder  netconsole.Counters
-	detector detect.Counters
-}
-
-// dataPath loads and attaches the XDP program, or opens the sockets.
-func dataPath(ctx context.Context, c runConfig, table *pattern.Table, log *slog.Logger, src *metrics.Sources) (collector.Source, func(), error) {
-	if c.mode == "socket" {
-		var sources collector.Sources
-		var rxs []*udpreceiver.Receiver
-		closeAll := func() {
-			for _, rx := range rxs {
-				rx.Close()
-			}
-		}
-		for _, port := range c.ports {
-			f := filter.New(filter.Config{Patterns: table, ContextLines: c.contextLines, NoContext: c.contextLines == 0})
-			rx, err := udpreceiver.Listen(ctx, net.JoinHostPort(c.listen, strconv.Itoa(int(port))), 0, f)
-			if err != nil {
-				closeAll()
-				return nil, nil, err
-			}
-			rxs = append(rxs, rx)
-			sources = append(sources, rx)
-		}
-		return sources, closeAll, nil
-	}
-	prog, err := loader.Load(loader.Config{
-		Ports:        c.ports,
-		Patterns:     table,
-		ContextLines: uint32(c.contextLines),
-		NoContext:    c.contextLines == 0,
-		ForwardPass:  c.forwardPass,
-		PinPath:      c.pinPath,
-		Logger:       log,
-	})
-	if err != nil {
-		return nil, nil, err
-	}
-	for _, ifname := range c.interfaces {
-		if _, err := prog.Attach(ifname, c.xdpMode); err != nil {
-			prog.Close()
-			return nil, nil, err
-		}
-	}
-	rd, err := ringbuf.NewReader(prog.Events())
-	if err != nil {
-		prog.Close()
-		return nil, nil, err
-	}
-	src.XDP = func() (any, error) { return prog.Counters() }
-	src.RingMalformed = rd.Malformed
-	return rd, func() { rd.Close(); prog.Close() }, nil
-}
-
-// clusterSide starts the cleanup controller and returns its Enqueue and a
-// wait for its caches, or nil for report-only: no kubeconfig and not in a
-// cluster, or asked.
-func clusterSide(ctx context.Context, c runConfig, log *slog.Logger, src *metrics.Sources) (collector.Sink, func(context.Context) bool, error) {
-	if c.reportOnlyArg {
-		log.Info("report-only (--report-only): incidents are logged, nothing is written to a cluster")
-		return nil, nil, nil
-	}
-	var cfg *rest.Config
-	var err error
-	if c.kubeconfig != "" {
-		cfg, err = clientcmd.BuildConfigFromFlags("", c.kubeconfig)
-		if err != nil {
-			return nil, nil, fmt.Errorf("kubeconfig %s: %w", c.kubeconfig, err)
-		}
-	} else if cfg, err = rest.InClusterConfig(); err != nil {
-		log.Info("report-only: no --kubeconfig and not running in a cluster; incidents are logged, nothing is written")
-		return nil, nil, nil
-	}
-	cfg.QPS, cfg.Burst = float32(c.qps), c.burst
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	factory := informers.NewSharedInformerFactory(cs, 0)
-	index, err := nodeindex.New(factory)
-	if err != nil {
-		return nil, nil, err
-	}
-	var prober *liveness.Prober
-	if c.confirm {
-		prober = &liveness.Prober{Client: cs, Port: c.kubeletPort}
-	} else {
-		log.Warn("--confirm=none: a forged panic line can delete a live node")
-	}
-	host, _ := os.Hostname()
-	ctrl := cleanup.New(cleanup.Config{
-		Client: cs, Index: index, Prober: prober,
-		AllowedSources: c.allowed, MaxNodeDeletionsPerMinute: c.maxDeletions,
-		DryRun: c.dryRun, Instance: host, Logger: log,
-		PodAction: c.podAction, KeepNode: c.keepNode,
-	})
-	factory.Start(ctx.Done())
-	go func() {
-		if err := ctrl.Run(ctx, 4); err != nil {
-			log.Error("cleanup controller stopped", "error", err)
-		}
-	}()
-	src.Cleanup = func() any { return ctrl.Stats() }
-	return ctrl.Enqueue, func(ctx context.Context) bool { return index.WaitForSync(ctx) == nil }, nil
 }
 
 // stringList is a flag of strings, comma-separated or repeated.
