@@ -74,10 +74,10 @@ type Outcome string
 
 // The outcomes.
 const (
-	OutcomeCleanedUp     Outcome = "cleaned up"              // pods and node handled, node deleted
-	OutcomeNodeKept      Outcome = "cleaned up, node kept"   // --keep-node
-	OutcomeReported      Outcome = "reported"                // non-fatal: annotated, Event
-	OutcomeUnconfirmed   Outcome = "refused: node alive"     // the panic was not confirmed
+	OutcomeCleanedUp     Outcome = "cleaned up"            // pods and node handled, node deleted
+	OutcomeNodeKept      Outcome = "cleaned up, node kept" // --keep-node
+	OutcomeReported      Outcome = "reported"              // non-fatal: annotated, Event
+	OutcomeUnconfirmed   Outcome = "refused: node alive"   // the panic was not confirmed
 	OutcomeNotAllowed    Outcome = "refused: source not allowed"
 	OutcomeUnknownSource Outcome = "refused: no node has this source"
 	OutcomeAmbiguous     Outcome = "refused: several nodes claim this source"

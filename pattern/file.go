@@ -20,6 +20,11 @@ import (
 // A kind is one of the kinds this package names (KindPanic ...): the
 // detector's rules are written for them. A prefix is matched at the start
 // of the message text, byte for byte, at most MaxPrefixLen bytes.
+//
+// A pattern opens an incident and names its kind; it cannot make one
+// fatal. Only the kernel's own "Kernel panic - not syncing" line (or its
+// end marker) does that, so a patterns file cannot turn a report into a
+// node deletion.
 type File struct {
 	// Replace drops the built-in table.
 	Replace bool `json:"replace"`

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 )
 
 // Proxy forwards TCP connections to the API server and can cut them: an
@@ -16,6 +17,9 @@ import (
 type Proxy struct {
 	target string
 	addr   string
+	// listen makes the listening socket (in a network namespace, for
+	// NewProxyIn).
+	listen func(addr string) (net.Listener, error)
 
 	mu    sync.Mutex
 	ln    net.Listener
@@ -24,12 +28,27 @@ type Proxy struct {
 
 // NewProxy listens on a loopback port and forwards to the API server.
 func (c *ControlPlane) NewProxy() (*Proxy, error) {
+	return c.NewProxyIn(func(fn func() error) error { return fn() })
+}
+
+// NewProxyIn is NewProxy with its listening socket made inside do (a
+// network namespace's Do): processes in that namespace reach the API
+// server on the proxy's loopback address, which its certificate names.
+// The connections to the server are made from this namespace.
+func (c *ControlPlane) NewProxyIn(do func(func() error) error) (*Proxy, error) {
 	u, err := url.Parse(c.Config.Host)
 	if err != nil || u.Host == "" {
 		return nil, fmt.Errorf("proxy: API server address %q: not a URL", c.Config.Host)
 	}
 	p := &Proxy{target: u.Host, conns: map[net.Conn]bool{}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p.listen = func(addr string) (ln net.Listener, err error) {
+		err = do(func() error {
+			ln, err = net.Listen("tcp", addr)
+			return err
+		})
+		return ln, err
+	}
+	ln, err := p.listen("127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
@@ -43,6 +62,19 @@ func (p *Proxy) Config(cfg *rest.Config) *rest.Config {
 	out := rest.CopyConfig(cfg)
 	out.Host = "https://" + p.addr
 	return out
+}
+
+// Kubeconfig rewrites a kubeconfig to reach the API server through the
+// proxy.
+func (p *Proxy) Kubeconfig(kubeconfig []byte) ([]byte, error) {
+	cfg, err := clientcmd.Load(kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: kubeconfig: %w", err)
+	}
+	for _, cluster := range cfg.Clusters {
+		cluster.Server = "https://" + p.addr
+	}
+	return clientcmd.Write(*cfg)
 }
 
 // Cut closes every connection and refuses new ones until Restore.
@@ -60,7 +92,7 @@ func (p *Proxy) Cut() {
 
 // Restore accepts connections again, on the same address.
 func (p *Proxy) Restore() error {
-	ln, err := net.Listen("tcp", p.addr)
+	ln, err := p.listen(p.addr)
 	if err != nil {
 		return fmt.Errorf("proxy: listen again on %s: %w", p.addr, err)
 	}

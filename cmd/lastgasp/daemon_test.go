@@ -1,0 +1,543 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/lastgasp/lastgasp/internal/controlplane"
+	"github.com/lastgasp/lastgasp/internal/testnet"
+	"github.com/lastgasp/lastgasp/journal"
+)
+
+// runAsCommand makes this test binary, re-executed with it in its
+// environment, be the lastgasp command: the daemon tests run "lastgasp
+// run" as a process of its own, to kill it, signal it and restart it.
+const runAsCommand = "LASTGASP_TEST_RUN_AS_COMMAND"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(runAsCommand) == "1" {
+		main()
+	}
+	code := m.Run()
+	if shared.cp != nil {
+		shared.cp.Stop()
+	}
+	os.Exit(code)
+}
+
+// shared is one control plane for the tests that need one, started by
+// the first.
+var shared struct {
+	once       sync.Once
+	cp         *controlplane.ControlPlane
+	kubeconfig string
+	err        error
+}
+
+// controlPlane returns a client of the shared control plane and the path
+// of an administrator's kubeconfig for it.
+func controlPlane(t *testing.T) (*kubernetes.Clientset, string) {
+	t.Helper()
+	testnet.RequireRoot(t)
+	shared.once.Do(func() {
+		if shared.cp, shared.err = controlplane.Start(context.Background()); shared.err != nil {
+			return
+		}
+		kc, err := shared.cp.Kubeconfig()
+		if err != nil {
+			shared.err = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "lastgasp-kubeconfig-")
+		if err != nil {
+			shared.err = err
+			return
+		}
+		shared.kubeconfig = filepath.Join(dir, "kubeconfig")
+		shared.err = os.WriteFile(shared.kubeconfig, kc, 0o600)
+	})
+	if shared.err != nil {
+		t.Fatal(shared.err)
+	}
+	cs, err := shared.cp.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs, shared.kubeconfig
+}
+
+// kubeconfigIn returns a kubeconfig that reaches the shared control
+// plane from inside the network namespace ns, through a proxy listening
+// there.
+func kubeconfigIn(t *testing.T, ns *testnet.Netns) string {
+	t.Helper()
+	controlPlane(t)
+	p, err := shared.cp.NewProxyIn(ns.Do)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	kc, err := os.ReadFile(shared.kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kc, err = p.Kubeconfig(kc); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(path, kc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// daemon is "lastgasp run" running as a process of its own.
+type daemon struct {
+	cmd    *exec.Cmd
+	out    *syncBuffer // stdout and stderr
+	exited chan struct{}
+	code   int
+}
+
+// startDaemon starts "lastgasp run args" in the network namespace ns
+// (nil: this one) and waits until it says it is collecting. nsenter
+// enters the network namespace only, so the daemon sees this mount
+// namespace's bpffs (ip netns exec would remount /sys).
+func startDaemon(t *testing.T, ns *testnet.Netns, args ...string) *daemon {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv := append([]string{self, "run"}, args...)
+	if ns != nil {
+		argv = append([]string{"nsenter", "--net=" + ns.Path(), "--"}, argv...)
+	}
+	d := &daemon{out: &syncBuffer{}, exited: make(chan struct{})}
+	d.cmd = exec.Command(argv[0], argv[1:]...)
+	d.cmd.Env = append(os.Environ(), runAsCommand+"=1", "KUBERNETES_SERVICE_HOST=", "KUBERNETES_SERVICE_PORT=")
+	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		d.cmd.Wait()
+		d.code = d.cmd.ProcessState.ExitCode()
+		close(d.exited)
+	}()
+	t.Cleanup(func() { d.kill() })
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(d.out.String(), "lastgasp collecting") {
+		select {
+		case <-d.exited:
+			t.Fatalf("lastgasp run exited (%d) before collecting:\n%s", d.code, d.out.String())
+		case <-time.After(20 * time.Millisecond): // the log is the only signal
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lastgasp run never said it is collecting:\n%s", d.out.String())
+		}
+	}
+	return d
+}
+
+// kill ends the daemon with SIGKILL, as a crash or an OOM kill would.
+func (d *daemon) kill() {
+	d.cmd.Process.Signal(syscall.SIGKILL)
+	<-d.exited
+}
+
+// stop sends SIGTERM and returns the exit status, failing after timeout.
+func (d *daemon) stop(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+		return d.code
+	case <-time.After(timeout):
+		t.Fatalf("still running %v after SIGTERM:\n%s", timeout, d.out.String())
+		return -1
+	}
+}
+
+// logged returns the daemon's log records with the given message.
+func logged(out *syncBuffer, msg string) []map[string]any {
+	var recs []map[string]any
+	for _, line := range strings.Split(out.String(), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
+			recs = append(recs, rec)
+		}
+	}
+	return recs
+}
+
+// waitLogged waits until the log holds n records with the message.
+func waitLogged(t *testing.T, out *syncBuffer, msg string, n int, timeout time.Duration) []map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if recs := logged(out, msg); len(recs) >= n {
+			return recs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%q not logged %d times in %v:\n%s", msg, n, timeout, out.String())
+		}
+		time.Sleep(20 * time.Millisecond) // the log is the only signal
+	}
+}
+
+// makeNode registers a Node with the given InternalIP and n pods bound to
+// it, in a namespace of its own; it returns the namespace.
+func makeNode(t *testing.T, cs kubernetes.Interface, name, addr string, n int) string {
+	t.Helper()
+	ctx := context.Background()
+	node, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: addr}}
+	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ns := "ns-" + name
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		_, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("pod-%d", i)},
+			Spec:       corev1.PodSpec{NodeName: name, Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ns
+}
+
+// podsLeft counts the pods left in a namespace.
+func podsLeft(t *testing.T, cs kubernetes.Interface, ns string) int {
+	t.Helper()
+	pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(pods.Items)
+}
+
+// waitNodeGone waits until the Node is deleted.
+func waitNodeGone(t *testing.T, cs kubernetes.Interface, name string, timeout time.Duration, out *syncBuffer) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		_, err := cs.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %s not deleted in %v:\n%s", name, timeout, out.String())
+		}
+		time.Sleep(50 * time.Millisecond) // polling the API server
+	}
+}
+
+// pinPath returns a fresh bpffs directory for the test's pins, removed
+// (with the links pinned in it: that detaches them) at the end.
+func pinPath(t *testing.T) string {
+	t.Helper()
+	dir := fmt.Sprintf("/sys/fs/bpf/lastgasp-test-%d", time.Now().UnixNano())
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// TestDaemonRestart: the collector is killed with SIGKILL in the middle
+// of a node's cleanup; a panic from a second node arrives while no
+// collector runs. The next start finishes the first cleanup (the
+// journal) and handles the second panic (the pinned program kept
+// recording into the pinned ring buffer). Then SIGTERM: exit 0.
+func TestDaemonRestart(t *testing.T) {
+	cs, _ := controlPlane(t)
+	pair := testnet.NewPair(t)
+	kubeconfig := kubeconfigIn(t, pair.Collector.Netns)
+	nsA := makeNode(t, cs, "restart-a", pair.Node.IPv4.String(), 40)
+	nsB := makeNode(t, cs, "restart-b", pair.Node.IPv6.String(), 3)
+	journalDir, pins := t.TempDir(), pinPath(t)
+	args := []string{"--mode", "xdp", "--interface", pair.Collector.Ifname, "--xdp-mode", "native",
+		"--kubeconfig", kubeconfig, "--confirm", "none", "--journal", journalDir, "--pin-path", pins,
+		"--metrics-addr", "127.0.0.1:9466"}
+
+	// A slow API client (10 calls a second, no burst): node A's 40 pods
+	// take 16 s, time to kill the collector half-way.
+	first := startDaemon(t, pair.Collector.Netns, append(args, "--kube-api-qps", "10", "--kube-api-burst", "1")...)
+	replay(t, nodeSocket(t, pair), &net.UDPAddr{IP: pair.Collector.IPv4.AsSlice(), Port: 6666}, "sysrq-ext-v4.pcap")
+	deadline := time.Now().Add(30 * time.Second)
+	for podsLeft(t, cs, nsA) > 35 {
+		if time.Now().After(deadline) {
+			t.Fatalf("cleanup never started:\n%s", first.out.String())
+		}
+		time.Sleep(50 * time.Millisecond) // polling the API server
+	}
+	first.kill()
+	left := podsLeft(t, cs, nsA)
+	if left == 0 {
+		t.Fatal("the cleanup finished before the kill: nothing to resume")
+	}
+	t.Logf("killed with %d of 40 pods left", left)
+
+	// Node B panics while no collector runs.
+	var v6 *net.UDPConn
+	if err := pair.Node.Netns.Do(func() (err error) {
+		v6, err = net.ListenUDP("udp6", &net.UDPAddr{IP: pair.Node.IPv6.AsSlice(), Port: 6665})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer v6.Close()
+	replay(t, v6, &net.UDPAddr{IP: pair.Collector.IPv6.AsSlice(), Port: 6666}, "sysrq-ext-v4.pcap")
+
+	second := startDaemon(t, pair.Collector.Netns, args...)
+	waitNodeGone(t, cs, "restart-a", 60*time.Second, second.out)
+	waitNodeGone(t, cs, "restart-b", 60*time.Second, second.out)
+	if n, m := podsLeft(t, cs, nsA), podsLeft(t, cs, nsB); n != 0 || m != 0 {
+		t.Errorf("%d and %d pods left", n, m)
+	}
+	resumed := logged(second.out, "resuming an unfinished incident from the journal")
+	if len(resumed) != 1 || resumed[0]["source"] != pair.Node.IPv4.String() {
+		t.Errorf("resumed %v", resumed)
+	}
+	if incs := logged(second.out, "incident"); len(incs) != 1 || incs[0]["source"] != pair.Node.IPv6.String() {
+		t.Errorf("the second run assembled %v, want node B's panic, read from the pinned ring buffer", incs)
+	}
+	scrapeFor(t, pair.Collector.Netns.Do, "127.0.0.1:9466",
+		`lastgasp_journal_unfinished_incidents 0`,
+		`lastgasp_journal_events_total{event="resumed"} 1`,
+		`lastgasp_incidents_finished_total{outcome="cleaned up"} 2`,
+		`lastgasp_first_packet_to_node_deleted_seconds_count 2`)
+
+	if code := second.stop(t, 10*time.Second); code != exitOK {
+		t.Errorf("exit %d after SIGTERM:\n%s", code, second.out.String())
+	}
+	j, unfinished, err := journal.Open(journal.Config{Dir: journalDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	if len(unfinished) != 0 {
+		t.Errorf("journal still holds %d unfinished incidents", len(unfinished))
+	}
+}
+
+// TestDaemonDrain: the socket data path, configured by a config file;
+// SIGTERM arrives while a node's cleanup is under way, and the daemon
+// finishes it before it exits, within --shutdown-grace.
+func TestDaemonDrain(t *testing.T) {
+	cs, kubeconfig := controlPlane(t)
+	ns := makeNode(t, cs, "drain-a", "127.0.0.1", 30)
+	port := freeUDPPort(t)
+	journalDir := t.TempDir()
+	config := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(config, []byte(fmt.Sprintf(`# lastgasp run's flags, by name
+mode: socket
+listen: 127.0.0.1
+port: [%d]
+kubeconfig: %s
+confirm: none
+journal: %s
+kube-api-qps: 20
+kube-api-burst: 1
+shutdown-grace: 30s
+`, port, kubeconfig, journalDir)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, nil, "--config", config, "--log-format", "json")
+
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	replay(t, conn, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}, "sysrq-v4.pcap")
+	deadline := time.Now().Add(30 * time.Second)
+	for podsLeft(t, cs, ns) == 30 {
+		if time.Now().After(deadline) {
+			t.Fatalf("cleanup never started:\n%s", d.out.String())
+		}
+		time.Sleep(50 * time.Millisecond) // polling the API server
+	}
+	if code := d.stop(t, 40*time.Second); code != exitOK {
+		t.Errorf("exit %d after SIGTERM:\n%s", code, d.out.String())
+	}
+	// It exited: the cleanup was done first.
+	if _, err := cs.CoreV1().Nodes().Get(context.Background(), "drain-a", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("node still there after a drained shutdown (%v):\n%s", err, d.out.String())
+	}
+	if n := podsLeft(t, cs, ns); n != 0 {
+		t.Errorf("%d pods left", n)
+	}
+	if len(logged(d.out, "shutting down: letting cleanups in flight finish")) != 1 {
+		t.Errorf("the drain was not logged:\n%s", d.out.String())
+	}
+	_, unfinished, err := journal.Open(journal.Config{Dir: journalDir})
+	if err != nil || len(unfinished) != 0 {
+		t.Errorf("journal: %d unfinished, %v", len(unfinished), err)
+	}
+}
+
+func freeUDPPort(t *testing.T) int {
+	t.Helper()
+	probe, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	return probe.LocalAddr().(*net.UDPAddr).Port
+}
+
+// TestDaemonPatternReload: report-only (no kubeconfig, not in a
+// cluster), XDP, a patterns file changed under the running daemon: by
+// SIGHUP, by a change alone, and a broken file that is refused while the
+// table in use keeps working. Each change reaches the kernel program.
+func TestDaemonPatternReload(t *testing.T) {
+	testnet.RequireRoot(t)
+	pair := testnet.NewPair(t)
+	patterns := filepath.Join(t.TempDir(), "patterns.yaml")
+	write := func(content string) {
+		t.Helper()
+		// Write then rename, as a ConfigMap update does: never half a file.
+		tmp := patterns + ".tmp"
+		if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, patterns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("patterns: []\n")
+	journalDir := t.TempDir()
+	d := startDaemon(t, pair.Collector.Netns, "--mode", "xdp", "--interface", pair.Collector.Ifname,
+		"--patterns", patterns, "--journal", journalDir, "--metrics-addr", "127.0.0.1:9466", "--context-lines", "0")
+	if len(logged(d.out, "report-only: no --kubeconfig and not running in a cluster; incidents are logged, nothing is written")) != 1 {
+		t.Errorf("report-only not said at start-up:\n%s", d.out.String())
+	}
+	conn := nodeSocket(t, pair)
+	dst := &net.UDPAddr{IP: pair.Collector.IPv4.AsSlice(), Port: 6666}
+	send := func(line string) {
+		t.Helper()
+		if _, err := conn.WriteToUDP([]byte(line+"\n"), dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	metrics := func(want ...string) { t.Helper(); scrapeFor(t, pair.Collector.Netns.Do, "127.0.0.1:9466", want...) }
+
+	// checkIncident checks the nth incident logged: fatal (the kernel's
+	// own panic line), its cause the custom line, its kind the custom
+	// pattern's.
+	checkIncident := func(n int, cause string) {
+		t.Helper()
+		inc := waitLogged(t, d.out, "incident", n, 10*time.Second)[n-1]
+		if inc["kind"] != "mce" || inc["fatal"] != true || inc["cause"] != cause || !strings.HasPrefix(inc["action"].(string), "none") {
+			t.Errorf("incident %d: %v", n, inc)
+		}
+	}
+
+	// The built-in table: the custom line is not matched.
+	send("[  100.000000] lastgasp-test: going down")
+	metrics(`lastgasp_xdp_events_total{event="netconsole"} 1`, `lastgasp_xdp_events_total{event="matched"} 0`)
+
+	// SIGHUP: the new pattern matches, in the kernel, and the detector
+	// gives the incident its kind.
+	write("patterns:\n  - {prefix: \"lastgasp-test: going down\", kind: mce}\n")
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	if rec := waitLogged(t, d.out, "patterns reloaded", 1, 10*time.Second)[0]; rec["why"] != "SIGHUP" || rec["patterns"] != 22.0 {
+		t.Errorf("reload %v", rec)
+	}
+	send("[  101.000000] lastgasp-test: going down")
+	send("[  101.000100] Kernel panic - not syncing: test one")
+	checkIncident(1, "lastgasp-test: going down")
+
+	// A change alone, replacing the table: the old custom pattern stops
+	// matching, the new one matches.
+	write("replace: true\npatterns:\n  - {prefix: \"lastgasp-test: other\", kind: mce}\n  - {prefix: \"Kernel panic - not syncing\", kind: panic}\n")
+	if rec := waitLogged(t, d.out, "patterns reloaded", 2, 10*time.Second)[1]; rec["why"] != "the file changed" || rec["patterns"] != 2.0 {
+		t.Errorf("reload %v", rec)
+	}
+	send("[  102.000000] lastgasp-test: going down")
+	send("[  103.000000] lastgasp-test: other failure")
+	send("[  103.000100] Kernel panic - not syncing: test two")
+	metrics(`lastgasp_xdp_events_total{event="netconsole"} 6`, `lastgasp_xdp_events_total{event="matched"} 4`)
+	checkIncident(2, "lastgasp-test: other failure")
+
+	// A broken file: refused, and the table in use still works.
+	write("replace: true\npatterns:\n  - {prefix: \"x\", kind: catastrophe}\n")
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitLogged(t, d.out, "patterns file rejected; the table in use is kept", 1, 10*time.Second)
+	send("[  104.000000] lastgasp-test: other failure again")
+	send("[  104.000100] Kernel panic - not syncing: test three")
+	checkIncident(3, "lastgasp-test: other failure again")
+	metrics(`lastgasp_pattern_reloads_total{result="ok"} 2`, `lastgasp_pattern_reloads_total{result="rejected"} 1`,
+		`lastgasp_incidents_finished_total{outcome="report-only"} 3`, `lastgasp_journal_unfinished_incidents 0`)
+
+	if code := d.stop(t, 10*time.Second); code != exitOK {
+		t.Errorf("exit %d after SIGTERM:\n%s", code, d.out.String())
+	}
+	// Report-only incidents are journaled, and done.
+	segs, _ := filepath.Glob(filepath.Join(journalDir, "*.jsonl"))
+	var all string
+	for _, s := range segs {
+		b, _ := os.ReadFile(s)
+		all += string(b)
+	}
+	if strings.Count(all, `"op":"begin"`) != 3 || strings.Count(all, `"outcome":"report-only"`) != 3 {
+		t.Errorf("journal:\n%s", all)
+	}
+}
+
+// TestDaemonBadFlags: a wrong flag, a wrong config file or a broken
+// patterns file is one line on stderr and exit status 2, before anything
+// is attached.
+func TestDaemonBadFlags(t *testing.T) {
+	dir := t.TempDir()
+	badConfig := filepath.Join(dir, "bad-config.yaml")
+	os.WriteFile(badConfig, []byte("mode: socket\nportt: 6666\n"), 0o600)
+	badValue := filepath.Join(dir, "bad-value.yaml")
+	os.WriteFile(badValue, []byte("mode: socket\nport: [0]\n"), 0o600)
+	badPatterns := filepath.Join(dir, "bad-patterns.yaml")
+	os.WriteFile(badPatterns, []byte("patterns:\n  - {prefix: x, kind: nope}\n"), 0o600)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"--mode", "ebpf"},
+		{"--config", badConfig},
+		{"--config", badValue},
+		{"--config", filepath.Join(dir, "missing.yaml")},
+		{"--mode", "socket", "--patterns", badPatterns},
+		{"--mode", "socket", "--shutdown-grace", "soon"},
+	} {
+		cmd := exec.Command(self, append([]string{"run"}, args...)...)
+		cmd.Env = append(os.Environ(), runAsCommand+"=1")
+		var stdout, stderr syncBuffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		cmd.Run()
+		msg := stderr.String()
+		if code := cmd.ProcessState.ExitCode(); code != exitUsage || stdout.String() != "" || strings.Count(msg, "\n") != 1 || !strings.HasPrefix(msg, "lastgasp run: ") {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q", args, code, stdout.String(), msg)
+		}
+	}
+}
