@@ -60,6 +60,7 @@ type Counters struct {
 	Unconfirmed uint64 // pattern matches a trigger's confirmation refused
 	Incidents   uint64 // incidents closed and returned
 	Duplicates  uint64 // incidents not returned again: same id as a recent one
+	Strays      uint64 // lines that came before their incident's trigger, joined to it
 }
 
 // Detector assembles incidents. It is not safe for concurrent use.
@@ -68,8 +69,22 @@ type Detector struct {
 	open     map[netip.Addr]*building
 	recent   *lru.Cache // ids of incidents returned lately
 	dead     *lru.Cache // source -> when its last fatal incident closed
+	strays   *lru.Cache // source -> []netconsole.Message: lines of no incident, lately
 	counters Counters
 }
+
+// Strays are lines that belong to no open incident when they arrive.
+// Behind the XDP program every forwarded line follows a trigger, but the
+// ring buffer and the backstop socket are read side by side: when the
+// ring buffer overflows, the context lines that went to the socket can
+// be read before the trigger that stayed in the ring buffer. So the
+// latest strays of each source wait a little, and an incident opened
+// after them takes those the kernel logged after its trigger.
+const (
+	maxStraySources    = 256              // sources whose strays are kept (least recent forgotten)
+	maxStraysPerSource = 32               // the latest lines kept a source (more than the 20 context lines)
+	strayWindow        = 10 * time.Second // how long a stray waits (the program's burst timeout)
+)
 
 // lateMarker is how long after a fatal incident closed a lone end-of-panic
 // marker from the same source is taken as that panic's last word, not a
@@ -79,7 +94,7 @@ const lateMarker = time.Minute
 // New returns a Detector with cfg.
 func New(cfg Config) *Detector {
 	cfg = cfg.withDefaults()
-	return &Detector{cfg: cfg, open: map[netip.Addr]*building{}, recent: lru.New(4096), dead: lru.New(4096)}
+	return &Detector{cfg: cfg, open: map[netip.Addr]*building{}, recent: lru.New(4096), dead: lru.New(4096), strays: lru.New(maxStraySources)}
 }
 
 // Counters returns what the detector has done so far.
@@ -119,7 +134,8 @@ func (d *Detector) Add(m netconsole.Message) []Incident {
 	trig, isTrigger := d.trigger(m.Text)
 	if b == nil {
 		if !isTrigger {
-			return nil // not part of any incident
+			d.keepStray(addr, m)
+			return nil // not part of any incident, yet
 		}
 		if strings.HasPrefix(m.Text, panicEndPrefix) {
 			if closed, ok := d.dead.Get(addr); ok && m.Received.Sub(closed.(time.Time)) < lateMarker {
@@ -131,12 +147,60 @@ func (d *Detector) Add(m netconsole.Message) []Incident {
 		}
 		b = &building{source: addr}
 		d.open[addr] = b
+		b.add(m, trig, isTrigger, d.cfg.MaxLines)
+		d.adoptStrays(b, m)
+	} else {
+		b.add(m, trig, isTrigger, d.cfg.MaxLines)
 	}
-	b.add(m, trig, isTrigger, d.cfg.MaxLines)
 	if b.ended {
 		return d.close(addr)
 	}
 	return nil
+}
+
+// keepStray keeps a line of no incident for a while.
+func (d *Detector) keepStray(addr netip.Addr, m netconsole.Message) {
+	var kept []netconsole.Message
+	if v, ok := d.strays.Get(addr); ok {
+		kept = v.([]netconsole.Message)
+	}
+	if len(kept) >= maxStraysPerSource {
+		kept = append(kept[:0:0], kept[1:]...) // the oldest goes
+	}
+	d.strays.Add(addr, append(kept, m))
+}
+
+// adoptStrays gives a new incident, opened by trigger, its source's
+// strays that the kernel logged after the trigger and that arrived
+// within strayWindow of it.
+func (d *Detector) adoptStrays(b *building, trigger netconsole.Message) {
+	v, ok := d.strays.Get(b.source)
+	if !ok {
+		return
+	}
+	d.strays.Remove(b.source)
+	lastSeen := b.lastSeen
+	for _, m := range v.([]netconsole.Message) {
+		if trigger.Received.Sub(m.Received) > strayWindow || !loggedAfter(m, trigger) {
+			continue
+		}
+		b.add(m, pattern.Pattern{}, false, d.cfg.MaxLines)
+		d.counters.Strays++
+	}
+	b.lastSeen = lastSeen // strays arrived earlier: they do not extend the quiet period
+}
+
+// loggedAfter reports whether the kernel logged m after t, as far as the
+// two say: by sequence number, else kernel time; lines that carry
+// neither are taken to follow.
+func loggedAfter(m, t netconsole.Message) bool {
+	switch {
+	case m.HasSeq && t.HasSeq:
+		return m.Seq > t.Seq
+	case m.HasUptime && t.HasUptime:
+		return m.Uptime >= t.Uptime
+	}
+	return true
 }
 
 // closeOldest closes the least recently heard incident to make room, then

@@ -279,3 +279,59 @@ func TestLateEndMarker(t *testing.T) {
 		t.Errorf("%d incidents: %+v", len(got), got)
 	}
 }
+
+// TestStrays: when the ring buffer overflows, the context lines that went
+// to the backstop socket can be read before the triggers that stayed in
+// the ring buffer. The incident is the same as in kernel order; strays
+// logged before the trigger, or long before, are not taken.
+func TestStrays(t *testing.T) {
+	for _, name := range []string{"sysrq-v4", "sysrq-ext-v4", "null-oops-panic"} {
+		t.Run(name, func(t *testing.T) {
+			frames, err := packettest.ReadCapture(filepath.Join("../testdata/netconsole", name+".pcap"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The lines the filter forwards, decoded: triggers and context.
+			f := filter.New(filter.Config{})
+			dec := netconsole.NewDecoder(netconsole.Config{})
+			var msgs []netconsole.Message
+			for _, c := range frames {
+				if l, ok := f.Judge(node, packettest.UDPPayload(c.Frame), c.Time); ok {
+					msgs = append(msgs, dec.Decode(l.Source, l.Payload, l.Time)...)
+				}
+			}
+			run := func(order []netconsole.Message) []detect.Incident {
+				d := detect.New(detect.Config{})
+				var out []detect.Incident
+				for _, m := range order {
+					out = append(out, d.Add(m)...)
+				}
+				return append(out, d.Flush()...)
+			}
+			want := run(msgs)
+
+			// Context first (as the socket delivers it), then the triggers.
+			var triggers, context []netconsole.Message
+			for _, m := range msgs {
+				if _, ok := pattern.Default().MatchText([]byte(m.Text)); ok {
+					triggers = append(triggers, m)
+				} else {
+					context = append(context, m)
+				}
+			}
+			// A line logged before the panic and heard just before it,
+			// and one heard long before: neither belongs to it.
+			before := msgs[0]
+			before.Text, before.Seq, before.Uptime = "an earlier line", before.Seq-1, before.Uptime-time.Millisecond
+			old := msgs[len(msgs)-1]
+			old.Text, old.Received = "a line heard long ago", old.Received.Add(-time.Minute)
+			got := run(append(append([]netconsole.Message{old, before}, context...), triggers...))
+			if len(want) != 1 || len(got) != 1 {
+				t.Fatalf("%d and %d incidents", len(want), len(got))
+			}
+			if w, g := want[0], got[0]; g.ID != w.ID || strings.Join(g.Lines, "\n") != strings.Join(w.Lines, "\n") || g.Task != w.Task || g.Module != w.Module {
+				t.Errorf("out of order:\n%s\nin order:\n%s", strings.Join(g.Lines, "\n"), strings.Join(w.Lines, "\n"))
+			}
+		})
+	}
+}
