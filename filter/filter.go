@@ -73,6 +73,11 @@ type Config struct {
 	ContextLines int
 	// NoContext turns bursts off.
 	NoContext bool
+	// ForwardAll forwards every line (flagged Context unless it
+	// matches): for a socket behind the XDP program, which passes up
+	// only lines it chose to forward and found no room for, and IP
+	// fragments it could not judge.
+	ForwardAll bool
 	// BurstTimeout closes a burst this long after its last match.
 	// Default 10s.
 	BurstTimeout time.Duration
@@ -145,7 +150,7 @@ func (f *Filter) Judge(src netip.AddrPort, payload []byte, now time.Time) (Line,
 		f.openBurst(src.Addr(), now)
 		return line, true
 	}
-	if f.takeContext(src.Addr(), now) {
+	if f.cfg.ForwardAll || f.takeContext(src.Addr(), now) {
 		line.Flag = Context
 		return line, true
 	}

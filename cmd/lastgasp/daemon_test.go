@@ -541,3 +541,56 @@ func TestDaemonBadFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestDaemonBackstop: what the XDP program cannot put in the ring buffer
+// reaches the backstop socket, and no line is lost or seen twice. First
+// a panic line too long for one frame: IP fragments, which the program
+// passes up for the stack to reassemble. Then a whole capture sent while
+// the daemon is stopped (SIGSTOP) with a ring buffer of one page: the
+// program records what fits and passes the rest, which waits in the
+// socket's buffer.
+func TestDaemonBackstop(t *testing.T) {
+	testnet.RequireRoot(t)
+	pair := testnet.NewPair(t)
+	d := startDaemon(t, pair.Collector.Netns, "--mode", "xdp", "--interface", pair.Collector.Ifname,
+		"--report-only", "--metrics-addr", "127.0.0.1:9466", "--ring-buffer-bytes", "4096")
+	conn := nodeSocket(t, pair)
+	dst := &net.UDPAddr{IP: pair.Collector.IPv4.AsSlice(), Port: 6666}
+	metrics := func(want ...string) { t.Helper(); scrapeFor(t, pair.Collector.Netns.Do, "127.0.0.1:9466", want...) }
+
+	// The node's path MTU is small (a tunnel, say): a line of 1000 bytes,
+	// netconsole's largest, leaves it in two IP fragments.
+	if _, err := pair.Node.Netns.IP("link", "set", "dev", pair.Node.Ifname, "mtu", "576"); err != nil {
+		t.Fatal(err)
+	}
+	long := "[  200.000000] Kernel panic - not syncing: "
+	long += strings.Repeat("x", 999-len(long))
+	if _, err := conn.WriteToUDP([]byte(long+"\n"), dst); err != nil {
+		t.Fatal(err)
+	}
+	inc := waitLogged(t, d.out, "incident", 1, 10*time.Second)[0]
+	if inc["fatal"] != true || inc["kind"] != "panic" || inc["reason"] != long[len("[  200.000000] "):] {
+		t.Errorf("incident from a fragmented datagram: %v", inc)
+	}
+	metrics(`lastgasp_xdp_events_total{event="fragments"} 2`, `lastgasp_xdp_events_total{event="netconsole"} 0`)
+
+	d.cmd.Process.Signal(syscall.SIGSTOP)
+	replay(t, conn, dst, "sysrq-ext-v4.pcap")
+	d.cmd.Process.Signal(syscall.SIGCONT)
+	inc = waitLogged(t, d.out, "incident", 2, 10*time.Second)[1]
+	// The same incident as when nothing overflows (TestRunCleansUp's
+	// capture through the ring buffer alone): 22 lines, its id included.
+	if inc["kind"] != "sysrq" || inc["fatal"] != true || inc["lines"] != 22.0 || inc["cause"] != "sysrq: Trigger a crash" {
+		t.Errorf("incident through the ring buffer and the backstop: %v", inc)
+	}
+	body := get(t, pair.Collector.Netns.Do, "http://127.0.0.1:9466/metrics")
+	if !strings.Contains(body, `lastgasp_decoder_events_total{event="duplicates"} 0`) {
+		t.Errorf("lines seen twice:\n%s", grepLastgasp(body))
+	}
+	if strings.Contains(body, `lastgasp_xdp_events_total{event="ringbuf_full"} 0`+"\n") {
+		t.Errorf("the ring buffer never overflowed: the backstop was not tested\n%s", grepLastgasp(body))
+	}
+	if code := d.stop(t, 10*time.Second); code != exitOK {
+		t.Errorf("exit %d after SIGTERM:\n%s", code, d.out.String())
+	}
+}

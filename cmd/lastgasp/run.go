@@ -45,6 +45,7 @@ type runConfig struct {
 	patternsFile  string        // --patterns: the pattern table, reloaded on change
 	shutdownGrace time.Duration // how long SIGTERM waits for cleanups in flight
 	backstop      bool          // xdp drop mode: a socket takes what the program passes
+	ringBytes     uint32        // the ring buffer's size
 }
 
 // parseRun parses and checks the flags; a wrong value is one line on
@@ -80,6 +81,7 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	fs.StringVar(&c.patternsFile, "patterns", "", "patterns file (YAML: replace, patterns[{prefix, kind}]), reloaded on SIGHUP or when it changes (default: the built-in table)")
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 20*time.Second, "on SIGTERM, how long to let cleanups in flight finish (the rest stay in the journal)")
 	fs.BoolVar(&c.backstop, "backstop", true, "xdp mode with --forward drop: also read the netconsole port(s) with a socket, which gets the lines the program passes up (ring buffer full, IP fragments)")
+	ringBytes := fs.Uint("ring-buffer-bytes", loader.DefaultRingBufSize, "size of the XDP program's ring buffer: a power of two, at least 4096 (a pinned ring buffer keeps the size it was made with)")
 	configFile := fs.String("config", "", "config file (YAML): keys are these flags' names; the command line wins")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -116,6 +118,8 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 		return c, errors.New("--kube-api-qps, --kube-api-burst and --max-node-deletions-per-minute must be positive")
 	case c.kubeletPort <= 0 || c.kubeletPort > 65535:
 		return c, fmt.Errorf("--kubelet-port %d: not a port", c.kubeletPort)
+	case *ringBytes < 4096 || *ringBytes > 1<<30 || *ringBytes&(*ringBytes-1) != 0:
+		return c, fmt.Errorf("--ring-buffer-bytes %d: want a power of two from 4096 to 1 GiB", *ringBytes)
 	case c.shutdownGrace < 0:
 		return c, fmt.Errorf("--shutdown-grace %v: must not be negative", c.shutdownGrace)
 	}
@@ -141,6 +145,7 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 		c.allowed = append(c.allowed, p.Masked())
 	}
 	c.forwardPass, c.confirm = *forward == "pass", *confirm == "tcp"
+	c.ringBytes = uint32(*ringBytes)
 	return c, nil
 }
 

@@ -232,9 +232,11 @@ func openDataPath(ctx context.Context, c runConfig, table *pattern.Table, log *s
 			rx.Close()
 		}
 	}
-	listen := func(addr string) error {
+	// listen opens a socket a port; forwardAll for the backstop, whose
+	// lines the kernel program has judged already.
+	listen := func(addr string, forwardAll bool) error {
 		for _, port := range c.ports {
-			f := filter.New(filter.Config{Patterns: table, ContextLines: c.contextLines, NoContext: c.contextLines == 0})
+			f := filter.New(filter.Config{Patterns: table, ContextLines: c.contextLines, NoContext: c.contextLines == 0, ForwardAll: forwardAll})
 			rx, err := udpreceiver.Listen(ctx, net.JoinHostPort(addr, strconv.Itoa(int(port))), 0, f)
 			if err != nil {
 				return err
@@ -250,7 +252,7 @@ func openDataPath(ctx context.Context, c runConfig, table *pattern.Table, log *s
 	}
 
 	if c.mode == "socket" {
-		if err := listen(c.listen); err != nil {
+		if err := listen(c.listen, false); err != nil {
 			closeSockets()
 			return nil, err
 		}
@@ -271,6 +273,7 @@ func openDataPath(ctx context.Context, c runConfig, table *pattern.Table, log *s
 		ContextLines: uint32(c.contextLines),
 		NoContext:    c.contextLines == 0,
 		ForwardPass:  c.forwardPass,
+		RingBufSize:  c.ringBytes,
 		PinPath:      c.pinPath,
 		Logger:       log,
 	})
@@ -291,7 +294,7 @@ func openDataPath(ctx context.Context, c runConfig, table *pattern.Table, log *s
 	closeAll := func() { rd.Close(); closeSockets(); prog.Close() }
 	sources := collector.Sources{rd}
 	if c.backstop && !c.forwardPass {
-		if err := listen(c.listen); err != nil {
+		if err := listen(c.listen, true); err != nil {
 			closeAll()
 			return nil, fmt.Errorf("backstop socket (--backstop=false to go without): %w", err)
 		}
