@@ -66,5 +66,9 @@ record-kernel: deps ## re-record the real-kernel captures in testdata/kernel (qe
 	$(GO) run ./kernelrig/cmd/record -out testdata/kernel
 
 .PHONY: demo
-demo: deps build ## run the real panic captures through the XDP program
-	./demo/run.sh
+demo: deps build ## the whole appliance: control plane, a node host, its pods, a real panic, the cleanup
+	$(GO) run ./demo
+
+.PHONY: demo-scan
+demo-scan: deps build ## run the real panic captures through the XDP program (no cluster)
+	./demo/scan.sh

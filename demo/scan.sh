@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The demo as it stands: the real netconsole captures of a Debian kernel
+# The captures demo (make demo-scan): the real netconsole captures of a Debian kernel
 # (testdata/netconsole, from ../shared/fixtures) run through the real XDP program with
-# BPF_PROG_TEST_RUN. The full demo (control plane, pods, a Node deleted)
-# comes with the daemon.
+# BPF_PROG_TEST_RUN, no cluster. make demo is the whole appliance.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fixtures=${FIXTURES:-testdata/netconsole}
