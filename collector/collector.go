@@ -39,8 +39,11 @@ type Config struct {
 	// ReportOnly says the sink acts on no cluster (or there is no sink):
 	// the log says so.
 	ReportOnly bool
-	// Observe, if set, sees every incident too (metrics).
+	// Observe, if set, sees every incident too (metrics, the feed).
 	Observe func(detect.Incident)
+	// OnLine, if set, sees every forwarded line before it is decoded
+	// (the feed).
+	OnLine func(filter.Line)
 	// Snapshot, if set, receives the decoder's and detector's counters
 	// every tick and at the end: a copy other goroutines may read.
 	Snapshot func(netconsole.Counters, detect.Counters)
@@ -109,6 +112,9 @@ func Run(ctx context.Context, cfg Config) error {
 					return fmt.Errorf("collector: data path: %w", err)
 				}
 				return nil
+			}
+			if cfg.OnLine != nil {
+				cfg.OnLine(l)
 			}
 			report(asm.Line(l))
 		case now := <-tick.C:

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -592,5 +593,87 @@ func TestDaemonBackstop(t *testing.T) {
 	}
 	if code := d.stop(t, 10*time.Second); code != exitOK {
 		t.Errorf("exit %d after SIGTERM:\n%s", code, d.out.String())
+	}
+}
+
+// TestDaemonTail: lastgasp tail, as an operator runs it beside a
+// collector: the incident as it comes, the forwarded lines with --lines,
+// the records as JSON with --json, and a clear end when the collector
+// stops.
+func TestDaemonTail(t *testing.T) {
+	port := freeUDPPort(t)
+	metricsAddr := freeTCPAddr(t)
+	d := startDaemon(t, nil, "--mode", "socket", "--listen", "127.0.0.1", "--port", strconv.Itoa(port), "--report-only", "--metrics-addr", metricsAddr)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type tailing struct {
+		out, errs syncBuffer
+		done      chan int
+	}
+	tail := func(args ...string) *tailing {
+		tl := &tailing{done: make(chan int, 1)}
+		cmd := exec.Command(self, append([]string{"tail", "--addr", metricsAddr}, args...)...)
+		cmd.Env = append(os.Environ(), runAsCommand+"=1")
+		cmd.Stdout, cmd.Stderr = &tl.out, &tl.errs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill() })
+		go func() { cmd.Wait(); tl.done <- cmd.ProcessState.ExitCode() }()
+		return tl
+	}
+	text, lines, raw := tail(), tail("--lines"), tail("--json")
+	// The feed has its watchers once the collector's /feed was asked;
+	// there is no other signal than trying.
+	time.Sleep(500 * time.Millisecond)
+
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	replay(t, conn, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}, "sysrq-v4.pcap")
+	inc := waitLogged(t, d.out, "incident", 1, 10*time.Second)[0]
+	want := fmt.Sprintf("incident %s  sysrq FATAL from 127.0.0.1: Kernel panic - not syncing: sysrq triggered crash\n      cause: sysrq: Trigger a crash\n      blamed: init", inc["id"])
+	eventually := func(what string, b *syncBuffer, want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			missing := ""
+			for _, w := range want {
+				if !strings.Contains(b.String(), w) {
+					missing = w
+				}
+			}
+			if missing == "" {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s lacks %q:\n%s", what, missing, b.String())
+			}
+			time.Sleep(20 * time.Millisecond) // the output is the only signal
+		}
+	}
+	eventually("lastgasp tail", &text.out, want, "from 127.0.0.1: report-only")
+	eventually("lastgasp tail --lines", &lines.out, want, "match   127.0.0.1  [    3.228076] sysrq: Trigger a crash", "context 127.0.0.1")
+	eventually("lastgasp tail --json", &raw.out, `{"incident":{"id":"`+inc["id"].(string)+`"`, `{"finished":{"id":"`+inc["id"].(string)+`","source":"127.0.0.1","outcome":"report-only"}}`)
+	if strings.Contains(text.out.String(), "context ") {
+		t.Errorf("lines printed without --lines:\n%s", text.out.String())
+	}
+
+	if code := d.stop(t, 10*time.Second); code != exitOK {
+		t.Errorf("collector exit %d", code)
+	}
+	for _, tl := range []*tailing{text, lines, raw} {
+		select {
+		case code := <-tl.done:
+			if code != exitError || !strings.HasPrefix(tl.errs.String(), "lastgasp tail: the collector closed the feed") {
+				t.Errorf("tail ended with %d: %q", code, tl.errs.String())
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("tail still running after the collector stopped")
+		}
 	}
 }

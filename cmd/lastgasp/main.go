@@ -2,6 +2,7 @@
 // into a clean, explained end for the Kubernetes node and pods it took down.
 //
 //	lastgasp run [flags]         the collector: data path, detection, cleanup
+//	lastgasp tail [--lines]      watch a running collector's incidents
 //	lastgasp scan FILE.pcap...   run captures through the XDP program
 package main
 
@@ -33,6 +34,8 @@ const usage = `usage: lastgasp COMMAND [flags] [args]
 commands:
   run            the collector: netconsole lines in (XDP or a socket),
                  incidents out, dead nodes and their pods cleaned up
+  tail           print a running collector's incidents (--lines: and its
+                 forwarded lines) as they come
   scan FILE...   run pcap/pcapng captures through the XDP program and print
                  the incidents (or lines) found, one JSON object a line
 
@@ -50,6 +53,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runCmd(ctx, args[1:], stdout, stderr)
 	case "scan":
 		return scan(ctx, args[1:], stdout, stderr)
+	case "tail":
+		return tailCmd(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK

@@ -76,7 +76,7 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	fs.Float64Var(&c.qps, "kube-api-qps", cleanup.DefaultClientQPS, "API server requests a second")
 	fs.IntVar(&c.burst, "kube-api-burst", cleanup.DefaultClientBurst, "API server request burst")
 	fs.StringVar(&c.logFormat, "log-format", "json", "log format: json or text")
-	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "address to serve /metrics, /healthz and /readyz on (e.g. :9466; default off)")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "address to serve /metrics, /healthz, /readyz and /feed (lastgasp tail) on (e.g. :9466; default off)")
 	fs.StringVar(&c.journalDir, "journal", "", "directory of the incident journal: incidents are kept there until finished, and resumed after a crash (default: none)")
 	fs.StringVar(&c.patternsFile, "patterns", "", "patterns file (YAML: replace, patterns[{prefix, kind}]), reloaded on SIGHUP or when it changes (default: the built-in table)")
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 20*time.Second, "on SIGTERM, how long to let cleanups in flight finish (the rest stay in the journal)")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,9 +10,9 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/lastgasp/lastgasp/detect"
+	"github.com/lastgasp/lastgasp/feed"
 	"github.com/lastgasp/lastgasp/filter"
 	"github.com/lastgasp/lastgasp/loader"
 	"github.com/lastgasp/lastgasp/netconsole"
@@ -76,7 +75,7 @@ func scan(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	asm := detect.NewAssembler(netconsole.Config{}, detect.Config{Patterns: table})
 	emit := func(l filter.Line) {
 		if *printLines {
-			enc.Encode(lineJSON(l, table))
+			enc.Encode(feed.NewLine(l, table))
 			return
 		}
 		for _, inc := range asm.Line(l) {
@@ -111,35 +110,6 @@ func scan(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		json.NewEncoder(stderr).Encode(m)
 	}
 	return code
-}
-
-// jsonLine is how scan prints a forwarded line.
-type jsonLine struct {
-	Source    string    `json:"source"`
-	Port      uint16    `json:"port"`
-	Time      time.Time `json:"time"`
-	Flag      string    `json:"flag"`
-	Pattern   string    `json:"pattern,omitempty"`
-	Kind      string    `json:"kind,omitempty"`
-	Text      string    `json:"text"`
-	Truncated bool      `json:"truncated,omitempty"`
-}
-
-// lineJSON renders l; the text is the payload less its trailing newlines
-// and NULs (invalid UTF-8 becomes U+FFFD in the JSON).
-func lineJSON(l filter.Line, table *pattern.Table) jsonLine {
-	j := jsonLine{
-		Source:    l.Source.Addr().String(),
-		Port:      l.Source.Port(),
-		Time:      l.Time.UTC(),
-		Flag:      l.Flag.String(),
-		Text:      string(bytes.TrimRight(l.Payload, "\n\x00")),
-		Truncated: l.Truncated,
-	}
-	if p, ok := table.ByID(l.PatternID); ok {
-		j.Pattern, j.Kind = p.Prefix, string(p.Kind)
-	}
-	return j
 }
 
 // portList is a flag holding UDP ports, given comma-separated or repeated.

@@ -22,6 +22,7 @@ import (
 	"github.com/lastgasp/lastgasp/cleanup"
 	"github.com/lastgasp/lastgasp/collector"
 	"github.com/lastgasp/lastgasp/detect"
+	"github.com/lastgasp/lastgasp/feed"
 	"github.com/lastgasp/lastgasp/filter"
 	"github.com/lastgasp/lastgasp/journal"
 	"github.com/lastgasp/lastgasp/liveness"
@@ -84,6 +85,9 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 		src.Cleanup = func() any { return cl.ctrl.Stats() }
 	}
 	m := metrics.New(src)
+	var fd feed.Feed // what lastgasp tail watches
+	var current atomic.Pointer[pattern.Table]
+	current.Store(table)
 
 	// finish records an incident finished with: in the journal, the
 	// metrics and the log.
@@ -94,6 +98,7 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 			}
 		}
 		m.Finished(outcome)
+		fd.Finish(inc, outcome)
 		log.Info("incident finished", "incident", inc.ID, "source", inc.Source, "outcome", outcome, "since_first_packet", at.Sub(inc.First).Round(time.Millisecond).String())
 	}
 	// take is where each incident goes: into the journal first, then to
@@ -144,7 +149,10 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}
-		srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		mux := http.NewServeMux()
+		mux.Handle("/", m.Handler())
+		mux.Handle("/feed", &fd)
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(ln)
 		defer srv.Close()
 		log.Info("serving metrics", "addr", ln.Addr().String())
@@ -166,6 +174,7 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 				return false
 			}
 			reload <- t
+			current.Store(t)
 			m.PatternReload(true)
 			return true
 		}, func() { m.PatternReload(false) })
@@ -175,7 +184,8 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 		"patterns", len(table.Patterns()), "report_only", cl == nil, "dry_run", c.dryRun, "journal", c.journalDir)
 	err = collector.Run(ctx, collector.Config{
 		Source: dp.source, Patterns: table, Sink: take, ReportOnly: cl == nil, Logger: log, Reload: reload,
-		Observe: m.Incident,
+		Observe: func(inc detect.Incident) { m.Incident(inc); fd.Incident(inc) },
+		OnLine:  func(l filter.Line) { fd.Line(l, current.Load()) },
 		Snapshot: func(d netconsole.Counters, t detect.Counters) {
 			counters.Store(&assemblerCounters{decoder: d, detector: t})
 		},
