@@ -343,7 +343,7 @@ type outcomes struct {
 	seen map[string]cleanup.Outcome
 }
 
-func (o *outcomes) record(inc detect.Incident, outcome cleanup.Outcome, _ time.Time) {
+func (o *outcomes) record(inc detect.Incident, outcome cleanup.Outcome, _ string, _ time.Time) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.seen == nil {

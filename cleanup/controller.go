@@ -65,8 +65,9 @@ type Config struct {
 	// Logger receives what the controller does. Default slog.Default().
 	Logger *slog.Logger
 	// OnDone, if set, is called once an incident is finished with, from
-	// a worker: with what was done, and when.
-	OnDone func(inc detect.Incident, outcome Outcome, at time.Time)
+	// a worker: with what was done, the Node it was about ("" when none
+	// was found), and when.
+	OnDone func(inc detect.Incident, outcome Outcome, node string, at time.Time)
 }
 
 // Outcome is how an incident was finished with.
@@ -143,6 +144,8 @@ type work struct {
 	// probed again.
 	confirmedAt  time.Time
 	confirmedUID types.UID
+	// node is the name of the Node the source belongs to, once found.
+	node string
 }
 
 // attemptTimeout bounds one attempt at an incident: a node of 110 pods
@@ -263,7 +266,7 @@ func (c *Controller) processNextWorkItem(ctx context.Context) bool {
 		delete(c.pending, id)
 		c.mu.Unlock()
 		if c.cfg.OnDone != nil {
-			c.cfg.OnDone(w.inc, outcome, time.Now())
+			c.cfg.OnDone(w.inc, outcome, w.node, time.Now())
 		}
 	}
 	return true
@@ -290,6 +293,7 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 		return OutcomeUnknownSource, 0, nil
 	}
 	log = log.With("node", node.Name)
+	w.node = node.Name
 	if ambiguous && inc.Fatal {
 		// Two Nodes claim the address (a stale Node with a recycled IP,
 		// or an override annotation naming another's): deleting either

@@ -324,6 +324,14 @@ func TestDaemonRestart(t *testing.T) {
 	if incs := logged(second.out, "incident"); len(incs) != 1 || incs[0]["source"] != pair.Node.IPv6.String() {
 		t.Errorf("the second run assembled %v, want node B's panic, read from the pinned ring buffer", incs)
 	}
+	// Each incident is logged once as finished, with its node and how.
+	finished := map[string]string{}
+	for _, rec := range waitLogged(t, second.out, "incident finished", 2, 10*time.Second) {
+		finished[rec["node"].(string)] = rec["outcome"].(string) + " " + rec["kind"].(string)
+	}
+	if finished["restart-a"] != "cleaned up sysrq" || finished["restart-b"] != "cleaned up sysrq" || len(finished) != 2 {
+		t.Errorf("finished %v", finished)
+	}
 	scrapeFor(t, pair.Collector.Netns.Do, "127.0.0.1:9466",
 		`lastgasp_journal_unfinished_incidents 0`,
 		`lastgasp_journal_events_total{event="resumed"} 1`,

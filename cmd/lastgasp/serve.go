@@ -91,7 +91,7 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 
 	// finish records an incident finished with: in the journal, the
 	// metrics and the log.
-	finish := func(inc detect.Incident, outcome string, at time.Time) {
+	finish := func(inc detect.Incident, outcome, node string, at time.Time) {
 		if jr != nil {
 			if err := jr.Done(inc.ID, outcome); err != nil {
 				log.Error("journal: could not mark an incident done; it will be resumed (harmlessly) after a restart", "incident", inc.ID, "error", err)
@@ -99,7 +99,9 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 		}
 		m.Finished(outcome)
 		fd.Finish(inc, outcome)
-		log.Info("incident finished", "incident", inc.ID, "source", inc.Source, "outcome", outcome, "since_first_packet", at.Sub(inc.First).Round(time.Millisecond).String())
+		log.Info("incident finished", "incident", inc.ID, "source", inc.Source, "node", node,
+			"kind", inc.Kind, "fatal", inc.Fatal, "reason", inc.Reason, "cause", inc.Cause,
+			"outcome", outcome, "since_first_packet", at.Sub(inc.First).Round(time.Millisecond).String())
 	}
 	// take is where each incident goes: into the journal first, then to
 	// the cleanup controller.
@@ -110,7 +112,7 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 			}
 		}
 		if cl == nil {
-			finish(inc, "report-only", time.Now())
+			finish(inc, "report-only", "", time.Now())
 			return
 		}
 		cl.ctrl.Enqueue(inc)
@@ -122,11 +124,11 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 	defer stopCluster()
 	clusterDone := make(chan struct{})
 	if cl != nil {
-		cl.onDone = func(inc detect.Incident, outcome cleanup.Outcome, at time.Time) {
+		cl.onDone = func(inc detect.Incident, outcome cleanup.Outcome, node string, at time.Time) {
 			if outcome == cleanup.OutcomeCleanedUp && !c.dryRun {
 				m.NodeDeleted(inc, at)
 			}
-			finish(inc, string(outcome), at)
+			finish(inc, string(outcome), node, at)
 		}
 		go func() {
 			defer close(clusterDone)
@@ -330,7 +332,7 @@ type cluster struct {
 	index   *nodeindex.Index
 	factory informers.SharedInformerFactory
 	// onDone is called for each incident finished with; set before run.
-	onDone func(detect.Incident, cleanup.Outcome, time.Time)
+	onDone func(detect.Incident, cleanup.Outcome, string, time.Time)
 }
 
 // run starts the informers and the controller, until ctx is done.
@@ -381,7 +383,7 @@ func clusterSide(c runConfig, log *slog.Logger) (*cluster, error) {
 		AllowedSources: c.allowed, MaxNodeDeletionsPerMinute: c.maxDeletions,
 		DryRun: c.dryRun, Instance: host, Logger: log,
 		PodAction: c.podAction, KeepNode: c.keepNode,
-		OnDone: func(inc detect.Incident, o cleanup.Outcome, at time.Time) { cl.onDone(inc, o, at) },
+		OnDone: func(inc detect.Incident, o cleanup.Outcome, node string, at time.Time) { cl.onDone(inc, o, node, at) },
 	})
 	return cl, nil
 }
