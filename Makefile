@@ -69,6 +69,10 @@ record-kernel: deps ## re-record the real-kernel captures in testdata/kernel (qe
 demo: deps build ## the whole appliance: control plane, a node host, its pods, a real panic, the cleanup
 	$(GO) run ./demo
 
+.PHONY: demo-kernel
+demo-kernel: deps build ## make demo with a real kernel panicking live under qemu (about a minute)
+	$(GO) run ./demo --kernel
+
 .PHONY: demo-scan
 demo-scan: deps build ## run the real panic captures through the XDP program (no cluster)
 	./demo/scan.sh

@@ -12,6 +12,12 @@
 // nothing, and netconsole writes whole frames itself, so the demo sends
 // the capture's lines as raw Ethernet frames, as netpoll does. lastgasp
 // probes the node before it deletes anything, and finds it silent.
+//
+// With --kernel (make demo-kernel) the node is a real kernel instead,
+// Debian's 6.1 booted under qemu by the test rig (kernelrig), its
+// netconsole pointed at lastgasp's XDP program on the rig's tap device;
+// a test module dereferences NULL with panic_on_oops set, and the kernel
+// panics live.
 package main
 
 import (
@@ -32,6 +38,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -47,6 +54,8 @@ import (
 	"github.com/lastgasp/lastgasp/cleanup"
 	"github.com/lastgasp/lastgasp/internal/controlplane"
 	"github.com/lastgasp/lastgasp/internal/packettest"
+	"github.com/lastgasp/lastgasp/internal/testnet"
+	"github.com/lastgasp/lastgasp/kernelrig"
 )
 
 // The demo's network: the collector's end of the veth stays in this
@@ -66,10 +75,11 @@ var (
 func main() {
 	binary := flag.String("lastgasp", "bin/lastgasp", "the lastgasp binary")
 	capture := flag.String("capture", "testdata/netconsole/sysrq-ext-v4.pcap", "the panic to replay: a netconsole capture")
+	kernel := flag.Bool("kernel", false, "a real kernel panics live under qemu, instead of a replayed capture")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *binary, *capture); err != nil {
+	if err := run(ctx, *binary, *capture, *kernel); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -80,16 +90,28 @@ func say(format string, args ...any) {
 	fmt.Printf("\n==> "+format+"\n", args...)
 }
 
-func run(ctx context.Context, binary, capture string) error {
+func run(ctx context.Context, binary, capture string, kernel bool) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: network namespaces, XDP, the cached control plane")
 	}
 	if _, err := os.Stat(binary); err != nil {
 		return fmt.Errorf("%w (make build makes it)", err)
 	}
-	frames, err := packettest.ReadCapture(capture)
-	if err != nil {
-		return err
+	var frames []packettest.Captured
+	rig := &kernelrig.Rig{}
+	if kernel {
+		if why := rig.Missing(); why != "" {
+			return fmt.Errorf("the kernel rig: %s", why)
+		}
+		say("Building the kernel rig's initramfs and test module (once, cached in %s).", kernelrig.DefaultCacheDir)
+		if _, err := rig.Build(ctx); err != nil {
+			return err
+		}
+	} else {
+		var err error
+		if frames, err = packettest.ReadCapture(capture); err != nil {
+			return err
+		}
 	}
 	work, err := os.MkdirTemp("", "lastgasp-demo-")
 	if err != nil {
@@ -122,26 +144,34 @@ func run(ctx context.Context, binary, capture string) error {
 		return err
 	}
 
-	say("Making the node's host: network namespace %s, linked to this host by a veth pair (%s here, %s there). This side is the collector, %s.", nodeNetns, collectorLink, nodeLink, collectorAddr)
-	cleanNet, err := makeNetwork()
-	defer cleanNet()
-	if err != nil {
-		return err
+	addr := nodeAddr
+	if kernel {
+		addr = netip.MustParseAddr(kernelrig.NodeIPv4)
+	}
+	var daemon *lastgasp
+	if !kernel {
+		say("Making the node's host: network namespace %s, linked to this host by a veth pair (%s here, %s there). This side is the collector, %s.", nodeNetns, collectorLink, nodeLink, collectorAddr)
+		cleanNet, err := makeNetwork()
+		defer cleanNet()
+		if err != nil {
+			return err
+		}
 	}
 
-	say("Registering Node %s (InternalIP %s) and its workload: two pods bound to it, and a Job whose pod the demo binds to it, as the scheduler would.", nodeName, nodeAddr)
-	if err := makeWorkload(ctx, cs); err != nil {
+	say("Registering Node %s (InternalIP %s) and its workload: two pods bound to it, and a Job whose pod the demo binds to it, as the scheduler would.", nodeName, addr)
+	if err := makeWorkload(ctx, cs, addr); err != nil {
 		return err
 	}
 	printPods(ctx, cs)
 
-	say("Starting lastgasp run: the XDP program on %s, the cleanup controller on the API server, the journal, metrics on 127.0.0.1:9466.", collectorLink)
-	daemon, logPath, err := startLastgasp(ctx, binary, kubeconfig, work)
-	if err != nil {
-		return err
+	if !kernel {
+		say("Starting lastgasp run: the XDP program on %s, the cleanup controller on the API server, the journal, metrics on 127.0.0.1:9466.", collectorLink)
+		if daemon, err = startLastgasp(ctx, binary, kubeconfig, collectorLink, work, nil); err != nil {
+			return err
+		}
+		defer daemon.stop()
+		fmt.Printf("    %s run --mode xdp --interface %s --kubeconfig ... --journal ... (log: %s)\n", binary, collectorLink, daemon.logPath)
 	}
-	defer daemon.stop()
-	fmt.Printf("    %s run --mode xdp --interface %s --kubeconfig ... --journal ... (log: %s)\n", binary, collectorLink, logPath)
 
 	// Watch the pods from here on: their last state before deletion is
 	// in the watch's DELETED events.
@@ -151,41 +181,87 @@ func run(ctx context.Context, binary, capture string) error {
 	}
 	defer w.Stop()
 
-	say("The node's kernel panics. Its netconsole sends every console line to %s:6666, the panic and its call trace included: %d frames of a real Debian 6.1 kernel's panic (%s), sent raw from the node's namespace.", collectorAddr, len(frames), filepath.Base(capture))
-	start := time.Now()
-	if err := sendFrames(frames); err != nil {
-		return err
+	// start is when the panic's first packet can come: set again once
+	// the rig's collector is ready (from the rig's goroutine).
+	var startNanos atomic.Int64
+	startNanos.Store(time.Now().UnixNano())
+	start := func() time.Time { return time.Unix(0, startNanos.Load()) }
+	rigDone := make(chan error, 1)
+	if kernel {
+		say("Booting the node: Debian's %s kernel under qemu (no KVM here: about 10 s), its netconsole sending every console line to %s:6666, where lastgasp runs (started in the rig's network namespace, on its tap device, as soon as it exists). Once up, a test module dereferences NULL with panic_on_oops=1: the kernel panics.", kernelrig.KernelRelease, kernelrig.CollectorIPv4)
+		rig.Collector = func(ns *testnet.Netns, ifname string) error {
+			p, err := cp.NewProxyIn(ns.Do) // the API server, from inside the namespace
+			if err != nil {
+				return err
+			}
+			kc, err := p.Kubeconfig(kc)
+			if err != nil {
+				return err
+			}
+			path := filepath.Join(work, "kubeconfig-rig")
+			if err := os.WriteFile(path, kc, 0o600); err != nil {
+				return err
+			}
+			daemon, err = startLastgasp(ctx, binary, path, ifname, work, ns)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("    lastgasp run --mode xdp --interface %s, ready (log: %s)\n", ifname, daemon.logPath)
+			startNanos.Store(time.Now().UnixNano())
+			return nil
+		}
+		go func() {
+			res, err := rig.Run(ctx, kernelrig.Scenario{Name: "demo", Mode: "null", Extended: true, Sysctls: []string{"kernel.panic_on_oops=1"}, Timeout: 90 * time.Second}, work)
+			if err == nil && !res.Panicked {
+				err = fmt.Errorf("the guest did not panic (console: %s)", res.Console)
+			}
+			if err == nil {
+				fmt.Printf("    %6.2fs  the node's kernel panicked; qemu exited (serial console: %s)\n", time.Since(start()).Seconds(), res.Console)
+			}
+			rigDone <- err
+		}()
+		defer func() {
+			if daemon != nil {
+				daemon.stop()
+			}
+		}()
+	} else {
+		say("The node's kernel panics. Its netconsole sends every console line to %s:6666, the panic and its call trace included: %d frames of a real Debian 6.1 kernel's panic (%s), sent raw from the node's namespace.", collectorAddr, len(frames), filepath.Base(capture))
+		rigDone <- sendFrames(frames)
 	}
 
 	say("lastgasp recognises the panic, confirms the node is dead (its kubelet port does not answer), and ends the node's pods and the Node:")
-	deadline := time.After(90 * time.Second)
+	deadline := time.After(150 * time.Second)
 	nodeGone := false
-	var nodeGoneAfter time.Duration
 	pending := 3
 	for pending > 0 || !nodeGone {
 		select {
 		case ev := <-w.ResultChan():
 			if p, ok := ev.Object.(*corev1.Pod); ok && p.Spec.NodeName == nodeName {
-				pending -= showPodEvent(ev.Type, p, start)
+				pending -= showPodEvent(ev.Type, p, start())
 			}
 		case <-time.After(200 * time.Millisecond):
 			if !nodeGone {
 				_, err := cs.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
 				if apierrors.IsNotFound(err) {
-					nodeGone, nodeGoneAfter = true, time.Since(start)
-					fmt.Printf("    %6.2fs  node/%s deleted\n", nodeGoneAfter.Seconds(), nodeName)
+					nodeGone = true
+					fmt.Printf("    %6.2fs  node/%s deleted\n", time.Since(start()).Seconds(), nodeName)
 				}
 			}
+		case err := <-rigDone:
+			if err != nil {
+				return err
+			}
 		case <-deadline:
-			return fmt.Errorf("not done in 90 s; lastgasp's log is %s", logPath)
+			return fmt.Errorf("not done in 150 s; lastgasp's log is %s", daemon.logPath)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	fmt.Printf("\n    From the first panic packet to the Node deleted: %.1f s (of which about 10 s make sure the node is silent for as long as a live kubelet would have renewed its Lease).\n", nodeGoneAfter.Seconds())
+	fmt.Printf("\n    From the first panic packet to the Node deleted: %s by lastgasp's count (of which about 10 s make sure the node is silent for as long as a live kubelet would have renewed its Lease).\n", finishedAfter(daemon.logPath))
 
 	say("What lastgasp logged about the incident:")
-	printIncident(logPath)
+	printIncident(daemon.logPath)
 
 	say("kubectl get events -A (what lastgasp recorded):")
 	printEvents(ctx, cs)
@@ -209,7 +285,7 @@ func run(ctx context.Context, binary, capture string) error {
 		fmt.Println("    " + n.Name)
 	}
 
-	say("Done. Stopping lastgasp (SIGTERM), the control plane, and removing the namespace and veth.")
+	say("Done. Stopping lastgasp (SIGTERM) and the control plane, and removing what the demo made.")
 	return nil
 }
 
@@ -237,12 +313,12 @@ func makeNetwork() (func(), error) {
 }
 
 // makeWorkload registers the Node and its pods.
-func makeWorkload(ctx context.Context, cs kubernetes.Interface) error {
+func makeWorkload(ctx context.Context, cs kubernetes.Interface, addr netip.Addr) error {
 	node, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}}, metav1.CreateOptions{})
 	if err != nil {
 		return err
 	}
-	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: nodeAddr.String()}}
+	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: addr.String()}}
 	node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
 	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
 		return err
@@ -324,7 +400,10 @@ func markRunning(ctx context.Context, cs kubernetes.Interface, pod *corev1.Pod) 
 }
 
 // lastgasp is the running daemon.
-type lastgasp struct{ cmd *exec.Cmd }
+type lastgasp struct {
+	cmd     *exec.Cmd
+	logPath string
+}
 
 func (l *lastgasp) stop() {
 	l.cmd.Process.Signal(syscall.SIGTERM)
@@ -337,43 +416,63 @@ func (l *lastgasp) stop() {
 	}
 }
 
-// startLastgasp starts lastgasp run and waits until it is ready.
-func startLastgasp(ctx context.Context, binary, kubeconfig, work string) (*lastgasp, string, error) {
+// startLastgasp starts lastgasp run on ifname, in the network namespace
+// ns (nil: this one), and waits until it is ready.
+func startLastgasp(ctx context.Context, binary, kubeconfig, ifname, work string, ns *testnet.Netns) (*lastgasp, error) {
 	logPath := filepath.Join(work, "lastgasp.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	cmd := exec.Command(binary, "run", "--mode", "xdp", "--interface", collectorLink,
+	defer logFile.Close()
+	argv := []string{binary, "run", "--mode", "xdp", "--interface", ifname,
 		"--kubeconfig", kubeconfig, "--journal", filepath.Join(work, "journal"),
-		"--metrics-addr", "127.0.0.1:9466", "--log-format", "json")
+		"--metrics-addr", "127.0.0.1:9466", "--log-format", "json"}
+	do := func(fn func() error) error { return fn() }
+	if ns != nil {
+		// nsenter enters the network namespace only (ip netns exec
+		// would also remount /sys).
+		argv = append([]string{"nsenter", "--net=" + ns.Path(), "--"}, argv...)
+		do = ns.Do
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	l := &lastgasp{cmd: cmd}
+	l := &lastgasp{cmd: cmd, logPath: logPath}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := httpGet(ctx, "http://127.0.0.1:9466/readyz")
+		resp, err := httpGet(ctx, do, "http://127.0.0.1:9466/readyz")
 		if err == nil && resp == "ok\n" {
-			return l, logPath, nil
+			return l, nil
 		}
 		if time.Now().After(deadline) {
 			l.stop()
 			log, _ := os.ReadFile(logPath)
-			return nil, "", fmt.Errorf("lastgasp not ready in 30 s:\n%s", log)
+			return nil, fmt.Errorf("lastgasp not ready in 30 s:\n%s", log)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-// httpGet fetches url's body.
-func httpGet(ctx context.Context, url string) (string, error) {
+// httpGet fetches url's body, its connection made inside do (a network
+// namespace's Do: the dial must happen there, not on whatever thread
+// the HTTP client picks).
+func httpGet(ctx context.Context, do func(func() error) error, url string) (string, error) {
+	dial := func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
+		err = do(func() error {
+			conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return conn, err
+	}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return "", err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return "", err
 	}
@@ -500,21 +599,40 @@ func printEvents(ctx context.Context, cs kubernetes.Interface) {
 	tw.Flush()
 }
 
-// printIncident prints the incident and how it was finished, from
-// lastgasp's JSON log.
-func printIncident(logPath string) {
+// logRecords returns lastgasp's JSON log records with the message msg.
+func logRecords(logPath, msg string) []map[string]any {
 	f, err := os.Open(logPath)
 	if err != nil {
-		return
+		return nil
 	}
 	defer f.Close()
+	var recs []map[string]any
 	sc := bufio.NewScanner(f)
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		var rec map[string]any
-		if json.Unmarshal(sc.Bytes(), &rec) != nil {
-			continue
+		if json.Unmarshal(sc.Bytes(), &rec) == nil && (msg == "" || rec["msg"] == msg) {
+			recs = append(recs, rec)
 		}
+	}
+	return recs
+}
+
+// finishedAfter is how long after the first packet lastgasp finished
+// the incident (the figure of its histogram), from its log.
+func finishedAfter(logPath string) string {
+	for _, rec := range logRecords(logPath, "incident finished") {
+		if d, ok := rec["since_first_packet"].(string); ok {
+			return d
+		}
+	}
+	return "?"
+}
+
+// printIncident prints the incident and how it was finished, from
+// lastgasp's JSON log.
+func printIncident(logPath string) {
+	for _, rec := range logRecords(logPath, "") {
 		switch rec["msg"] {
 		case "incident":
 			fmt.Printf("    incident %v from %v: kind %v, fatal %v\n      reason: %v\n      cause:  %v\n      task:   %v (%v lines kept)\n",
@@ -522,7 +640,7 @@ func printIncident(logPath string) {
 		case "node confirmed dead":
 			fmt.Printf("    node confirmed dead: %v\n", rec["evidence"])
 		case "incident finished":
-			fmt.Printf("    finished: %v, %v after the first packet\n", rec["outcome"], rec["since_first_packet"])
+			fmt.Printf("    finished: %v, node %v, %v after the first packet\n", rec["outcome"], rec["node"], rec["since_first_packet"])
 		}
 	}
 }

@@ -141,6 +141,12 @@ type Rig struct {
 	QEMU string
 	// Log, if set, receives progress lines (builds, runs).
 	Log func(format string, args ...any)
+	// Collector, if set, is called once a run's namespace and tap exist,
+	// before the guest boots: the live demo starts lastgasp there,
+	// attached to the tap (ifname), the guest's netconsole target. An
+	// error ends the run. What it starts is its own to stop; the
+	// namespace lives on while a process is in it.
+	Collector func(ns *testnet.Netns, ifname string) error
 
 	buildMu sync.Mutex
 	built   *Artifacts
@@ -524,6 +530,11 @@ func (r *Rig) Run(ctx context.Context, s Scenario, dir string) (*Result, error) 
 		return nil, err
 	}
 	defer cleanup()
+	if r.Collector != nil {
+		if err := r.Collector(ns, tapName); err != nil {
+			return nil, fmt.Errorf("kernelrig: %s: collector: %w", s.Name, err)
+		}
+	}
 
 	capture, err := startCapture(ns, res.Pcap)
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/lastgasp/lastgasp/internal/controlplane"
 	"github.com/lastgasp/lastgasp/internal/testnet"
 	"github.com/lastgasp/lastgasp/journal"
+	"github.com/lastgasp/lastgasp/kernelrig"
 )
 
 // runAsCommand makes this test binary, re-executed with it in its
@@ -683,5 +684,46 @@ func TestDaemonTail(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Error("tail still running after the collector stopped")
 		}
+	}
+}
+
+// TestDaemonLiveKernel is the whole appliance with nothing replayed: a
+// real kernel (Debian's 6.1, under qemu) boots with netconsole aimed at
+// lastgasp run on the rig's tap device, and panics (a NULL dereference
+// with panic_on_oops=1); lastgasp confirms the node dead with a real
+// probe (the guest is gone: nothing answers) and ends its pods and its
+// Node in the real API server.
+func TestDaemonLiveKernel(t *testing.T) {
+	rig := &kernelrig.Rig{Log: t.Logf}
+	if why := rig.Missing(); why != "" {
+		t.Skipf("skipped: the kernel rig %s", why)
+	}
+	cs, _ := controlPlane(t)
+	ns := makeNode(t, cs, "live-kernel", kernelrig.NodeIPv4, 3)
+	var d *daemon
+	rig.Collector = func(netns *testnet.Netns, ifname string) error {
+		d = startDaemon(t, netns, "--mode", "xdp", "--interface", ifname, "--kubeconfig", kubeconfigIn(t, netns), "--journal", t.TempDir())
+		return nil
+	}
+	res, err := rig.Run(context.Background(), kernelrig.Scenario{Name: "live", Mode: "null", Extended: true, Sysctls: []string{"kernel.panic_on_oops=1"}}, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Panicked {
+		t.Fatalf("the guest did not panic: %+v", res)
+	}
+	waitNodeGone(t, cs, "live-kernel", 60*time.Second, d.out)
+	if n := podsLeft(t, cs, ns); n != 0 {
+		t.Errorf("%d pods left", n)
+	}
+	inc := waitLogged(t, d.out, "incident", 1, time.Second)[0]
+	if inc["kind"] != "oops" || inc["fatal"] != true || inc["module"] != "crashmod" || inc["reason"] != "Kernel panic - not syncing: Fatal exception" {
+		t.Errorf("incident %v", inc)
+	}
+	if dead := logged(d.out, "node confirmed dead"); len(dead) != 1 || !strings.HasPrefix(dead[0]["evidence"].(string), "no answer from "+kernelrig.NodeIPv4+":10250") {
+		t.Errorf("confirmation %v", dead)
+	}
+	if code := d.stop(t, 10*time.Second); code != exitOK {
+		t.Errorf("exit %d after SIGTERM:\n%s", code, d.out.String())
 	}
 }
