@@ -456,23 +456,14 @@ func startLastgasp(ctx context.Context, binary, kubeconfig, ifname, work string,
 	}
 }
 
-// httpGet fetches url's body, its connection made inside do (a network
-// namespace's Do: the dial must happen there, not on whatever thread
-// the HTTP client picks).
+// httpGet fetches url's body, its connection made inside do (see
+// testnet.HTTPClient).
 func httpGet(ctx context.Context, do func(func() error) error, url string) (string, error) {
-	dial := func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
-		err = do(func() error {
-			conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return conn, err
-	}
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return "", err
 	}
-	resp, err := client.Do(req)
+	resp, err := testnet.HTTPClient(do).Do(req)
 	if err != nil {
 		return "", err
 	}

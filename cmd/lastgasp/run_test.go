@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"io"
 	"net"
-	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -289,19 +288,10 @@ func freeTCPAddr(t *testing.T) string {
 }
 
 // get fetches url; its connection is made through do (inside a
-// namespace: the HTTP client dials on a goroutine of its own, so the dial
-// itself must enter the namespace).
+// namespace: see testnet.HTTPClient).
 func get(t *testing.T, do func(func() error) error, url string) string {
 	t.Helper()
-	dial := func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
-		err = do(func() error {
-			conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return conn, err
-	}
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial}}
-	resp, err := client.Get(url)
+	resp, err := testnet.HTTPClient(do).Get(url)
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)
 	}

@@ -16,12 +16,14 @@
 package testnet
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -29,6 +31,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -311,4 +314,19 @@ func runIP(args ...string) (string, error) {
 		return "", fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return string(out), nil
+}
+
+// HTTPClient returns an HTTP client whose connections are made inside do
+// (a Netns's Do, or a function that just calls its argument for this
+// namespace): the client dials on goroutines of its own, so the dial
+// itself must enter the namespace.
+func HTTPClient(do func(func() error) error) *http.Client {
+	dial := func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
+		err = do(func() error {
+			conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return conn, err
+	}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial}}
 }
