@@ -1,6 +1,7 @@
 package netconsole
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"os"
@@ -279,29 +280,43 @@ func TestFragments(t *testing.T) {
 // FuzzDecode feeds arbitrary datagrams from a few sources: the decoder
 // must not panic, must return valid UTF-8, and must stay within its
 // bounds.
+// FuzzDecode feeds a fresh decoder a sequence of datagrams: the input
+// split at 0xfe bytes, each datagram from one of four sources (two bits
+// of src each) and received 1 ms to 0.7 s after the one before (so
+// fragments and unfinished lines expire). Every message must be valid
+// UTF-8 and the memory held within its bound, after every datagram. One
+// input is one whole history: a failure replays from its input alone.
 func FuzzDecode(f *testing.F) {
 	for _, s := range []string{
 		"[    3.053091] Kernel panic - not syncing: Fatal exception\n",
 		"6,389,3330270,-,caller=T1;sysrq: Trigger a crash\n SUBSYSTEM=x\n",
-		"4,77,3042249,-,ncfrag=0/20;0123456789",
+		"4,77,3042249,-,ncfrag=0/20;0123456789\xfe4,77,3042249,-,ncfrag=10/20;0123456789",
 		"4,77,3042249,-,ncfrag=10/20;0123456789",
 		"6.1.0-56-amd64,0,390,3330845,-;Kernel panic\\x0a",
 		"\\x\\xzz\\xff;[ ][T1]",
+		"[    1.000000] a line cut\xfe in two\n\xfe[    1.000001] next\n",
 	} {
 		f.Add([]byte(s), uint8(0))
 	}
-	d := NewDecoder(Config{MaxPendingBytes: 64 << 10, MaxRecordBytes: 8192, FragmentTimeout: time.Second})
-	now := t0
-	f.Fuzz(func(t *testing.T, payload []byte, src uint8) {
-		now = now.Add(time.Millisecond)
-		from := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, src % 4}), 6665)
-		for _, m := range d.Decode(from, payload, now) {
-			if !utf8Valid(m.Text) {
-				t.Fatalf("invalid UTF-8 text %q", m.Text)
+	f.Fuzz(func(t *testing.T, input []byte, src uint8) {
+		d := NewDecoder(Config{MaxPendingBytes: 64 << 10, MaxRecordBytes: 8192, FragmentTimeout: time.Second})
+		now := t0
+		for i, payload := range bytes.Split(input, []byte{0xfe}) {
+			now = now.Add(time.Millisecond * time.Duration(1+len(payload)%700))
+			from := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, (src >> (2 * (i % 4))) & 3}), 6665)
+			for _, m := range d.Decode(from, payload, now) {
+				if !utf8Valid(m.Text) {
+					t.Fatalf("datagram %d: invalid UTF-8 text %q", i, m.Text)
+				}
+			}
+			if d.pendingBytes > 64<<10 || d.pendingBytes < 0 {
+				t.Fatalf("datagram %d: %d bytes pending", i, d.pendingBytes)
 			}
 		}
-		if d.pendingBytes > 64<<10 || d.pendingBytes < 0 {
-			t.Fatalf("%d bytes pending", d.pendingBytes)
+		for _, m := range d.Flush() {
+			if !utf8Valid(m.Text) {
+				t.Fatalf("flushed invalid UTF-8 text %q", m.Text)
+			}
 		}
 	})
 }
