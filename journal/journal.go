@@ -200,11 +200,17 @@ func (j *Journal) replay(seq uint64) error {
 	return nil
 }
 
-// compactOrder drops finished ids from order.
+// compactOrder drops finished ids from order, and repeats (an incident
+// begun, done and begun again is listed twice until compacted).
 func (j *Journal) compactOrder() {
+	seen := make(map[string]bool, len(j.open))
 	j.order = slices.DeleteFunc(j.order, func(id string) bool {
 		_, open := j.open[id]
-		return !open
+		if !open || seen[id] {
+			return true
+		}
+		seen[id] = true
+		return false
 	})
 }
 
@@ -219,13 +225,20 @@ func (j *Journal) unfinished() []detect.Incident {
 
 // rotate starts segment seq+1 with the unfinished incidents and removes
 // the segments past Keep. The new segment is complete and synced before
-// any old one goes.
+// any old one goes; a segment that could not be completed is removed, so
+// the next rotation can try again.
 func (j *Journal) rotate() error {
 	j.compactOrder()
 	seq := j.seq + 1
-	f, err := os.OpenFile(j.path(seq), os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	path := j.path(seq)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("journal: new segment: %w", err)
+	}
+	abandon := func(err error) error {
+		f.Close()
+		os.Remove(path)
+		return err
 	}
 	var buf []byte
 	now := time.Now()
@@ -233,22 +246,18 @@ func (j *Journal) rotate() error {
 		inc := j.open[id]
 		line, err := json.Marshal(record{Op: opBegin, At: now, Incident: &inc})
 		if err != nil {
-			f.Close()
-			return fmt.Errorf("journal: encode incident %s: %w", id, err)
+			return abandon(fmt.Errorf("journal: encode incident %s: %w", id, err))
 		}
 		buf = append(append(buf, line...), '\n')
 	}
 	if _, err := f.Write(buf); err != nil {
-		f.Close()
-		return fmt.Errorf("journal: new segment: %w", err)
+		return abandon(fmt.Errorf("journal: new segment: %w", err))
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("journal: new segment: %w", err)
+		return abandon(fmt.Errorf("journal: new segment: %w", err))
 	}
 	if err := syncDir(j.cfg.Dir); err != nil {
-		f.Close()
-		return err
+		return abandon(err)
 	}
 	if j.f != nil {
 		j.f.Close()
@@ -256,14 +265,14 @@ func (j *Journal) rotate() error {
 	j.f, j.seq, j.size, j.baseSize, j.torn = f, seq, int64(len(buf)), int64(len(buf)), false
 	j.stats.Rotations++
 
+	// Old segments hold only history now: one that cannot be listed or
+	// removed is left for the next rotation, and does not fail this one.
 	seqs, err := j.segments()
 	if err != nil {
-		return err
+		return nil
 	}
 	for len(seqs) > j.cfg.Keep {
-		if err := os.Remove(j.path(seqs[0])); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("journal: remove old segment: %w", err)
-		}
+		os.Remove(j.path(seqs[0]))
 		seqs = seqs[1:]
 	}
 	return nil

@@ -230,3 +230,53 @@ func TestSegmentContent(t *testing.T) {
 		t.Errorf("segment:\n%s", b)
 	}
 }
+
+// An incident begun, done and begun again (heard again after a restart)
+// is one unfinished incident, resumed once.
+func TestBegunAgain(t *testing.T) {
+	dir := t.TempDir()
+	j, _ := open(t, Config{Dir: dir})
+	for _, step := range []func() error{
+		func() error { return j.Begin(incident(1)) },
+		func() error { return j.Done(incident(1).ID, "cleaned up") },
+		func() error { return j.Begin(incident(1)) },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	j2, unfinished := open(t, Config{Dir: dir})
+	if got := ids(unfinished); got != "inc-001" || j2.Stats().Resumed != 1 {
+		t.Errorf("unfinished %s, resumed %d", got, j2.Stats().Resumed)
+	}
+}
+
+// A rotation that fails (here: the new segment's name is taken by a
+// directory) fails that write, and the journal recovers once the cause
+// is gone.
+func TestRotationFailureRecovers(t *testing.T) {
+	dir := t.TempDir()
+	j, _ := open(t, Config{Dir: dir, MaxBytes: 1}) // every write rotates
+	if err := j.Begin(incident(1)); err != nil {
+		t.Fatal(err)
+	}
+	blocker := j.path(j.seq + 1)
+	if err := os.Mkdir(blocker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Begin(incident(2)); err == nil {
+		t.Fatal("Begin succeeded with the new segment's name taken")
+	}
+	os.Remove(blocker)
+	if err := j.Begin(incident(3)); err != nil {
+		t.Fatalf("after the cause is gone: %v", err)
+	}
+	if s := j.Stats(); s.WriteErrors != 1 {
+		t.Errorf("%d write errors counted, want 1", s.WriteErrors)
+	}
+	j.Close()
+	if _, unfinished := open(t, Config{Dir: dir}); ids(unfinished) != "inc-001,inc-003" {
+		t.Errorf("unfinished %s", ids(unfinished))
+	}
+}
