@@ -52,16 +52,14 @@ func (p *Program) SetPorts(ports []uint16) error {
 }
 
 // SetPatterns makes t the program's pattern table, at run time, without
-// reloading: new and changed patterns are written before removed ones are
-// deleted, so a pattern kept in both tables never stops matching.
+// reloading. The old table's patterns that t drops are deleted first (so
+// the trie, of PATTERNS_MAX entries, never has to hold both tables), then
+// t's are written; a pattern kept in both tables is never deleted, so it
+// never stops matching.
 func (p *Program) SetPatterns(t *pattern.Table) error {
 	want := make(map[bpf.LastgaspPatternKey]bool)
 	for _, pat := range t.Patterns() {
-		key := patternKey(pat.Prefix)
-		want[key] = true
-		if err := p.objs.Patterns.Put(key, bpf.LastgaspPatternValue{Id: pat.ID}); err != nil {
-			return fmt.Errorf("set patterns: add %q: %w", pat.Prefix, err)
-		}
+		want[patternKey(pat.Prefix)] = true
 	}
 	var stale []bpf.LastgaspPatternKey
 	var key bpf.LastgaspPatternKey
@@ -78,6 +76,11 @@ func (p *Program) SetPatterns(t *pattern.Table) error {
 	for _, key := range stale {
 		if err := p.objs.Patterns.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("set patterns: remove a pattern: %w", err)
+		}
+	}
+	for _, pat := range t.Patterns() {
+		if err := p.objs.Patterns.Put(patternKey(pat.Prefix), bpf.LastgaspPatternValue{Id: pat.ID}); err != nil {
+			return fmt.Errorf("set patterns: add %q: %w", pat.Prefix, err)
 		}
 	}
 	p.cfg.Patterns = t

@@ -766,3 +766,27 @@ func sockaddrPort(sa unix.Sockaddr) netip.AddrPort {
 func unmap(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
+
+// TestSetPatternsFullTables: a full table (PATTERNS_MAX patterns) replaced
+// by another with no pattern in common: the trie never holds both.
+func TestSetPatternsFullTables(t *testing.T) {
+	testnet.RequireRoot(t)
+	full := func(prefix string) *pattern.Table {
+		ps := make([]pattern.Pattern, pattern.MaxPatterns)
+		for i := range ps {
+			ps[i] = pattern.Pattern{ID: uint32(i + 1), Prefix: fmt.Sprintf("%s %d", prefix, i), Kind: pattern.KindPanic}
+		}
+		tab, err := pattern.NewTable(ps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tab
+	}
+	prog, err := loader.Load(loader.Config{Patterns: full("first"), RingBufSize: 1 << 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	setPatterns(t, prog, full("second"))
+	setPatterns(t, prog, pattern.Default())
+}
