@@ -148,7 +148,15 @@ func run(ctx context.Context, binary, capture string, kernel bool) error {
 	if kernel {
 		addr = netip.MustParseAddr(kernelrig.NodeIPv4)
 	}
-	var daemon *lastgasp
+	// The daemon is started here, or (--kernel) from the rig's goroutine
+	// once its namespace exists; its log is at a known place.
+	var daemon atomic.Pointer[lastgasp]
+	defer func() {
+		if d := daemon.Load(); d != nil {
+			d.stop()
+		}
+	}()
+	logPath := filepath.Join(work, "lastgasp.log")
 	if !kernel {
 		say("Making the node's host: network namespace %s, linked to this host by a veth pair (%s here, %s there). This side is the collector, %s.", nodeNetns, collectorLink, nodeLink, collectorAddr)
 		cleanNet, err := makeNetwork()
@@ -166,11 +174,12 @@ func run(ctx context.Context, binary, capture string, kernel bool) error {
 
 	if !kernel {
 		say("Starting lastgasp run: the XDP program on %s, the cleanup controller on the API server, the journal, metrics on 127.0.0.1:9466.", collectorLink)
-		if daemon, err = startLastgasp(ctx, binary, kubeconfig, collectorLink, work, nil); err != nil {
+		d, err := startLastgasp(ctx, binary, kubeconfig, collectorLink, work, nil)
+		if err != nil {
 			return err
 		}
-		defer daemon.stop()
-		fmt.Printf("    %s run --mode xdp --interface %s --kubeconfig ... --journal ... (log: %s)\n", binary, collectorLink, daemon.logPath)
+		daemon.Store(d)
+		fmt.Printf("    %s run --mode xdp --interface %s --kubeconfig ... --journal ... (log: %s)\n", binary, collectorLink, logPath)
 	}
 
 	// Watch the pods from here on: their last state before deletion is
@@ -189,6 +198,12 @@ func run(ctx context.Context, binary, capture string, kernel bool) error {
 	rigDone := make(chan error, 1)
 	if kernel {
 		say("Booting the node: Debian's %s kernel under qemu (no KVM here: about 10 s), its netconsole sending every console line to %s:6666, where lastgasp runs (started in the rig's network namespace, on its tap device, as soon as it exists). Once up, a test module dereferences NULL with panic_on_oops=1: the kernel panics.", kernelrig.KernelRelease, kernelrig.CollectorIPv4)
+		// Stopping the rig before returning (qemu killed, the
+		// collector hook never called late) comes before stopping
+		// the daemon: deferred after it.
+		rigCtx, cancelRig := context.WithCancel(ctx)
+		rigExited := make(chan struct{})
+		defer func() { cancelRig(); <-rigExited }()
 		rig.Collector = func(ns *testnet.Netns, ifname string) error {
 			p, err := cp.NewProxyIn(ns.Do) // the API server, from inside the namespace
 			if err != nil {
@@ -202,16 +217,18 @@ func run(ctx context.Context, binary, capture string, kernel bool) error {
 			if err := os.WriteFile(path, kc, 0o600); err != nil {
 				return err
 			}
-			daemon, err = startLastgasp(ctx, binary, path, ifname, work, ns)
+			d, err := startLastgasp(rigCtx, binary, path, ifname, work, ns)
 			if err != nil {
 				return err
 			}
-			fmt.Printf("    lastgasp run --mode xdp --interface %s, ready (log: %s)\n", ifname, daemon.logPath)
+			daemon.Store(d)
+			fmt.Printf("    lastgasp run --mode xdp --interface %s, ready (log: %s)\n", ifname, logPath)
 			startNanos.Store(time.Now().UnixNano())
 			return nil
 		}
 		go func() {
-			res, err := rig.Run(ctx, kernelrig.Scenario{Name: "demo", Mode: "null", Extended: true, Sysctls: []string{"kernel.panic_on_oops=1"}, Timeout: 90 * time.Second}, work)
+			defer close(rigExited)
+			res, err := rig.Run(rigCtx, kernelrig.Scenario{Name: "demo", Mode: "null", Extended: true, Sysctls: []string{"kernel.panic_on_oops=1"}, Timeout: 90 * time.Second}, work)
 			if err == nil && !res.Panicked {
 				err = fmt.Errorf("the guest did not panic (console: %s)", res.Console)
 			}
@@ -219,11 +236,6 @@ func run(ctx context.Context, binary, capture string, kernel bool) error {
 				fmt.Printf("    %6.2fs  the node's kernel panicked; qemu exited (serial console: %s)\n", time.Since(start()).Seconds(), res.Console)
 			}
 			rigDone <- err
-		}()
-		defer func() {
-			if daemon != nil {
-				daemon.stop()
-			}
 		}()
 	} else {
 		say("The node's kernel panics. Its netconsole sends every console line to %s:6666, the panic and its call trace included: %d frames of a real Debian 6.1 kernel's panic (%s), sent raw from the node's namespace.", collectorAddr, len(frames), filepath.Base(capture))
@@ -253,15 +265,15 @@ func run(ctx context.Context, binary, capture string, kernel bool) error {
 				return err
 			}
 		case <-deadline:
-			return fmt.Errorf("not done in 150 s; lastgasp's log is %s", daemon.logPath)
+			return fmt.Errorf("not done in 150 s; lastgasp's log is %s", logPath)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	fmt.Printf("\n    From the first panic packet to the Node deleted: %s by lastgasp's count (of which about 10 s make sure the node is silent for as long as a live kubelet would have renewed its Lease).\n", finishedAfter(daemon.logPath))
+	fmt.Printf("\n    From the first panic packet to the Node deleted: %s by lastgasp's count (of which about 10 s make sure the node is silent for as long as a live kubelet would have renewed its Lease).\n", finishedAfter(logPath))
 
 	say("What lastgasp logged about the incident:")
-	printIncident(daemon.logPath)
+	printIncident(logPath)
 
 	say("kubectl get events -A (what lastgasp recorded):")
 	printEvents(ctx, cs)

@@ -74,6 +74,10 @@ type Record struct {
 // queueLen is how many records a watcher may be behind.
 const queueLen = 1024
 
+// MaxWatchers bounds the watchers at once: each costs the collector a
+// copy of every record it publishes.
+const MaxWatchers = 16
+
 // watcher is one connected client.
 type watcher struct {
 	records chan []byte
@@ -88,6 +92,13 @@ type Feed struct {
 	// lineWatchers counts watchers of lines: with none, Line costs one
 	// atomic load.
 	lineWatchers atomic.Int32
+}
+
+// Watchers returns how many watchers are connected.
+func (f *Feed) Watchers() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.watchers)
 }
 
 // Incident publishes an incident.
@@ -137,6 +148,11 @@ func (f *Feed) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 	w := &watcher{records: make(chan []byte, queueLen), lines: r.URL.Query().Get("lines") == "1"}
 	f.mu.Lock()
+	if len(f.watchers) >= MaxWatchers {
+		f.mu.Unlock()
+		http.Error(rw, fmt.Sprintf("%d watchers already: no more", MaxWatchers), http.StatusServiceUnavailable)
+		return
+	}
 	if f.watchers == nil {
 		f.watchers = map[*watcher]struct{}{}
 	}

@@ -32,6 +32,8 @@ type Sources struct {
 	// JournalUnfinished how many incidents it holds unfinished.
 	Journal           func() any
 	JournalUnfinished func() int
+	// FeedWatchers returns how many lastgasp tail watchers are connected.
+	FeedWatchers func() int
 }
 
 // Metrics is the collector's registry.
@@ -126,6 +128,7 @@ var (
 	decoderDesc  = prometheus.NewDesc("lastgasp_decoder_events_total", "netconsole decoder counters.", []string{"event"}, nil)
 	detectorDesc = prometheus.NewDesc("lastgasp_detector_events_total", "Incident detector counters.", []string{"event"}, nil)
 	journalDesc  = prometheus.NewDesc("lastgasp_journal_events_total", "Journal counters: corrupt records skipped at start-up, incidents resumed, rotations, write errors.", []string{"event"}, nil)
+	feedDesc     = prometheus.NewDesc("lastgasp_feed_watchers", "lastgasp tail watchers connected to /feed.", nil, nil)
 	openDesc     = prometheus.NewDesc("lastgasp_journal_unfinished_incidents", "Incidents taken on and not yet finished with.", nil, nil)
 	cleanupDesc  = prometheus.NewDesc("lastgasp_cleanup_events_total", "Cleanup controller counters: refusals (not_allowed, unknown_source, ambiguous, unconfirmed, capped), actions, API errors.", []string{"event"}, nil)
 	errorDesc    = prometheus.NewDesc("lastgasp_scrape_errors_total", "Counters that could not be read at this scrape.", []string{"source"}, nil)
@@ -135,7 +138,7 @@ var (
 type scrape struct{ src Sources }
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{xdpDesc, ringDesc, decoderDesc, detectorDesc, cleanupDesc, journalDesc, openDesc, errorDesc} {
+	for _, d := range []*prometheus.Desc{xdpDesc, ringDesc, decoderDesc, detectorDesc, cleanupDesc, journalDesc, openDesc, feedDesc, errorDesc} {
 		ch <- d
 	}
 }
@@ -163,6 +166,9 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	}
 	if s.src.Journal != nil {
 		emit(ch, journalDesc, s.src.Journal())
+	}
+	if s.src.FeedWatchers != nil {
+		ch <- prometheus.MustNewConstMetric(feedDesc, prometheus.GaugeValue, float64(s.src.FeedWatchers()))
 	}
 	if s.src.JournalUnfinished != nil {
 		ch <- prometheus.MustNewConstMetric(openDesc, prometheus.GaugeValue, float64(s.src.JournalUnfinished()))

@@ -46,24 +46,25 @@ var kinds = []Kind{KindPanic, KindSysrq, KindOops, KindBug, KindGPF, KindSoftLoc
 // MaxPrefixLen bytes, with room for YAML around them.
 const maxFileBytes = 1 << 20
 
-// LoadFile reads a patterns file and builds the table it describes.
-func LoadFile(path string) (*Table, error) {
+// LoadFile reads a patterns file and builds the table it describes; it
+// returns the file's bytes too, for a watcher to compare with.
+func LoadFile(path string) (*Table, []byte, error) {
 	info, err := os.Stat(path)
 	if err != nil {
-		return nil, fmt.Errorf("patterns file: %w", err)
+		return nil, nil, fmt.Errorf("patterns file: %w", err)
 	}
 	if info.Size() > maxFileBytes {
-		return nil, fmt.Errorf("patterns file %s: %d bytes, at most %d", path, info.Size(), maxFileBytes)
+		return nil, nil, fmt.Errorf("patterns file %s: %d bytes, at most %d", path, info.Size(), maxFileBytes)
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("patterns file: %w", err)
+		return nil, nil, fmt.Errorf("patterns file: %w", err)
 	}
 	t, err := ParseFile(data)
 	if err != nil {
-		return nil, fmt.Errorf("patterns file %s: %w", path, err)
+		return nil, data, fmt.Errorf("patterns file %s: %w", path, err)
 	}
-	return t, nil
+	return t, data, nil
 }
 
 // ParseFile builds the table a patterns file describes. The built-in

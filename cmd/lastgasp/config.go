@@ -56,6 +56,8 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 		items, isList := values[key].([]any)
 		if !isList {
 			items = []any{values[key]}
+		} else if !takesList(fs.Lookup(key)) && len(items) != 1 {
+			return fmt.Errorf("--config %s: %s: one value, not a list", path, key)
 		}
 		for _, item := range items {
 			s, err := scalar(item)
@@ -68,6 +70,16 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 		}
 	}
 	return nil
+}
+
+// takesList reports whether a flag holds several values (--interface,
+// --port, --allow).
+func takesList(f *flag.Flag) bool {
+	switch f.Value.(type) {
+	case *stringList, *portList:
+		return true
+	}
+	return false
 }
 
 // scalar spells a YAML scalar as a flag value.

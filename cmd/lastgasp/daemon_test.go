@@ -526,6 +526,8 @@ func TestDaemonBadFlags(t *testing.T) {
 	os.WriteFile(badConfig, []byte("mode: socket\nportt: 6666\n"), 0o600)
 	badValue := filepath.Join(dir, "bad-value.yaml")
 	os.WriteFile(badValue, []byte("mode: socket\nport: [0]\n"), 0o600)
+	badList := filepath.Join(dir, "bad-list.yaml")
+	os.WriteFile(badList, []byte("mode: [xdp, socket]\n"), 0o600)
 	badPatterns := filepath.Join(dir, "bad-patterns.yaml")
 	os.WriteFile(badPatterns, []byte("patterns:\n  - {prefix: x, kind: nope}\n"), 0o600)
 	self, err := os.Executable()
@@ -537,6 +539,7 @@ func TestDaemonBadFlags(t *testing.T) {
 		{"--config", badConfig},
 		{"--config", badValue},
 		{"--config", filepath.Join(dir, "missing.yaml")},
+		{"--config", badList},
 		{"--mode", "socket", "--patterns", badPatterns},
 		{"--mode", "socket", "--shutdown-grace", "soon"},
 	} {
@@ -611,8 +614,8 @@ func TestDaemonBackstop(t *testing.T) {
 // stops.
 func TestDaemonTail(t *testing.T) {
 	port := freeUDPPort(t)
-	metricsAddr := freeTCPAddr(t)
-	d := startDaemon(t, nil, "--mode", "socket", "--listen", "127.0.0.1", "--port", strconv.Itoa(port), "--report-only", "--metrics-addr", metricsAddr)
+	metricsAddr, feedAddr := freeTCPAddr(t), freeTCPAddr(t)
+	d := startDaemon(t, nil, "--mode", "socket", "--listen", "127.0.0.1", "--port", strconv.Itoa(port), "--report-only", "--metrics-addr", metricsAddr, "--feed-addr", feedAddr)
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -623,7 +626,7 @@ func TestDaemonTail(t *testing.T) {
 	}
 	tail := func(args ...string) *tailing {
 		tl := &tailing{done: make(chan int, 1)}
-		cmd := exec.Command(self, append([]string{"tail", "--addr", metricsAddr}, args...)...)
+		cmd := exec.Command(self, append([]string{"tail", "--addr", feedAddr}, args...)...)
 		cmd.Env = append(os.Environ(), runAsCommand+"=1")
 		cmd.Stdout, cmd.Stderr = &tl.out, &tl.errs
 		if err := cmd.Start(); err != nil {
@@ -634,9 +637,8 @@ func TestDaemonTail(t *testing.T) {
 		return tl
 	}
 	text, lines, raw := tail(), tail("--lines"), tail("--json")
-	// The feed has its watchers once the collector's /feed was asked;
-	// there is no other signal than trying.
-	time.Sleep(500 * time.Millisecond)
+	direct := func(fn func() error) error { return fn() }
+	scrapeFor(t, direct, metricsAddr, "lastgasp_feed_watchers 3")
 
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {

@@ -41,11 +41,14 @@ type runConfig struct {
 	podAction     cleanup.PodAction
 	keepNode      bool
 	metricsAddr   string
-	journalDir    string        // --journal: where incidents are kept until done
-	patternsFile  string        // --patterns: the pattern table, reloaded on change
-	shutdownGrace time.Duration // how long SIGTERM waits for cleanups in flight
-	backstop      bool          // xdp drop mode: a socket takes what the program passes
-	ringBytes     uint32        // the ring buffer's size
+	feedAddr      string
+	journalDir    string         // --journal: where incidents are kept until done
+	patternsFile  string         // --patterns: the pattern table, reloaded on change
+	patterns      *pattern.Table // the table to start with: the file's, or the built-in one
+	patternsData  []byte         // the file's bytes, as read for patterns
+	shutdownGrace time.Duration  // how long SIGTERM waits for cleanups in flight
+	backstop      bool           // xdp drop mode: a socket takes what the program passes
+	ringBytes     uint32         // the ring buffer's size
 }
 
 // parseRun parses and checks the flags; a wrong value is one line on
@@ -76,7 +79,8 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	fs.Float64Var(&c.qps, "kube-api-qps", cleanup.DefaultClientQPS, "API server requests a second")
 	fs.IntVar(&c.burst, "kube-api-burst", cleanup.DefaultClientBurst, "API server request burst")
 	fs.StringVar(&c.logFormat, "log-format", "json", "log format: json or text")
-	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "address to serve /metrics, /healthz, /readyz and /feed (lastgasp tail) on (e.g. :9466; default off)")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "address to serve /metrics, /healthz and /readyz on (e.g. :9466; default off)")
+	fs.StringVar(&c.feedAddr, "feed-addr", "127.0.0.1:9467", "address to serve /feed on, for lastgasp tail: every forwarded kernel line, unauthenticated, so keep it on loopback (\"\": off)")
 	fs.StringVar(&c.journalDir, "journal", "", "directory of the incident journal: incidents are kept there until finished, and resumed after a crash (default: none)")
 	fs.StringVar(&c.patternsFile, "patterns", "", "patterns file (YAML: replace, patterns[{prefix, kind}]), reloaded on SIGHUP or when it changes (default: the built-in table)")
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 20*time.Second, "on SIGTERM, how long to let cleanups in flight finish (the rest stay in the journal)")
@@ -123,8 +127,9 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	case c.shutdownGrace < 0:
 		return c, fmt.Errorf("--shutdown-grace %v: must not be negative", c.shutdownGrace)
 	}
+	c.patterns = pattern.Default()
 	if c.patternsFile != "" {
-		if _, err := pattern.LoadFile(c.patternsFile); err != nil {
+		if c.patterns, c.patternsData, err = pattern.LoadFile(c.patternsFile); err != nil {
 			return c, err
 		}
 	}

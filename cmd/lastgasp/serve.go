@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -41,13 +42,12 @@ import (
 // path, flushes what was assembled, and lets cleanups in flight finish
 // for up to --shutdown-grace; what is left stays in the journal.
 func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
-	table := pattern.Default()
-	if c.patternsFile != "" {
-		var err error
-		if table, err = pattern.LoadFile(c.patternsFile); err != nil {
-			return err
-		}
-	}
+	// SIGHUP reloads the patterns file; from now on, with or without one,
+	// it never ends the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	table := c.patterns
 	var src metrics.Sources
 
 	// 1. The journal: what a previous run took on and did not finish.
@@ -84,8 +84,9 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 	if cl != nil {
 		src.Cleanup = func() any { return cl.ctrl.Stats() }
 	}
-	m := metrics.New(src)
 	var fd feed.Feed // what lastgasp tail watches
+	src.FeedWatchers = fd.Watchers
+	m := metrics.New(src)
 	var current atomic.Pointer[pattern.Table]
 	current.Store(table)
 
@@ -118,6 +119,25 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 		cl.ctrl.Enqueue(inc)
 	}
 
+	// The HTTP endpoints, before anything is started that a failure to
+	// listen would have to stop.
+	for _, ep := range []struct {
+		name, addr string
+		handler    http.Handler
+	}{{"metrics", c.metricsAddr, m.Handler()}, {"feed", c.feedAddr, &fd}} {
+		if ep.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", ep.addr)
+		if err != nil {
+			return fmt.Errorf("%s: %w", ep.name, err)
+		}
+		srv := &http.Server{Handler: ep.handler, ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
+		log.Info("serving "+ep.name, "addr", ln.Addr().String())
+	}
+
 	// The cluster side runs on its own context: on shutdown it outlives
 	// the data path by the grace period.
 	clusterCtx, stopCluster := context.WithCancel(context.WithoutCancel(ctx))
@@ -146,19 +166,6 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 		cl.ctrl.Enqueue(inc)
 	}
 
-	if c.metricsAddr != "" {
-		ln, err := net.Listen("tcp", c.metricsAddr)
-		if err != nil {
-			return fmt.Errorf("metrics: %w", err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("/", m.Handler())
-		mux.Handle("/feed", &fd)
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(ln)
-		defer srv.Close()
-		log.Info("serving metrics", "addr", ln.Addr().String())
-	}
 	go func() {
 		// Ready once attached (done above) and the caches synced.
 		if cl == nil || cl.index.WaitForSync(ctx) == nil {
@@ -168,19 +175,17 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 
 	// Pattern reloads: SIGHUP, or the file changed.
 	reload := make(chan *pattern.Table, 1)
-	if c.patternsFile != "" {
-		go watchPatterns(ctx, c.patternsFile, log, func(t *pattern.Table) bool {
-			if err := dp.setPatterns(t); err != nil {
-				log.Error("patterns: the data path refused the new table; keeping the old one", "error", err)
-				m.PatternReload(false)
-				return false
-			}
-			reload <- t
-			current.Store(t)
-			m.PatternReload(true)
-			return true
-		}, func() { m.PatternReload(false) })
-	}
+	go watchPatterns(ctx, c.patternsFile, c.patternsData, hup, log, func(t *pattern.Table) bool {
+		if err := dp.setPatterns(t); err != nil {
+			log.Error("patterns: the data path refused the new table; keeping the old one", "error", err)
+			m.PatternReload(false)
+			return false
+		}
+		reload <- t
+		current.Store(t)
+		m.PatternReload(true)
+		return true
+	}, func() { m.PatternReload(false) })
 
 	log.Info("lastgasp collecting", "mode", c.mode, "ports", c.ports, "interfaces", c.interfaces,
 		"patterns", len(table.Patterns()), "report_only", cl == nil, "dry_run", c.dryRun, "journal", c.journalDir)
@@ -319,8 +324,16 @@ func openDataPath(ctx context.Context, c runConfig, table *pattern.Table, log *s
 	return &dataPath{
 		source: sources,
 		setPatterns: func(t *pattern.Table) error {
+			// The kernel first: if it refuses, it gets the table in
+			// use back, and the backstop filters never change.
+			if err := prog.SetPatterns(t); err != nil {
+				if rerr := prog.SetPatterns(prog.Config().Patterns); rerr != nil {
+					return errors.Join(err, fmt.Errorf("restoring the table in use: %w", rerr))
+				}
+				return err
+			}
 			setFilters(t)
-			return prog.SetPatterns(t)
+			return nil
 		},
 		close: closeAll,
 	}, nil
@@ -393,14 +406,11 @@ func clusterSide(c runConfig, log *slog.Logger) (*cluster, error) {
 // it, where a watch on the file would not).
 const patternsPollEvery = 2 * time.Second
 
-// watchPatterns reloads the patterns file on SIGHUP and when its content
-// changes, and hands each valid new table to apply; a file that does not
-// parse is logged and the table in use kept.
-func watchPatterns(ctx context.Context, path string, log *slog.Logger, apply func(*pattern.Table) bool, rejected func()) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	last, _ := os.ReadFile(path)
+// watchPatterns reloads the patterns file on SIGHUP (from hup) and when
+// its content changes from last, and hands each valid new table to apply;
+// a file that does not parse is logged, and the table in use kept.
+// Without a file, a SIGHUP is logged and does nothing.
+func watchPatterns(ctx context.Context, path string, last []byte, hup <-chan os.Signal, log *slog.Logger, apply func(*pattern.Table) bool, rejected func()) {
 	tick := time.NewTicker(patternsPollEvery)
 	defer tick.Stop()
 	for {
@@ -409,15 +419,23 @@ func watchPatterns(ctx context.Context, path string, log *slog.Logger, apply fun
 		case <-ctx.Done():
 			return
 		case <-hup:
+			if path == "" {
+				log.Info("SIGHUP: there is no --patterns file to reload")
+				continue
+			}
 			why = "SIGHUP"
 		case <-tick.C:
-			now, err := os.ReadFile(path)
-			if err != nil || string(now) == string(last) {
+			if path == "" {
+				continue
+			}
+			if now, err := os.ReadFile(path); err != nil || bytes.Equal(now, last) {
 				continue
 			}
 		}
-		last, _ = os.ReadFile(path)
-		t, err := pattern.LoadFile(path)
+		t, data, err := pattern.LoadFile(path)
+		if data != nil {
+			last = data
+		}
 		if err != nil {
 			log.Error("patterns file rejected; the table in use is kept", "why", why, "error", err)
 			rejected()

@@ -21,7 +21,7 @@ import (
 func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("tail", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	addr := fs.String("addr", "127.0.0.1:9466", "the collector's --metrics-addr")
+	addr := fs.String("addr", "127.0.0.1:9467", "the collector's --feed-addr")
 	lines := fs.Bool("lines", false, "print the forwarded lines too")
 	asJSON := fs.Bool("json", false, "print the feed's records as they come, one JSON object a line")
 	if err := fs.Parse(args); err != nil {
@@ -49,7 +49,7 @@ func tailCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		fmt.Fprintf(stderr, "lastgasp tail: %v (is lastgasp run serving --metrics-addr %s?)\n", err, *addr)
+		fmt.Fprintf(stderr, "lastgasp tail: %v (is lastgasp run serving --feed-addr %s?)\n", err, *addr)
 		return exitError
 	}
 	defer resp.Body.Close()
