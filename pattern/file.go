@@ -67,9 +67,10 @@ func LoadFile(path string) (*Table, []byte, error) {
 	return t, data, nil
 }
 
-// ParseFile builds the table a patterns file describes. The built-in
-// patterns keep their ids (so lines already matched keep their meaning);
-// the file's new patterns are numbered after them, in file order.
+// ParseFile builds the table a patterns file describes. Unless the file
+// replaces them, the built-in patterns keep their ids (so lines already
+// matched keep their meaning); the file's other patterns are numbered
+// after them, in file order.
 func ParseFile(data []byte) (*Table, error) {
 	var f File
 	if err := yaml.UnmarshalStrict(data, &f); err != nil {
