@@ -119,22 +119,23 @@ func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1
 // endPod gives one Pod its final status, an Event, and deletes it.
 func (c *Controller) endPod(ctx context.Context, log *slog.Logger, pod *corev1.Pod, inc detect.Incident) error {
 	log = log.With("pod", pod.Namespace+"/"+pod.Name)
-	annotations := map[string]string{
-		AnnotationReason:     terminationReason(inc),
-		AnnotationReasonCode: string(inc.Kind),
-		AnnotationIncident:   inc.ID,
-	}
-	err := c.write(log, "annotate pod", func() error {
-		return ignoreGone(c.annotate(ctx, pod.Namespace, "pods", pod.Name, pod.UID, annotations))
+	err := c.write(log, "annotate pod and set its DisruptionTarget condition", func() error {
+		err := ignoreGone(c.applyPodEnd(ctx, pod, inc))
+		if err == nil {
+			c.stats.PodsFailed.Add(1)
+		}
+		return err
 	})
 	if err != nil {
 		return err
 	}
-	err = c.write(log, "fail pod", func() error {
-		return ignoreGone(c.failPod(ctx, pod, inc))
-	})
-	if err != nil {
-		return err
+	if phase := pod.Status.Phase; phase != corev1.PodSucceeded && phase != corev1.PodFailed {
+		err = c.write(log, "set pod phase Failed", func() error {
+			return ignoreGone(c.failPod(ctx, log, pod))
+		})
+		if err != nil {
+			return err
+		}
 	}
 	c.event(ctx, log, podRef(pod), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc))
 	if c.cfg.PodAction == PodsFail {
@@ -155,40 +156,52 @@ func (c *Controller) endPod(ctx context.Context, log *slog.Logger, pod *corev1.P
 	return err
 }
 
-// failPod applies the Pod's final status, as the pod garbage collector
-// does for a vanished node: a DisruptionTarget condition, and phase
-// Failed unless the Pod already ended. The condition's time is the
-// incident's, so that every collector applies the same status.
-func (c *Controller) failPod(ctx context.Context, pod *corev1.Pod, inc detect.Incident) error {
-	terminal := pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
-	err := c.applyPodStatus(ctx, pod, inc, !terminal)
-	if apierrors.IsInvalid(err) && !terminal {
-		// The cache was behind: the Pod ended meanwhile, and a terminal
-		// phase cannot change. Apply the condition alone.
-		err = c.applyPodStatus(ctx, pod, inc, false)
-	}
-	if err == nil {
-		c.stats.PodsFailed.Add(1)
-	}
-	return err
-}
-
-// applyPodStatus server-side applies the DisruptionTarget condition, and
-// phase Failed if fail is set.
-func (c *Controller) applyPodStatus(ctx context.Context, pod *corev1.Pod, inc detect.Incident, fail bool) error {
+// applyPodEnd server-side applies, through the status subresource (which
+// keeps metadata annotations), the incident's annotations and the
+// DisruptionTarget condition, as the pod garbage collector gives a pod of
+// a vanished node. The condition's time is the incident's, so that every
+// collector applies the same status. The UID makes the apply fail (409
+// Conflict) on a pod recreated under the same name.
+func (c *Controller) applyPodEnd(ctx context.Context, pod *corev1.Pod, inc detect.Incident) error {
 	status := corev1ac.PodStatus().WithConditions(corev1ac.PodCondition().
 		WithType(corev1.DisruptionTarget).
 		WithStatus(corev1.ConditionTrue).
 		WithReason(ConditionReasonKernelPanic).
 		WithMessage(terminationReason(inc) + " (incident " + inc.ID + ")").
 		WithLastTransitionTime(metav1.NewTime(inc.First.Truncate(time.Second))))
-	if fail {
-		status = status.WithPhase(corev1.PodFailed)
-	}
-	// The UID makes the apply fail (409 Conflict) on a pod recreated
-	// under the same name.
-	apply := corev1ac.Pod(pod.Name, pod.Namespace).WithUID(pod.UID).WithStatus(status)
+	apply := corev1ac.Pod(pod.Name, pod.Namespace).WithUID(pod.UID).
+		WithAnnotations(map[string]string{
+			AnnotationReason:     terminationReason(inc),
+			AnnotationReasonCode: string(inc.Kind),
+			AnnotationIncident:   inc.ID,
+		}).
+		WithStatus(status)
 	_, err := c.cfg.Client.CoreV1().Pods(pod.Namespace).ApplyStatus(ctx, apply, metav1.ApplyOptions{FieldManager: fieldManager, Force: true})
+	return err
+}
+
+// failPod sets the phase of a Pod the cache holds as not ended to
+// Failed, on the condition (a JSON patch test) that the API server still
+// has it in the phase the cache says, and the same UID. The API server
+// does not refuse a change from Succeeded to Failed: without the test, a
+// pod that succeeded just before its node died, while the cache was a
+// moment behind, would be made a failure. A failed test (422) means the
+// pod moved on meanwhile: its phase is left as it is (it is deleted next
+// all the same, with the DisruptionTarget condition that says why).
+func (c *Controller) failPod(ctx context.Context, log *slog.Logger, pod *corev1.Pod) error {
+	patch, err := json.Marshal([]map[string]any{
+		{"op": "test", "path": "/metadata/uid", "value": pod.UID},
+		{"op": "test", "path": "/status/phase", "value": pod.Status.Phase},
+		{"op": "replace", "path": "/status/phase", "value": corev1.PodFailed},
+	})
+	if err != nil {
+		return err
+	}
+	_, err = c.cfg.Client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}, "status")
+	if apierrors.IsInvalid(err) {
+		log.Info("the pod's phase changed since it was cached: left as it is", "cached_phase", pod.Status.Phase)
+		return nil
+	}
 	return err
 }
 

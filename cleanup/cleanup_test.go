@@ -2,8 +2,6 @@ package cleanup_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -20,12 +18,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/lastgasp/lastgasp/cleanup"
 	"github.com/lastgasp/lastgasp/detect"
+	"github.com/lastgasp/lastgasp/internal/clustertest"
 	"github.com/lastgasp/lastgasp/internal/controlplane"
 	"github.com/lastgasp/lastgasp/internal/testnet"
 	"github.com/lastgasp/lastgasp/liveness"
@@ -54,10 +52,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// hold is a finalizer the tests put on pods, so that a deleted pod can
-// still be read: its final status, annotations and deletion.
-const hold = "test.lastgasp.io/hold"
-
 func client(t *testing.T) *kubernetes.Clientset {
 	t.Helper()
 	c, err := cp.Client()
@@ -65,12 +59,6 @@ func client(t *testing.T) *kubernetes.Clientset {
 		t.Fatal(err)
 	}
 	return c
-}
-
-func unique(prefix string) string {
-	b := make([]byte, 3)
-	rand.Read(b)
-	return prefix + "-" + hex.EncodeToString(b)
 }
 
 // collector is a controller with its own informers, as a separate
@@ -106,7 +94,7 @@ func start(t *testing.T, cs kubernetes.Interface, cfg cleanup.Config) *collector
 // long; here it was created a moment ago).
 func (c *collector) enqueue(t *testing.T, inc detect.Incident, pods int) {
 	t.Helper()
-	eventually(t, 10*time.Second, "cache never held the node of "+inc.Source.String(), func() bool {
+	clustertest.Eventually(t, 10*time.Second, "cache never held the node of "+inc.Source.String(), func() bool {
 		n, _, _ := c.index.NodeFor(inc.Source)
 		if n == nil {
 			return false
@@ -117,71 +105,35 @@ func (c *collector) enqueue(t *testing.T, inc detect.Incident, pods int) {
 	c.Enqueue(inc)
 }
 
-// makeNode registers a Node with the given addresses and annotations.
+// makeNode registers a Node with a name of its own, the given addresses
+// and annotations, deleted when the test ends.
 func makeNode(t *testing.T, cs kubernetes.Interface, addrs []corev1.NodeAddress, annotations map[string]string) *corev1.Node {
 	t.Helper()
-	ctx := context.Background()
-	n, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: unique("node"), Annotations: annotations}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.Status.Addresses = addrs
-	if n, err = cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	n := clustertest.Node(t, cs, clustertest.Unique("node"), addrs, annotations)
 	t.Cleanup(func() { cs.CoreV1().Nodes().Delete(context.Background(), n.Name, metav1.DeleteOptions{}) })
 	return n
 }
 
-func internalIP(s string) []corev1.NodeAddress {
-	return []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: s}}
-}
-
 // makePods binds n pods to node in a new namespace; the first ends
-// Succeeded. Each holds the test finalizer.
+// Succeeded. Each holds the test finalizer until the test ends.
 func makePods(t *testing.T, cs kubernetes.Interface, node string, n int) (string, []*corev1.Pod) {
 	t.Helper()
-	ctx := context.Background()
-	ns := unique("ns")
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	var pods []*corev1.Pod
-	for i := range n {
-		p, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("pod-%d", i), Finalizers: []string{hold}},
-			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
-		}, metav1.CreateOptions{})
-		if err != nil {
+	ns := clustertest.Unique("ns")
+	pods := clustertest.Pods(t, cs, ns, node, n, clustertest.Hold)
+	t.Cleanup(func() { clustertest.Release(cs, ns) })
+	if n > 0 {
+		pods[0].Status.Phase = corev1.PodSucceeded
+		var err error
+		if pods[0], err = cs.CoreV1().Pods(ns).UpdateStatus(context.Background(), pods[0], metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		p.Status.Phase = corev1.PodRunning
-		if i == 0 {
-			p.Status.Phase = corev1.PodSucceeded
-		}
-		if p, err = cs.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		pods = append(pods, p)
 	}
-	t.Cleanup(func() { release(cs, ns) })
 	return ns, pods
-}
-
-// release removes the test finalizer from every pod of ns, and ns.
-func release(cs kubernetes.Interface, ns string) {
-	ctx := context.Background()
-	pods, _ := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-	patch := []byte(`{"metadata":{"finalizers":null}}`)
-	for _, p := range pods.Items {
-		cs.CoreV1().Pods(ns).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{})
-	}
-	cs.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
 }
 
 func fatal(src string) detect.Incident {
 	return detect.Incident{
-		ID:     unique("inc")[4:] + "0123456789",
+		ID:     clustertest.Unique("inc")[4:] + "0123456789",
 		Source: netip.MustParseAddr(src),
 		Kind:   pattern.KindOops,
 		Fatal:  true,
@@ -192,60 +144,10 @@ func fatal(src string) detect.Incident {
 	}
 }
 
-// eventually polls cond until it holds or the timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond) // polling the API server: no watch needed for a test
-	}
-}
-
 func nodeGone(cs kubernetes.Interface, name string) func() bool {
 	return func() bool {
 		_, err := cs.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
 		return apierrors.IsNotFound(err)
-	}
-}
-
-// eventsFor lists the Events about an object.
-func eventsFor(t *testing.T, cs kubernetes.Interface, ns string, uid types.UID) []corev1.Event {
-	t.Helper()
-	if ns == "" {
-		ns = metav1.NamespaceDefault
-	}
-	list, err := cs.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.uid=" + string(uid)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return list.Items
-}
-
-// checkPodEnded checks one pod's final state.
-func checkPodEnded(t *testing.T, p *corev1.Pod, inc detect.Incident, wantPhase corev1.PodPhase) {
-	t.Helper()
-	if p.DeletionTimestamp == nil {
-		t.Errorf("%s: not deleted", p.Name)
-	}
-	if p.Status.Phase != wantPhase {
-		t.Errorf("%s: phase %s, want %s", p.Name, p.Status.Phase, wantPhase)
-	}
-	var cond *corev1.PodCondition
-	for i := range p.Status.Conditions {
-		if p.Status.Conditions[i].Type == corev1.DisruptionTarget {
-			cond = &p.Status.Conditions[i]
-		}
-	}
-	if cond == nil || cond.Status != corev1.ConditionTrue || cond.Reason != cleanup.ConditionReasonKernelPanic || !strings.Contains(cond.Message, inc.Reason) {
-		t.Errorf("%s: DisruptionTarget condition %+v", p.Name, cond)
-	}
-	a := p.Annotations
-	if a[cleanup.AnnotationIncident] != inc.ID || a[cleanup.AnnotationReasonCode] != "oops" ||
-		a[cleanup.AnnotationReason] != "the node's kernel panicked: "+inc.Reason {
-		t.Errorf("%s: annotations %v", p.Name, a)
 	}
 }
 
@@ -256,13 +158,13 @@ func checkPodEnded(t *testing.T, p *corev1.Pod, inc detect.Incident, wantPhase c
 func TestFatalIncident(t *testing.T) {
 	cs := client(t)
 	c := start(t, cs, cleanup.Config{})
-	node := makeNode(t, cs, internalIP("10.200.0.11"), nil)
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.11"), nil)
 	ns, _ := makePods(t, cs, node.Name, 110)
 
 	inc := fatal("10.200.0.11")
 	start := time.Now()
 	c.enqueue(t, inc, 110)
-	eventually(t, 60*time.Second, "node not deleted", nodeGone(cs, node.Name))
+	clustertest.Eventually(t, 60*time.Second, "node not deleted", nodeGone(cs, node.Name))
 	t.Logf("110 pods and the node cleaned up in %v", time.Since(start).Round(time.Millisecond))
 
 	pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
@@ -275,15 +177,15 @@ func TestFatalIncident(t *testing.T) {
 		if p.Name == "pod-0" {
 			want = corev1.PodSucceeded // a terminal phase is kept
 		}
-		checkPodEnded(t, p, inc, want)
+		clustertest.CheckPodEnded(t, p, inc, want)
 		if *p.DeletionGracePeriodSeconds != 0 {
 			t.Errorf("%s: grace period %d", p.Name, *p.DeletionGracePeriodSeconds)
 		}
-		if ev := eventsFor(t, cs, ns, p.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelPanic {
+		if ev := clustertest.EventsFor(t, cs, ns, p.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelPanic {
 			t.Errorf("%s: events %+v", p.Name, ev)
 		}
 	}
-	if ev := eventsFor(t, cs, "", node.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelPanic || !strings.Contains(ev[0].Message, inc.Cause) {
+	if ev := clustertest.EventsFor(t, cs, "", node.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelPanic || !strings.Contains(ev[0].Message, inc.Cause) {
 		t.Errorf("node events %+v", ev)
 	}
 	if s := c.Stats(); s.NodesDeleted.Load() != 1 || s.PodsDeleted.Load() != 110 || s.APIErrors.Load() != 0 {
@@ -297,10 +199,10 @@ func TestFindingTheNode(t *testing.T) {
 	cs := client(t)
 	var done outcomes
 	c := start(t, cs, cleanup.Config{OnDone: done.record})
-	v6 := makeNode(t, cs, internalIP("fd00:200::12"), nil)
+	v6 := makeNode(t, cs, clustertest.InternalIP("fd00:200::12"), nil)
 	ext := makeNode(t, cs, []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.200.0.13"}, {Type: corev1.NodeExternalIP, Address: "192.0.2.13"}}, nil)
-	override := makeNode(t, cs, internalIP("10.200.0.14"), map[string]string{nodeindex.SourceAnnotation: "10.201.0.14, fd00:201::14"})
-	bystander := makeNode(t, cs, internalIP("10.200.0.15"), nil)
+	override := makeNode(t, cs, clustertest.InternalIP("10.200.0.14"), map[string]string{nodeindex.SourceAnnotation: "10.201.0.14, fd00:201::14"})
+	bystander := makeNode(t, cs, clustertest.InternalIP("10.200.0.15"), nil)
 
 	want := map[string]cleanup.Outcome{} // by incident id
 	for _, src := range []string{"fd00:200:0::12", "192.0.2.13", "fd00:201::14"} {
@@ -312,20 +214,20 @@ func TestFindingTheNode(t *testing.T) {
 	c.Enqueue(unknown)
 	want[unknown.ID] = cleanup.OutcomeUnknownSource
 	for _, n := range []*corev1.Node{v6, ext, override} {
-		eventually(t, 30*time.Second, n.Name+" not deleted", nodeGone(cs, n.Name))
+		clustertest.Eventually(t, 30*time.Second, n.Name+" not deleted", nodeGone(cs, n.Name))
 	}
-	eventually(t, 10*time.Second, "unknown source not counted", func() bool { return c.Stats().UnknownSource.Load() == 1 })
+	clustertest.Eventually(t, 10*time.Second, "unknown source not counted", func() bool { return c.Stats().UnknownSource.Load() == 1 })
 
 	// Two nodes claiming one address: neither is deleted.
-	claimant := makeNode(t, cs, internalIP("10.200.0.16"), map[string]string{nodeindex.SourceAnnotation: "10.200.0.15"})
-	eventually(t, 10*time.Second, "cache never held the claimant", func() bool {
+	claimant := makeNode(t, cs, clustertest.InternalIP("10.200.0.16"), map[string]string{nodeindex.SourceAnnotation: "10.200.0.15"})
+	clustertest.Eventually(t, 10*time.Second, "cache never held the claimant", func() bool {
 		_, ambiguous, _ := c.index.NodeFor(netip.MustParseAddr("10.200.0.15"))
 		return ambiguous
 	})
 	ambiguous := fatal("10.200.0.15")
 	c.Enqueue(ambiguous)
 	want[ambiguous.ID] = cleanup.OutcomeAmbiguous
-	eventually(t, 10*time.Second, "ambiguous source not refused", func() bool { return c.Stats().Ambiguous.Load() == 1 })
+	clustertest.Eventually(t, 10*time.Second, "ambiguous source not refused", func() bool { return c.Stats().Ambiguous.Load() == 1 })
 	for _, n := range []*corev1.Node{bystander, claimant} {
 		if _, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{}); err != nil {
 			t.Errorf("%s: %v", n.Name, err)
@@ -365,12 +267,12 @@ func (o *outcomes) get() map[string]cleanup.Outcome {
 func TestNonFatal(t *testing.T) {
 	cs := client(t)
 	c := start(t, cs, cleanup.Config{TaintNonFatal: true})
-	node := makeNode(t, cs, internalIP("10.200.0.21"), nil)
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.21"), nil)
 	ns, pods := makePods(t, cs, node.Name, 3)
 	inc := fatal("10.200.0.21")
 	inc.Fatal, inc.Kind, inc.Reason = false, pattern.KindWarning, "WARNING: CPU: 0 PID: 111 at x.c:28"
 	c.enqueue(t, inc, 3)
-	eventually(t, 20*time.Second, "node not tainted", func() bool {
+	clustertest.Eventually(t, 20*time.Second, "node not tainted", func() bool {
 		n, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{})
 		return err == nil && len(n.Spec.Taints) == 1 && n.Spec.Taints[0].Key == cleanup.TaintKey
 	})
@@ -378,7 +280,7 @@ func TestNonFatal(t *testing.T) {
 	if n.Annotations[cleanup.AnnotationKernelIncident] != inc.ID || n.Annotations[cleanup.AnnotationKernelIncidentKind] != "warning" {
 		t.Errorf("annotations %v", n.Annotations)
 	}
-	if ev := eventsFor(t, cs, "", node.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelProblem {
+	if ev := clustertest.EventsFor(t, cs, "", node.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelProblem {
 		t.Errorf("events %+v", ev)
 	}
 	for _, p := range pods {
@@ -395,13 +297,13 @@ func TestTwoCollectors(t *testing.T) {
 	cs := client(t)
 	a := start(t, cs, cleanup.Config{Instance: "collector-a"})
 	b := start(t, cs, cleanup.Config{Instance: "collector-b"})
-	node := makeNode(t, cs, internalIP("10.200.0.31"), nil)
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.31"), nil)
 	ns, _ := makePods(t, cs, node.Name, 20)
 	inc := fatal("10.200.0.31")
 	a.enqueue(t, inc, 20)
 	b.enqueue(t, inc, 20)
-	eventually(t, 30*time.Second, "node not deleted", nodeGone(cs, node.Name))
-	eventually(t, 10*time.Second, "work left", func() bool { return a.Pending() == 0 && b.Pending() == 0 })
+	clustertest.Eventually(t, 30*time.Second, "node not deleted", nodeGone(cs, node.Name))
+	clustertest.Eventually(t, 10*time.Second, "work left", func() bool { return a.Pending() == 0 && b.Pending() == 0 })
 
 	pods, _ := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
 	for i := range pods.Items {
@@ -410,12 +312,12 @@ func TestTwoCollectors(t *testing.T) {
 		if p.Name == "pod-0" {
 			want = corev1.PodSucceeded
 		}
-		checkPodEnded(t, p, inc, want)
-		if ev := eventsFor(t, cs, ns, p.UID); len(ev) != 1 {
+		clustertest.CheckPodEnded(t, p, inc, want)
+		if ev := clustertest.EventsFor(t, cs, ns, p.UID); len(ev) != 1 {
 			t.Errorf("%s: %d events, want 1", p.Name, len(ev))
 		}
 	}
-	if ev := eventsFor(t, cs, "", node.UID); len(ev) != 1 {
+	if ev := clustertest.EventsFor(t, cs, "", node.UID); len(ev) != 1 {
 		t.Errorf("node: %d events, want 1", len(ev))
 	}
 	if ea, eb := a.Stats().APIErrors.Load(), b.Stats().APIErrors.Load(); ea+eb != 0 {
@@ -423,14 +325,52 @@ func TestTwoCollectors(t *testing.T) {
 	}
 }
 
+// TestStaleCache: the controller acts on pods as its cache holds them,
+// which can be a moment behind. A pod that succeeded meanwhile keeps its
+// Succeeded phase (the API server would accept Failed over it), one that
+// started running meanwhile keeps Running; both get the condition and the
+// annotations and are deleted; an up-to-date one is Failed.
+func TestStaleCache(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{})
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.35"), nil)
+	ns := clustertest.Unique("ns")
+	pods := clustertest.Pods(t, cs, ns, node.Name, 3, clustertest.Hold) // Running
+	t.Cleanup(func() { clustertest.Release(cs, ns) })
+	ctx := context.Background()
+
+	// pod-0 succeeds after the cache saw it Running.
+	done := pods[0].DeepCopy()
+	done.Status.Phase = corev1.PodSucceeded
+	if _, err := cs.CoreV1().Pods(ns).UpdateStatus(ctx, done, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The cache saw pod-1 Pending; it runs now.
+	pods[1].Status.Phase = corev1.PodPending
+
+	inc := fatal("10.200.0.35")
+	for _, p := range pods {
+		if err := c.EndPod(ctx, p, inc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, want := range []corev1.PodPhase{corev1.PodSucceeded, corev1.PodRunning, corev1.PodFailed} {
+		got, err := cs.CoreV1().Pods(ns).Get(ctx, pods[i].Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clustertest.CheckPodEnded(t, got, inc, want)
+	}
+}
+
 // TestDryRun: everything computed, nothing written.
 func TestDryRun(t *testing.T) {
 	cs := client(t)
 	c := start(t, cs, cleanup.Config{DryRun: true})
-	node := makeNode(t, cs, internalIP("10.200.0.41"), nil)
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.41"), nil)
 	ns, pods := makePods(t, cs, node.Name, 5)
 	c.enqueue(t, fatal("10.200.0.41"), 5)
-	eventually(t, 20*time.Second, "incident not processed", func() bool { return c.Pending() == 0 })
+	clustertest.Eventually(t, 20*time.Second, "incident not processed", func() bool { return c.Pending() == 0 })
 	n, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{})
 	if err != nil || n.Annotations[cleanup.AnnotationIncident] != "" {
 		t.Errorf("node written: %v %v", err, n.Annotations)
@@ -441,7 +381,7 @@ func TestDryRun(t *testing.T) {
 			t.Errorf("%s written: %v", p.Name, err)
 		}
 	}
-	if ev := eventsFor(t, cs, "", node.UID); len(ev) != 0 {
+	if ev := clustertest.EventsFor(t, cs, "", node.UID); len(ev) != 0 {
 		t.Errorf("events recorded: %+v", ev)
 	}
 }
@@ -450,9 +390,9 @@ func TestDryRun(t *testing.T) {
 func TestAllowedSources(t *testing.T) {
 	cs := client(t)
 	c := start(t, cs, cleanup.Config{AllowedSources: []netip.Prefix{netip.MustParsePrefix("10.250.0.0/16")}})
-	node := makeNode(t, cs, internalIP("10.200.0.51"), nil)
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.51"), nil)
 	c.enqueue(t, fatal("10.200.0.51"), 0)
-	eventually(t, 10*time.Second, "not refused", func() bool { return c.Stats().NotAllowed.Load() == 1 })
+	clustertest.Eventually(t, 10*time.Second, "not refused", func() bool { return c.Stats().NotAllowed.Load() == 1 })
 	if _, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{}); err != nil {
 		t.Errorf("node: %v", err)
 	}
@@ -466,13 +406,13 @@ func TestDeletionCap(t *testing.T) {
 	var nodes []*corev1.Node
 	for i := range 4 {
 		addr := fmt.Sprintf("10.200.0.6%d", i)
-		nodes = append(nodes, makeNode(t, cs, internalIP(addr), nil))
+		nodes = append(nodes, makeNode(t, cs, clustertest.InternalIP(addr), nil))
 	}
 	for i := range 4 {
 		c.enqueue(t, fatal(fmt.Sprintf("10.200.0.6%d", i)), 0)
 	}
-	eventually(t, 20*time.Second, "two nodes not deleted", func() bool { return c.Stats().NodesDeleted.Load() == 2 })
-	eventually(t, 5*time.Second, "cap not counted", func() bool { return c.Stats().Capped.Load() == 2 })
+	clustertest.Eventually(t, 20*time.Second, "two nodes not deleted", func() bool { return c.Stats().NodesDeleted.Load() == 2 })
+	clustertest.Eventually(t, 5*time.Second, "cap not counted", func() bool { return c.Stats().Capped.Load() == 2 })
 	time.Sleep(2 * time.Second) // the cap's next turn is 30 s away: nothing more happens meanwhile
 	left := 0
 	for _, n := range nodes {
@@ -500,23 +440,23 @@ func TestAPIServerOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := start(t, through, cleanup.Config{})
-	node := makeNode(t, cs, internalIP("10.200.0.71"), nil)
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.71"), nil)
 	makePods(t, cs, node.Name, 30)
-	eventually(t, 10*time.Second, "cache never held the pods", func() bool {
+	clustertest.Eventually(t, 10*time.Second, "cache never held the pods", func() bool {
 		got, _ := c.index.PodsOn(node.Name)
 		return len(got) == 30
 	})
 
 	proxy.Cut()
 	c.Enqueue(fatal("10.200.0.71"))
-	eventually(t, 20*time.Second, "no failed attempt during the outage", func() bool { return c.Stats().APIErrors.Load() >= 3 })
+	clustertest.Eventually(t, 20*time.Second, "no failed attempt during the outage", func() bool { return c.Stats().APIErrors.Load() >= 3 })
 	if _, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{}); err != nil {
 		t.Fatalf("node gone during the outage: %v", err)
 	}
 	if err := proxy.Restore(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "node not deleted after the outage", nodeGone(cs, node.Name))
+	clustertest.Eventually(t, 30*time.Second, "node not deleted after the outage", nodeGone(cs, node.Name))
 	if c.Stats().PodsDeleted.Load() != 30 {
 		t.Errorf("%d pods deleted, want 30", c.Stats().PodsDeleted.Load())
 	}
@@ -568,9 +508,9 @@ func TestSpoofedPanic(t *testing.T) {
 	// An address in the collector's subnet that nobody holds: ARP goes
 	// unanswered, as for a panicked kernel.
 	deadAddr := pair.Node.IPv4.Next()
-	live := makeNode(t, cs, internalIP(pair.Node.IPv4.String()), nil)
-	leased := makeNode(t, cs, internalIP(deadAddr.Next().String()), nil)
-	dead := makeNode(t, cs, internalIP(deadAddr.String()), nil)
+	live := makeNode(t, cs, clustertest.InternalIP(pair.Node.IPv4.String()), nil)
+	leased := makeNode(t, cs, clustertest.InternalIP(deadAddr.Next().String()), nil)
+	dead := makeNode(t, cs, clustertest.InternalIP(deadAddr.String()), nil)
 	ns, pods := makePods(t, cs, live.Name, 2)
 
 	// The leased node's kubelet renewed its Lease just now.
@@ -586,8 +526,8 @@ func TestSpoofedPanic(t *testing.T) {
 	c.enqueue(t, fatal(deadAddr.Next().String()), 0)
 	c.enqueue(t, fatal(deadAddr.String()), 0)
 
-	eventually(t, 30*time.Second, "dead node not deleted", nodeGone(cs, dead.Name))
-	eventually(t, 30*time.Second, "refusals not counted", func() bool { return c.Stats().Unconfirmed.Load() == 2 })
+	clustertest.Eventually(t, 30*time.Second, "dead node not deleted", nodeGone(cs, dead.Name))
+	clustertest.Eventually(t, 30*time.Second, "refusals not counted", func() bool { return c.Stats().Unconfirmed.Load() == 2 })
 	for _, n := range []*corev1.Node{live, leased} {
 		got, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
 		if err != nil {
@@ -596,7 +536,7 @@ func TestSpoofedPanic(t *testing.T) {
 		if got.Annotations[cleanup.AnnotationUnconfirmed] == "" || got.Annotations[cleanup.AnnotationIncident] != "" {
 			t.Errorf("%s annotations %v", n.Name, got.Annotations)
 		}
-		if ev := eventsFor(t, cs, "", n.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonKernelPanicUnconfirmed {
+		if ev := clustertest.EventsFor(t, cs, "", n.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonKernelPanicUnconfirmed {
 			t.Errorf("%s events %+v", n.Name, ev)
 		}
 		t.Logf("%s: %s", n.Name, got.Annotations[cleanup.AnnotationUnconfirmedEvidence])
@@ -623,8 +563,8 @@ func TestJobPodFailurePolicy(t *testing.T) {
 	}
 	defer stop()
 	c := start(t, cs, cleanup.Config{})
-	node := makeNode(t, cs, internalIP("10.200.0.81"), nil)
-	ns := unique("ns")
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.81"), nil)
+	ns := clustertest.Unique("ns")
 	ctx := context.Background()
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -649,7 +589,7 @@ func TestJobPodFailurePolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	var first corev1.Pod
-	eventually(t, 30*time.Second, "the job controller made no pod", func() bool {
+	clustertest.Eventually(t, 30*time.Second, "the job controller made no pod", func() bool {
 		pods, _ := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 		if len(pods.Items) == 1 {
 			first = pods.Items[0]
@@ -657,8 +597,8 @@ func TestJobPodFailurePolicy(t *testing.T) {
 		return len(pods.Items) == 1
 	})
 	c.enqueue(t, fatal("10.200.0.81"), 1)
-	eventually(t, 30*time.Second, "node not deleted", nodeGone(cs, node.Name))
-	eventually(t, 60*time.Second, "no replacement pod", func() bool {
+	clustertest.Eventually(t, 30*time.Second, "node not deleted", nodeGone(cs, node.Name))
+	clustertest.Eventually(t, 60*time.Second, "no replacement pod", func() bool {
 		pods, _ := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 		for _, p := range pods.Items {
 			if p.UID != first.UID && p.DeletionTimestamp == nil {
@@ -688,15 +628,15 @@ func TestJobPodFailurePolicy(t *testing.T) {
 func TestActionsConfigurable(t *testing.T) {
 	cs := client(t)
 	c := start(t, cs, cleanup.Config{PodAction: cleanup.PodsFail, KeepNode: true})
-	node := makeNode(t, cs, internalIP("10.200.0.91"), nil)
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.91"), nil)
 	ns, pods := makePods(t, cs, node.Name, 3)
 	inc := fatal("10.200.0.91")
 	c.enqueue(t, inc, 3)
-	eventually(t, 20*time.Second, "node not annotated", func() bool {
+	clustertest.Eventually(t, 20*time.Second, "node not annotated", func() bool {
 		n, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{})
 		return err == nil && n.Annotations[cleanup.AnnotationIncident] == inc.ID
 	})
-	eventually(t, 10*time.Second, "incident not done", func() bool { return c.Pending() == 0 })
+	clustertest.Eventually(t, 10*time.Second, "incident not done", func() bool { return c.Pending() == 0 })
 	for _, p := range pods {
 		got, err := cs.CoreV1().Pods(ns).Get(context.Background(), p.Name, metav1.GetOptions{})
 		if err != nil || got.DeletionTimestamp != nil || got.Annotations[cleanup.AnnotationIncident] != inc.ID {
@@ -712,10 +652,10 @@ func TestActionsConfigurable(t *testing.T) {
 	}
 
 	d := start(t, cs, cleanup.Config{PodAction: cleanup.PodsNone})
-	other := makeNode(t, cs, internalIP("10.200.0.92"), nil)
+	other := makeNode(t, cs, clustertest.InternalIP("10.200.0.92"), nil)
 	ns2, pods2 := makePods(t, cs, other.Name, 2)
 	d.enqueue(t, fatal("10.200.0.92"), 2)
-	eventually(t, 20*time.Second, "node not deleted", nodeGone(cs, other.Name))
+	clustertest.Eventually(t, 20*time.Second, "node not deleted", nodeGone(cs, other.Name))
 	for _, p := range pods2 {
 		got, err := cs.CoreV1().Pods(ns2).Get(context.Background(), p.Name, metav1.GetOptions{})
 		if err != nil || got.ResourceVersion != p.ResourceVersion {

@@ -37,7 +37,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
-	"k8s.io/apimachinery/pkg/types"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -47,6 +46,7 @@ import (
 
 	"github.com/lastgasp/lastgasp/cleanup"
 	"github.com/lastgasp/lastgasp/detect"
+	"github.com/lastgasp/lastgasp/internal/clustertest"
 	"github.com/lastgasp/lastgasp/internal/controlplane"
 	"github.com/lastgasp/lastgasp/internal/testnet"
 	"github.com/lastgasp/lastgasp/liveness"
@@ -227,7 +227,7 @@ func TestManifests(t *testing.T) {
 	// it is enough, and this that it is no more.
 	wantCluster := map[string][]string{
 		"nodes":       {"delete", "list", "patch", "watch"},
-		"pods":        {"delete", "list", "patch", "watch"},
+		"pods":        {"delete", "list", "watch"},
 		"pods/status": {"patch"},
 		"events":      {"create"},
 	}
@@ -789,7 +789,7 @@ func create(t *testing.T, cp *controlplane.ControlPlane, admin kubernetes.Interf
 	ctx := t.Context()
 	// kube-node-lease, where the lease Role goes, is made by the API
 	// server itself, shortly after it starts.
-	eventually(t, 30*time.Second, "namespace kube-node-lease never appeared", func() bool {
+	clustertest.Eventually(t, 30*time.Second, "namespace kube-node-lease never appeared", func() bool {
 		_, err := admin.CoreV1().Namespaces().Get(ctx, corev1.NamespaceNodeLease, metav1.GetOptions{})
 		return err == nil
 	})
@@ -870,7 +870,7 @@ func daemonSetPlacement(t *testing.T, cp *controlplane.ControlPlane, admin kuber
 	defer stop()
 
 	ds := m.daemonSet
-	eventually(t, 60*time.Second, "the DaemonSet controller never counted its nodes", func() bool {
+	clustertest.Eventually(t, 60*time.Second, "the DaemonSet controller never counted its nodes", func() bool {
 		got, err := admin.AppsV1().DaemonSets(ds.Namespace).Get(ctx, ds.Name, metav1.GetOptions{})
 		return err == nil && got.Status.ObservedGeneration == got.Generation && got.Status.DesiredNumberScheduled > 0
 	})
@@ -882,7 +882,7 @@ func daemonSetPlacement(t *testing.T, cp *controlplane.ControlPlane, admin kuber
 		t.Errorf("the DaemonSet wants %d pods, want 1 (the collector node)", got.Status.DesiredNumberScheduled)
 	}
 	var pods *corev1.PodList
-	eventually(t, 30*time.Second, "no collector pod created", func() bool {
+	clustertest.Eventually(t, 30*time.Second, "no collector pod created", func() bool {
 		pods, err = admin.CoreV1().Pods(ds.Namespace).List(ctx, metav1.ListOptions{})
 		return err == nil && len(pods.Items) > 0
 	})
@@ -921,10 +921,6 @@ func affinityNode(p *corev1.Pod) string {
 	return ""
 }
 
-// hold is a finalizer on the test's pods, so that a deleted pod can still
-// be read: its final status and annotations.
-const hold = "test.lastgasp.io/hold"
-
 // rbacAllows runs lastgasp's real cluster side (nodeindex's informers,
 // liveness's prober, cleanup's controller) with the ServiceAccount's
 // client, as `lastgasp run` does in the pod: a non-fatal incident,
@@ -939,11 +935,11 @@ func rbacAllows(t *testing.T, admin, sa kubernetes.Interface) {
 	deadAddr := pair.Node.IPv4.Next()
 	oopsAddr := pair.Node.IPv4
 
-	dead := makeNode(t, admin, "dead-node", deadAddr)
-	oops := makeNode(t, admin, "oops-node", oopsAddr)
+	dead := clustertest.Node(t, admin, "dead-node", clustertest.InternalIP(deadAddr.String()), nil)
+	oops := clustertest.Node(t, admin, "oops-node", clustertest.InternalIP(oopsAddr.String()), nil)
 	var pods []*corev1.Pod
 	for _, ns := range []string{"team-a", "team-b"} {
-		pods = append(pods, makePods(t, admin, ns, dead.Name, 2)...)
+		pods = append(pods, clustertest.Pods(t, admin, ns, dead.Name, 2, clustertest.Hold)...)
 	}
 	// The dead node's kubelet last renewed its Lease long before the panic.
 	renewed := metav1.NewMicroTime(time.Now().Add(-time.Hour))
@@ -1005,7 +1001,7 @@ func rbacAllows(t *testing.T, admin, sa kubernetes.Interface) {
 	for range 2 {
 		waitIndexed(t, index, oopsAddr, 0)
 		ctrl.Enqueue(nonFatal)
-		eventually(t, 30*time.Second, "non-fatal incident never finished", func() bool { return ctrl.Pending() == 0 })
+		clustertest.Eventually(t, 30*time.Second, "non-fatal incident never finished", func() bool { return ctrl.Pending() == 0 })
 	}
 	got, err := admin.CoreV1().Nodes().Get(ctx, oops.Name, metav1.GetOptions{})
 	if err != nil {
@@ -1014,7 +1010,7 @@ func rbacAllows(t *testing.T, admin, sa kubernetes.Interface) {
 	if got.Annotations[cleanup.AnnotationKernelIncident] != nonFatal.ID {
 		t.Errorf("oops node annotations %v", got.Annotations)
 	}
-	if ev := eventsFor(t, admin, "", oops.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelProblem {
+	if ev := clustertest.EventsFor(t, admin, "", oops.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelProblem {
 		t.Errorf("oops node events %+v", ev)
 	}
 	if stats.Events.Load() != 1 || stats.EventErrors.Load() != 0 {
@@ -1033,22 +1029,22 @@ func rbacAllows(t *testing.T, admin, sa kubernetes.Interface) {
 	}
 	waitIndexed(t, index, deadAddr, len(pods))
 	ctrl.Enqueue(fatal)
-	eventually(t, 60*time.Second, "dead node never deleted", func() bool {
+	clustertest.Eventually(t, 60*time.Second, "dead node never deleted", func() bool {
 		_, err := admin.CoreV1().Nodes().Get(ctx, dead.Name, metav1.GetOptions{})
 		return apierrors.IsNotFound(err)
 	})
-	eventually(t, 30*time.Second, "fatal incident never finished", func() bool { return ctrl.Pending() == 0 })
+	clustertest.Eventually(t, 30*time.Second, "fatal incident never finished", func() bool { return ctrl.Pending() == 0 })
 	for _, p := range pods {
 		got, err := admin.CoreV1().Pods(p.Namespace).Get(ctx, p.Name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkPodEnded(t, got, fatal)
-		if ev := eventsFor(t, admin, p.Namespace, p.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelPanic {
+		clustertest.CheckPodEnded(t, got, fatal, corev1.PodFailed)
+		if ev := clustertest.EventsFor(t, admin, p.Namespace, p.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelPanic {
 			t.Errorf("pod %s/%s events %+v", p.Namespace, p.Name, ev)
 		}
 	}
-	if ev := eventsFor(t, admin, "", dead.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelPanic {
+	if ev := clustertest.EventsFor(t, admin, "", dead.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelPanic {
 		t.Errorf("dead node events %+v", ev)
 	}
 	want := map[string]uint64{
@@ -1070,51 +1066,11 @@ func rbacAllows(t *testing.T, admin, sa kubernetes.Interface) {
 	t.Logf("controller stats %v", gotStats)
 }
 
-// makeNode registers a Node with one InternalIP.
-func makeNode(t *testing.T, admin kubernetes.Interface, name string, addr netip.Addr) *corev1.Node {
-	t.Helper()
-	ctx := t.Context()
-	n, err := admin.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: addr.String()}}
-	if n, err = admin.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-// makePods creates a namespace and n running pods in it, bound to node.
-func makePods(t *testing.T, admin kubernetes.Interface, ns, node string, n int) []*corev1.Pod {
-	t.Helper()
-	ctx := t.Context()
-	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	var pods []*corev1.Pod
-	for i := range n {
-		p, err := admin.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("app-%d", i), Finalizers: []string{hold}},
-			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "app", Image: "busybox"}}},
-		}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.Status.Phase = corev1.PodRunning
-		if p, err = admin.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		pods = append(pods, p)
-	}
-	return pods
-}
-
 // waitIndexed waits until the informer caches hold the node of addr and
 // its pods: in a live cluster they have existed for long, here a moment.
 func waitIndexed(t *testing.T, index *nodeindex.Index, addr netip.Addr, pods int) {
 	t.Helper()
-	eventually(t, 10*time.Second, "the cache never held the node of "+addr.String(), func() bool {
+	clustertest.Eventually(t, 10*time.Second, "the cache never held the node of "+addr.String(), func() bool {
 		n, _, _ := index.NodeFor(addr)
 		if n == nil {
 			return false
@@ -1122,42 +1078,6 @@ func waitIndexed(t *testing.T, index *nodeindex.Index, addr netip.Addr, pods int
 		got, _ := index.PodsOn(n.Name)
 		return len(got) == pods
 	})
-}
-
-// checkPodEnded checks a pod's end: deleted, annotated, failed with a
-// DisruptionTarget condition.
-func checkPodEnded(t *testing.T, p *corev1.Pod, inc detect.Incident) {
-	t.Helper()
-	name := p.Namespace + "/" + p.Name
-	if p.DeletionTimestamp == nil {
-		t.Errorf("%s: not deleted", name)
-	}
-	if p.Annotations[cleanup.AnnotationIncident] != inc.ID {
-		t.Errorf("%s: annotations %v", name, p.Annotations)
-	}
-	if p.Status.Phase != corev1.PodFailed {
-		t.Errorf("%s: phase %s, want Failed", name, p.Status.Phase)
-	}
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.DisruptionTarget && c.Status == corev1.ConditionTrue && c.Reason == cleanup.ConditionReasonKernelPanic {
-			return
-		}
-	}
-	t.Errorf("%s: no DisruptionTarget condition: %+v", name, p.Status.Conditions)
-}
-
-// eventsFor lists the Events about an object (Node Events are in
-// "default").
-func eventsFor(t *testing.T, admin kubernetes.Interface, ns string, uid types.UID) []corev1.Event {
-	t.Helper()
-	if ns == "" {
-		ns = metav1.NamespaceDefault
-	}
-	list, err := admin.CoreV1().Events(ns).List(t.Context(), metav1.ListOptions{FieldSelector: "involvedObject.uid=" + string(uid)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return list.Items
 }
 
 // access is one request a ServiceAccount might make.
@@ -1193,8 +1113,7 @@ func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *mani
 		{"list", core, "nodes", "", ""}, {"watch", core, "nodes", "", ""},
 		{"patch", core, "nodes", "", ""}, {"delete", core, "nodes", "", ""},
 		{"list", core, "pods", "", ""}, {"watch", core, "pods", "", ""},
-		{"patch", core, "pods", "", ""}, {"delete", core, "pods", "", ""},
-		{"patch", core, "pods", "status", ""},
+		{"delete", core, "pods", "", ""}, {"patch", core, "pods", "status", ""},
 		{"create", core, "events", "", ""}, {"create", core, "events", "", "default"},
 		{"get", lease, "leases", "", corev1.NamespaceNodeLease},
 	}
@@ -1202,6 +1121,7 @@ func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *mani
 		{"get", core, "nodes", "", ""}, {"create", core, "nodes", "", ""}, {"update", core, "nodes", "", ""},
 		{"patch", core, "nodes", "status", ""}, {"get", core, "nodes", "proxy", ""}, {"deletecollection", core, "nodes", "", ""},
 		{"get", core, "pods", "", "team-a"}, {"create", core, "pods", "", "team-a"}, {"update", core, "pods", "", "team-a"},
+		{"patch", core, "pods", "", "team-a"},
 		{"deletecollection", core, "pods", "", "team-a"}, {"update", core, "pods", "status", "team-a"},
 		{"create", core, "pods", "eviction", "team-a"}, {"create", core, "pods", "exec", "team-a"}, {"get", core, "pods", "log", "team-a"},
 		{"get", core, "events", "", "default"}, {"list", core, "events", "", ""}, {"update", core, "events", "", "default"},
@@ -1244,7 +1164,7 @@ func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *mani
 	if err != nil {
 		t.Fatal(err)
 	}
-	node := makeNode(t, admin, "live-node", netip.MustParseAddr("192.0.2.200"))
+	node := clustertest.Node(t, admin, "live-node", clustertest.InternalIP(netip.MustParseAddr("192.0.2.200").String()), nil)
 	refusals := map[string]func() error{
 		"list secrets": func() error {
 			_, err := sa.CoreV1().Secrets("").List(ctx, metav1.ListOptions{})
@@ -1280,17 +1200,5 @@ func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *mani
 	}
 	if _, err := admin.CoreV1().Namespaces().Get(ctx, victim.Name, metav1.GetOptions{}); err != nil {
 		t.Errorf("namespace %s: %v", victim.Name, err)
-	}
-}
-
-// eventually polls cond until it holds or the timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond) // polling the API server: no watch needed for a test
 	}
 }

@@ -15,11 +15,11 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/lastgasp/lastgasp/internal/clustertest"
 	"github.com/lastgasp/lastgasp/internal/controlplane"
 	"github.com/lastgasp/lastgasp/internal/testnet"
 	"github.com/lastgasp/lastgasp/journal"
@@ -207,28 +207,9 @@ func waitLogged(t *testing.T, out *syncBuffer, msg string, n int, timeout time.D
 // it, in a namespace of its own; it returns the namespace.
 func makeNode(t *testing.T, cs kubernetes.Interface, name, addr string, n int) string {
 	t.Helper()
-	ctx := context.Background()
-	node, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: addr}}
-	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	clustertest.Node(t, cs, name, clustertest.InternalIP(addr), nil)
 	ns := "ns-" + name
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	for i := range n {
-		_, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("pod-%d", i)},
-			Spec:       corev1.PodSpec{NodeName: name, Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
-		}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	clustertest.Pods(t, cs, ns, name, n)
 	return ns
 }
 
