@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -183,4 +184,31 @@ func capturePayloads(b *testing.B, name string) ([][]byte, []time.Time) {
 		times = append(times, c.Time)
 	}
 	return payloads, times
+}
+
+// BenchmarkDetectorFlood: a trigger line from a new source each time,
+// with the detector full (MaxOpen incidents open, each from its own
+// source): every line closes the least recently heard incident to make
+// room. Spoofed sources can produce exactly this; the cost a line must
+// not grow with MaxOpen.
+func BenchmarkDetectorFlood(b *testing.B) {
+	for _, maxOpen := range []int{1_000, 100_000} {
+		b.Run(fmt.Sprintf("open-%d", maxOpen), func(b *testing.B) {
+			d := detect.New(detect.Config{MaxOpen: maxOpen})
+			now := time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
+			msg := func(i int) netconsole.Message {
+				src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 6665)
+				return netconsole.Message{Source: src, Received: now, Level: -1, Facility: -1, Text: "Oops: 0000 [#1] SMP"}
+			}
+			for i := range maxOpen {
+				d.Add(msg(i))
+			}
+			b.ReportAllocs()
+			i := maxOpen
+			for b.Loop() {
+				d.Add(msg(i % (1 << 24)))
+				i++
+			}
+		})
+	}
 }

@@ -1,6 +1,7 @@
 package detect
 
 import (
+	"container/list"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -30,8 +31,14 @@ type Config struct {
 	// MaxLines bounds an incident's lines. Default 200.
 	MaxLines int
 	// MaxOpen bounds the incidents open at once (one per source); past it
-	// the oldest is closed early. Default 100,000.
+	// the least recently heard is closed early. Default 100,000.
 	MaxOpen int
+	// MaxOpenBytes bounds the memory the open incidents' lines take
+	// (their text plus msgOverhead each); past it the least recently
+	// heard are closed early. Without it a flood of triggers from
+	// spoofed sources could hold MaxOpen × MaxLines lines. Default
+	// 256 MiB.
+	MaxOpenBytes int
 }
 
 func (c Config) withDefaults() Config {
@@ -50,6 +57,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxOpen <= 0 {
 		c.MaxOpen = 100_000
 	}
+	if c.MaxOpenBytes <= 0 {
+		c.MaxOpenBytes = 256 << 20
+	}
 	return c
 }
 
@@ -61,16 +71,20 @@ type Counters struct {
 	Incidents   uint64 // incidents closed and returned
 	Duplicates  uint64 // incidents not returned again: same id as a recent one
 	Strays      uint64 // lines that came before their incident's trigger, joined to it
+	ClosedEarly uint64 // incidents closed before their time to make room (MaxOpen, MaxOpenBytes)
 }
 
 // Detector assembles incidents. It is not safe for concurrent use.
 type Detector struct {
-	cfg      Config
-	open     map[netip.Addr]*building
-	recent   *lru.Cache // ids of incidents returned lately
-	dead     *lru.Cache // source -> when its last fatal incident closed
-	strays   *lru.Cache // source -> []netconsole.Message: lines of no incident, lately
-	counters Counters
+	cfg   Config
+	open  map[netip.Addr]*building
+	byAge *list.List // the open incidents, least recently heard first
+	// openBytes is what the open incidents' lines take (see MaxOpenBytes).
+	openBytes int
+	recent    *lru.Cache // ids of incidents returned lately
+	dead      *lru.Cache // source -> when its last fatal incident closed
+	strays    *lru.Cache // source -> []netconsole.Message: lines of no incident, lately
+	counters  Counters
 }
 
 // Strays are lines that belong to no open incident when they arrive.
@@ -94,7 +108,8 @@ const lateMarker = time.Minute
 // New returns a Detector with cfg.
 func New(cfg Config) *Detector {
 	cfg = cfg.withDefaults()
-	return &Detector{cfg: cfg, open: map[netip.Addr]*building{}, recent: lru.New(4096), dead: lru.New(4096), strays: lru.New(maxStraySources)}
+	return &Detector{cfg: cfg, open: map[netip.Addr]*building{}, byAge: list.New(),
+		recent: lru.New(4096), dead: lru.New(4096), strays: lru.New(maxStraySources)}
 }
 
 // Counters returns what the detector has done so far.
@@ -106,6 +121,8 @@ func (d *Detector) SetPatterns(t *pattern.Table) { d.cfg.Patterns = t }
 // building is an open incident.
 type building struct {
 	source   netip.Addr
+	elem     *list.Element // in Detector.byAge
+	bytes    int           // what msgs take (see MaxOpenBytes)
 	msgs     []netconsole.Message
 	dropped  int
 	triggers []trigger // in arrival order; at most maxTriggers
@@ -113,6 +130,19 @@ type building struct {
 	panicAt  time.Time // when the first panic line was received
 	ended    bool      // the end marker arrived: close now
 	lastSeen time.Time
+}
+
+// msgOverhead is what a kept message costs beyond its strings: the
+// Message struct, its slot in msgs, a dictionary's map header.
+const msgOverhead = 256
+
+// msgSize is what a kept message costs, as MaxOpenBytes counts it.
+func msgSize(m netconsole.Message) int {
+	n := msgOverhead + len(m.Text) + len(m.Caller) + len(m.Release)
+	for k, v := range m.Dict {
+		n += len(k) + len(v) + 32
+	}
+	return n
 }
 
 // trigger is a trigger line and its pattern's kind.
@@ -147,15 +177,28 @@ func (d *Detector) Add(m netconsole.Message) []Incident {
 		}
 		b = &building{source: addr}
 		d.open[addr] = b
+		b.elem = d.byAge.PushBack(b)
+		before := b.bytes
 		b.add(m, trig, isTrigger, d.cfg.MaxLines)
 		d.adoptStrays(b, m)
+		d.openBytes += b.bytes - before
 	} else {
+		d.byAge.MoveToBack(b.elem)
+		before := b.bytes
 		b.add(m, trig, isTrigger, d.cfg.MaxLines)
+		d.openBytes += b.bytes - before
 	}
+	var out []Incident
 	if b.ended {
-		return d.close(addr)
+		out = d.close(addr)
 	}
-	return nil
+	// Over the memory budget: the least recently heard go first (never
+	// the one just added to, which is the most recent).
+	for d.openBytes > d.cfg.MaxOpenBytes && d.byAge.Len() > 1 {
+		d.counters.ClosedEarly++
+		out = append(out, d.close(d.byAge.Front().Value.(*building).source)...)
+	}
+	return out
 }
 
 // keepStray keeps a line of no incident for a while.
@@ -206,13 +249,8 @@ func loggedAfter(m, t netconsole.Message) bool {
 // closeOldest closes the least recently heard incident to make room, then
 // adds m.
 func (d *Detector) closeOldest(m netconsole.Message) []Incident {
-	var oldest netip.Addr
-	for addr, b := range d.open {
-		if !oldest.IsValid() || b.lastSeen.Before(d.open[oldest].lastSeen) {
-			oldest = addr
-		}
-	}
-	out := d.close(oldest)
+	d.counters.ClosedEarly++
+	out := d.close(d.byAge.Front().Value.(*building).source)
 	return append(out, d.Add(m)...)
 }
 
@@ -255,6 +293,8 @@ func sortIncidents(in []Incident) {
 func (d *Detector) close(addr netip.Addr) []Incident {
 	b := d.open[addr]
 	delete(d.open, addr)
+	d.byAge.Remove(b.elem)
+	d.openBytes -= b.bytes
 	inc := b.incident()
 	if inc.Fatal {
 		d.dead.Add(addr, b.lastSeen)
@@ -294,6 +334,7 @@ func (b *building) add(m netconsole.Message, trig pattern.Pattern, isTrigger boo
 	b.lastSeen = m.Received
 	if len(b.msgs) < maxLines {
 		b.msgs = append(b.msgs, m)
+		b.bytes += msgSize(m)
 	} else {
 		b.dropped++
 	}

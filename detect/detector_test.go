@@ -335,3 +335,39 @@ func TestStrays(t *testing.T) {
 		})
 	}
 }
+
+// TestMemoryBound: a flood of triggers from many sources, each followed
+// by long lines, cannot hold more than MaxOpenBytes: the least recently
+// heard incidents are closed early (and returned, not lost), counted.
+func TestMemoryBound(t *testing.T) {
+	const budget = 256 << 10
+	d := detect.New(detect.Config{MaxOpenBytes: budget})
+	long := strings.Repeat("x", 900)
+	var closed []detect.Incident
+	now := t0
+	for i := range 200 {
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i / 256), byte(i)}), 6665)
+		lines := []string{"Oops: 0000 [#1] SMP"}
+		for range 50 {
+			lines = append(lines, long)
+		}
+		closed = append(closed, feed(d, src, now, lines...)...)
+		now = now.Add(100 * time.Millisecond)
+	}
+	c := d.Counters()
+	if c.ClosedEarly == 0 || uint64(len(closed)) != c.ClosedEarly {
+		t.Fatalf("%d closed early, %d incidents returned", c.ClosedEarly, len(closed))
+	}
+	// The first sources went first, each whole.
+	if closed[0].Source != netip.MustParseAddr("10.1.0.0") || len(closed[0].Lines) != 51 {
+		t.Errorf("first closed: %v, %d lines", closed[0].Source, len(closed[0].Lines))
+	}
+	// What stays open fits the budget: about budget / (50 × ~1.2 KB).
+	open := d.Flush()
+	if n := len(open); n == 0 || n*51*(900+256) > budget+51*(900+256) {
+		t.Errorf("%d incidents still open: over a %d-byte budget", n, budget)
+	}
+	if got := len(closed) + len(open); got != 200 {
+		t.Errorf("%d incidents in all, want 200: none lost", got)
+	}
+}
