@@ -34,6 +34,9 @@ type Sources struct {
 	JournalUnfinished func() int
 	// FeedWatchers returns how many lastgasp tail watchers are connected.
 	FeedWatchers func() int
+	// Sockets returns the UDP sockets' counters, summed
+	// (udpreceiver.Counters: socket mode, or xdp mode's backstop).
+	Sockets func() any
 }
 
 // Metrics is the collector's registry.
@@ -128,6 +131,7 @@ var (
 	decoderDesc  = prometheus.NewDesc("lastgasp_decoder_events_total", "netconsole decoder counters.", []string{"event"}, nil)
 	detectorDesc = prometheus.NewDesc("lastgasp_detector_events_total", "Incident detector counters.", []string{"event"}, nil)
 	journalDesc  = prometheus.NewDesc("lastgasp_journal_events_total", "Journal counters: corrupt records skipped at start-up, incidents resumed, rotations, write errors.", []string{"event"}, nil)
+	socketDesc   = prometheus.NewDesc("lastgasp_socket_events_total", "UDP socket data path counters (socket mode, or the backstop socket in xdp mode): datagrams read, matched, context, truncated, drops (lost to a full socket buffer).", []string{"event"}, nil)
 	feedDesc     = prometheus.NewDesc("lastgasp_feed_watchers", "lastgasp tail watchers connected to /feed.", nil, nil)
 	openDesc     = prometheus.NewDesc("lastgasp_journal_unfinished_incidents", "Incidents taken on and not yet finished with.", nil, nil)
 	cleanupDesc  = prometheus.NewDesc("lastgasp_cleanup_events_total", "Cleanup controller counters: refusals (not_allowed, unknown_source, ambiguous, unconfirmed, capped), actions, API errors.", []string{"event"}, nil)
@@ -138,7 +142,7 @@ var (
 type scrape struct{ src Sources }
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{xdpDesc, ringDesc, decoderDesc, detectorDesc, cleanupDesc, journalDesc, openDesc, feedDesc, errorDesc} {
+	for _, d := range []*prometheus.Desc{xdpDesc, ringDesc, decoderDesc, detectorDesc, cleanupDesc, journalDesc, openDesc, feedDesc, socketDesc, errorDesc} {
 		ch <- d
 	}
 }
@@ -166,6 +170,9 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	}
 	if s.src.Journal != nil {
 		emit(ch, journalDesc, s.src.Journal())
+	}
+	if s.src.Sockets != nil {
+		emit(ch, socketDesc, s.src.Sockets())
 	}
 	if s.src.FeedWatchers != nil {
 		ch <- prometheus.MustNewConstMetric(feedDesc, prometheus.GaugeValue, float64(s.src.FeedWatchers()))

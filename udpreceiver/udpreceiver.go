@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -33,6 +34,9 @@ type Counters struct {
 	Matched   uint64 // forwarded as a match
 	Context   uint64 // forwarded as context
 	Truncated uint64 // longer than filter.MaxPayload
+	// Drops counts datagrams the kernel dropped before this socket could
+	// read them (its buffer full): lost lines. From SO_MEMINFO.
+	Drops uint64
 }
 
 // Receiver reads netconsole datagrams from one UDP socket.
@@ -113,7 +117,30 @@ func (r *Receiver) Counters() Counters {
 		Matched:   r.matched.Load(),
 		Context:   r.context.Load(),
 		Truncated: r.truncated.Load(),
+		Drops:     r.drops(),
 	}
+}
+
+// drops reads the socket's drop counter: SO_MEMINFO fills an array of
+// SK_MEMINFO_VARS uint32s, the last of which (SK_MEMINFO_DROPS) counts
+// the datagrams dropped on this socket. 0 if it cannot be read (a closed
+// socket).
+func (r *Receiver) drops() uint64 {
+	raw, err := r.conn.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var meminfo [unix.SK_MEMINFO_VARS]uint32
+	var n uint64
+	raw.Control(func(fd uintptr) {
+		size := uint32(unsafe.Sizeof(meminfo))
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
+			uintptr(unsafe.Pointer(&meminfo)), uintptr(unsafe.Pointer(&size)), 0)
+		if errno == 0 && size >= uint32(unsafe.Sizeof(meminfo)) {
+			n = uint64(meminfo[unix.SK_MEMINFO_DROPS])
+		}
+	})
+	return n
 }
 
 // Close closes the socket.

@@ -74,3 +74,28 @@ func TestReceiver(t *testing.T) {
 		t.Errorf("Run after cancel: %v", err)
 	}
 }
+
+// TestDrops: datagrams the kernel drops because the socket's buffer is
+// full are counted (SO_MEMINFO), so a lossy collector says so.
+func TestDrops(t *testing.T) {
+	ctx := context.Background()
+	rx, err := udpreceiver.Listen(ctx, "127.0.0.1:0", 4096, filter.New(filter.Config{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(rx.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	line := make([]byte, 1000)
+	for range 100 { // nothing reads: a few fit, the rest are dropped
+		if _, err := conn.Write(line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c := rx.Counters(); c.Drops < 80 || c.Drops > 100 {
+		t.Errorf("%d drops counted of 100 datagrams into an 8 KiB buffer", c.Drops)
+	}
+}

@@ -578,6 +578,9 @@ func TestDaemonBackstop(t *testing.T) {
 		t.Errorf("incident through the ring buffer and the backstop: %v", inc)
 	}
 	body := get(t, pair.Collector.Netns.Do, "http://127.0.0.1:9466/metrics")
+	if !strings.Contains(body, `lastgasp_socket_events_total{event="drops"} 0`) || !strings.Contains(body, `lastgasp_socket_events_total{event="datagrams"} 20`) {
+		t.Errorf("the backstop socket: want the 19 overflowed lines and the fragmented one, none dropped:\n%s", grepLastgasp(body))
+	}
 	if !strings.Contains(body, `lastgasp_decoder_events_total{event="duplicates"} 0`) {
 		t.Errorf("lines seen twice:\n%s", grepLastgasp(body))
 	}

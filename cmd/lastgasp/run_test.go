@@ -122,7 +122,8 @@ func TestRunSocketReportOnly(t *testing.T) {
 		t.Errorf("incident %v", inc)
 	}
 	direct := func(fn func() error) error { return fn() }
-	scrapeFor(t, direct, metricsAddr, `lastgasp_incidents_total{fatal="true",kind="sysrq"} 1`, `lastgasp_decoder_events_total{event="messages"} 22`)
+	scrapeFor(t, direct, metricsAddr, `lastgasp_incidents_total{fatal="true",kind="sysrq"} 1`, `lastgasp_decoder_events_total{event="messages"} 22`,
+		`lastgasp_socket_events_total{event="matched"} 2`, `lastgasp_socket_events_total{event="context"} 20`, `lastgasp_socket_events_total{event="drops"} 0`)
 	for _, path := range []string{"/healthz", "/readyz"} {
 		if body := get(t, direct, "http://"+metricsAddr+path); body != "ok\n" {
 			t.Errorf("%s: %q", path, body)

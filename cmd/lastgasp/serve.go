@@ -262,6 +262,18 @@ func openDataPath(ctx context.Context, c runConfig, table *pattern.Table, log *s
 		}
 		return nil
 	}
+	sumSockets := func() any {
+		var sum udpreceiver.Counters
+		for _, rx := range sockets {
+			c := rx.Counters()
+			sum.Datagrams += c.Datagrams
+			sum.Matched += c.Matched
+			sum.Context += c.Context
+			sum.Truncated += c.Truncated
+			sum.Drops += c.Drops
+		}
+		return sum
+	}
 	setFilters := func(t *pattern.Table) {
 		for _, f := range filters {
 			f.SetPatterns(t)
@@ -277,6 +289,7 @@ func openDataPath(ctx context.Context, c runConfig, table *pattern.Table, log *s
 		for _, rx := range sockets {
 			sources = append(sources, rx)
 		}
+		src.Sockets = sumSockets
 		return &dataPath{
 			source:      sources,
 			setPatterns: func(t *pattern.Table) error { setFilters(t); return nil },
@@ -318,6 +331,7 @@ func openDataPath(ctx context.Context, c runConfig, table *pattern.Table, log *s
 		for _, rx := range sockets {
 			sources = append(sources, rx)
 		}
+		src.Sockets = sumSockets
 	}
 	src.XDP = func() (any, error) { return prog.Counters() }
 	src.RingMalformed = rd.Malformed
