@@ -183,7 +183,7 @@ func TestDuplicates(t *testing.T) {
 	if once("[    1.000000] b\n") != 1 || once("[    1.000000] b\n") != 0 {
 		t.Error("a timed basic line twice: want it once")
 	}
-	if once("no time\n") != 1 || once("no time\n") != 1 {
+	if first, again := once("no time\n"), once("no time\n"); first != 1 || again != 1 {
 		t.Error("an untimed basic line twice: want it twice (a repeat cannot be told from a resend)")
 	}
 	if len(d.Decode(netip.MustParseAddrPort("10.99.0.3:6665"), []byte("4,1,100,-;a"), t0)) != 1 {
