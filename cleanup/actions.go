@@ -225,11 +225,43 @@ func (c *Controller) reportNonFatal(ctx context.Context, log *slog.Logger, node 
 		return nil
 	}
 	return c.write(log, "taint node", func() error {
-		taint := corev1ac.Taint().WithKey(TaintKey).WithEffect(corev1.TaintEffectNoSchedule)
-		apply := corev1ac.Node(node.Name).WithUID(node.UID).WithSpec(corev1ac.NodeSpec().WithTaints(taint))
-		_, err := c.cfg.Client.CoreV1().Nodes().Apply(ctx, apply, metav1.ApplyOptions{FieldManager: fieldManager, Force: true})
-		return ignoreGone(err)
+		return ignoreGone(c.taint(ctx, node))
 	})
+}
+
+// taint adds the lastgasp.io/kernel-oops:NoSchedule taint to the node,
+// keeping its other taints. Node taints are an atomic list (a merge
+// patch or an apply would replace them all), so this is a JSON patch
+// that first tests the UID and the taints the cache holds, then appends;
+// if either changed meanwhile the test fails (422), and the attempt is
+// retried once the cache has caught up. A patch never creates: a node
+// deleted meanwhile is a 404.
+func (c *Controller) taint(ctx context.Context, node *corev1.Node) error {
+	for _, t := range node.Spec.Taints {
+		if t.Key == TaintKey {
+			return nil // there already
+		}
+	}
+	ours := corev1.Taint{Key: TaintKey, Effect: corev1.TaintEffectNoSchedule}
+	ops := []map[string]any{{"op": "test", "path": "/metadata/uid", "value": node.UID}}
+	if len(node.Spec.Taints) == 0 {
+		ops = append(ops,
+			map[string]any{"op": "test", "path": "/spec/taints", "value": nil}, // absent
+			map[string]any{"op": "add", "path": "/spec/taints", "value": []corev1.Taint{ours}})
+	} else {
+		ops = append(ops,
+			map[string]any{"op": "test", "path": "/spec/taints", "value": node.Spec.Taints},
+			map[string]any{"op": "add", "path": "/spec/taints/-", "value": ours})
+	}
+	patch, err := json.Marshal(ops)
+	if err != nil {
+		return err
+	}
+	_, err = c.cfg.Client.CoreV1().Nodes().Patch(ctx, node.Name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
+	if apierrors.IsInvalid(err) {
+		return fmt.Errorf("the node's taints changed since they were cached: %w", err)
+	}
+	return err
 }
 
 // reportUnconfirmed marks a live node that a panic was claimed for.

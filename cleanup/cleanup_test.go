@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -263,18 +264,29 @@ func (o *outcomes) get() map[string]cleanup.Outcome {
 	return maps.Clone(o.seen)
 }
 
-// TestNonFatal: annotation, Event and taint on the node; nothing deleted.
+// TestNonFatal: annotation, Event and taint on the node (its other taint
+// kept); nothing deleted. A node deleted meanwhile is not recreated.
 func TestNonFatal(t *testing.T) {
 	cs := client(t)
 	c := start(t, cs, cleanup.Config{TaintNonFatal: true})
 	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.21"), nil)
+	other := corev1.Taint{Key: "example.com/maintenance", Effect: corev1.TaintEffectNoExecute}
+	node.Spec.Taints = []corev1.Taint{other}
+	node, err := cs.CoreV1().Nodes().Update(context.Background(), node, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ns, pods := makePods(t, cs, node.Name, 3)
 	inc := fatal("10.200.0.21")
 	inc.Fatal, inc.Kind, inc.Reason = false, pattern.KindWarning, "WARNING: CPU: 0 PID: 111 at x.c:28"
 	c.enqueue(t, inc, 3)
 	clustertest.Eventually(t, 20*time.Second, "node not tainted", func() bool {
 		n, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{})
-		return err == nil && len(n.Spec.Taints) == 1 && n.Spec.Taints[0].Key == cleanup.TaintKey
+		if err != nil || len(n.Spec.Taints) != 2 {
+			return false
+		}
+		keys := map[string]bool{n.Spec.Taints[0].Key: true, n.Spec.Taints[1].Key: true}
+		return keys[other.Key] && keys[cleanup.TaintKey]
 	})
 	n, _ := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{})
 	if n.Annotations[cleanup.AnnotationKernelIncident] != inc.ID || n.Annotations[cleanup.AnnotationKernelIncidentKind] != "warning" {
@@ -288,6 +300,52 @@ func TestNonFatal(t *testing.T) {
 		if err != nil || got.DeletionTimestamp != nil || got.Annotations[cleanup.AnnotationIncident] != "" {
 			t.Errorf("%s touched: %v %+v", p.Name, err, got.ObjectMeta)
 		}
+	}
+
+	// A node with no taint yet gets ours; one whose taints changed since
+	// the cache saw them is not clobbered: the attempt fails, to be
+	// retried once the cache has caught up.
+	bare := makeNode(t, cs, clustertest.InternalIP("10.200.0.23"), nil)
+	bare.Spec.Taints = nil // the API server gave it node.kubernetes.io/not-ready
+	if bare, err = cs.CoreV1().Nodes().Update(context.Background(), bare, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ReportNonFatal(context.Background(), bare, inc); err != nil {
+		t.Fatal(err)
+	}
+	stale := makeNode(t, cs, clustertest.InternalIP("10.200.0.24"), nil)
+	changed := stale.DeepCopy()
+	changed.Spec.Taints = append(changed.Spec.Taints, other)
+	if _, err := cs.CoreV1().Nodes().Update(context.Background(), changed, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ReportNonFatal(context.Background(), stale, inc); err == nil {
+		t.Error("taints changed since cached: no error, so no retry")
+	}
+	for name, want := range map[string][]string{bare.Name: {cleanup.TaintKey}, stale.Name: {"node.kubernetes.io/not-ready", other.Key}} {
+		n, err := cs.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		for _, taint := range n.Spec.Taints {
+			keys = append(keys, taint.Key)
+		}
+		if !slices.Equal(keys, want) {
+			t.Errorf("%s: taints %v, want %v", name, keys, want)
+		}
+	}
+
+	// The node is deleted before the report reaches it: done, nothing made.
+	gone := makeNode(t, cs, clustertest.InternalIP("10.200.0.22"), nil)
+	if err := cs.CoreV1().Nodes().Delete(context.Background(), gone.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ReportNonFatal(context.Background(), gone, inc); err != nil {
+		t.Errorf("report on a deleted node: %v", err)
+	}
+	if _, err := cs.CoreV1().Nodes().Get(context.Background(), gone.Name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the deleted node: %v", err)
 	}
 }
 

@@ -13,3 +13,9 @@ import (
 func (c *Controller) EndPod(ctx context.Context, pod *corev1.Pod, inc detect.Incident) error {
 	return c.endPod(ctx, c.log, pod, inc)
 }
+
+// ReportNonFatal runs reportNonFatal on node as given (perhaps deleted
+// since).
+func (c *Controller) ReportNonFatal(ctx context.Context, node *corev1.Node, inc detect.Incident) error {
+	return c.reportNonFatal(ctx, c.log, node, inc)
+}

@@ -974,6 +974,7 @@ func rbacAllows(t *testing.T, admin, sa kubernetes.Interface) {
 	}
 	ctrl := cleanup.New(cleanup.Config{
 		Client: sa, Index: index, Prober: prober, Instance: "deploy-test",
+		TaintNonFatal: true, // --taint-non-fatal: a JSON patch of the node
 		// A refused call shows here, in the test's log, as it is retried.
 		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
 	})
@@ -1009,6 +1010,9 @@ func rbacAllows(t *testing.T, admin, sa kubernetes.Interface) {
 	}
 	if got.Annotations[cleanup.AnnotationKernelIncident] != nonFatal.ID {
 		t.Errorf("oops node annotations %v", got.Annotations)
+	}
+	if !slices.ContainsFunc(got.Spec.Taints, func(t corev1.Taint) bool { return t.Key == cleanup.TaintKey }) {
+		t.Errorf("oops node taints %v", got.Spec.Taints)
 	}
 	if ev := clustertest.EventsFor(t, admin, "", oops.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelProblem {
 		t.Errorf("oops node events %+v", ev)

@@ -40,6 +40,7 @@ type runConfig struct {
 	reportOnlyArg bool // --report-only: never write to a cluster
 	podAction     cleanup.PodAction
 	keepNode      bool
+	taintNonFatal bool
 	metricsAddr   string
 	feedAddr      string
 	journalDir    string         // --journal: where incidents are kept until done
@@ -72,6 +73,7 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	fs.BoolVar(&c.dryRun, "dry-run", false, "compute and log every cluster action, write nothing")
 	podAction := fs.String("pod-action", string(cleanup.PodsFailAndDelete), "what a fatal incident does to the node's pods: fail-and-delete, fail (left for pod GC) or none")
 	fs.BoolVar(&c.keepNode, "keep-node", false, "annotate a dead node and record its Event, but do not delete it")
+	fs.BoolVar(&c.taintNonFatal, "taint-non-fatal", false, "taint a node whose kernel reported a problem and lives on (lastgasp.io/kernel-oops:NoSchedule), beside its annotations and Event")
 	confirm := fs.String("confirm", "tcp", "how a panic is confirmed before deletion: tcp (kubelet port silent, Lease stale) or none")
 	fs.IntVar(&c.kubeletPort, "kubelet-port", liveness.DefaultPort, "port probed to confirm a node is dead")
 	fs.Var(&allow, "allow", "source network(s) acted on, CIDR, comma-separated or repeated (default: any)")

@@ -409,7 +409,7 @@ func clusterSide(c runConfig, log *slog.Logger) (*cluster, error) {
 		Client: cs, Index: cl.index, Prober: prober,
 		AllowedSources: c.allowed, MaxNodeDeletionsPerMinute: c.maxDeletions,
 		DryRun: c.dryRun, Instance: host, Logger: log,
-		PodAction: c.podAction, KeepNode: c.keepNode,
+		PodAction: c.podAction, KeepNode: c.keepNode, TaintNonFatal: c.taintNonFatal,
 		OnDone: func(inc detect.Incident, o cleanup.Outcome, node string, at time.Time) { cl.onDone(inc, o, node, at) },
 	})
 	return cl, nil
