@@ -63,7 +63,7 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	fs.StringVar(&c.mode, "mode", "xdp", "data path: xdp (the XDP program) or socket (a UDP socket)")
 	fs.Var(&ifaces, "interface", "interface(s) to attach the XDP program to (xdp mode), comma-separated or repeated")
 	fs.Var(&ports, "port", "netconsole UDP port(s), comma-separated or repeated")
-	fs.StringVar(&c.listen, "listen", "::", "address the socket data path listens on (socket mode)")
+	fs.StringVar(&c.listen, "listen", "::", "address the UDP sockets listen on: the socket data path, or the backstop in xdp mode")
 	xdpMode := fs.String("xdp-mode", "auto", "XDP attach mode: native, generic or auto (native, falling back to generic)")
 	forward := fs.String("forward", "drop", "what the XDP program does with netconsole packets once handled: drop or pass")
 	fs.IntVar(&c.contextLines, "context-lines", loader.DefaultContextLines, "lines forwarded after a match from the same source (0: none)")
