@@ -181,7 +181,11 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 			m.PatternReload(false)
 			return false
 		}
-		reload <- t
+		select {
+		case reload <- t: // to the detector, in the collector's loop
+		case <-ctx.Done():
+			return false
+		}
 		current.Store(t)
 		m.PatternReload(true)
 		return true
