@@ -9,10 +9,12 @@ GO ?= go
 # XDP program, libbpf-dev has bpf_helpers.h, linux-libc-dev the protocol
 # headers; iproute2 builds the test network namespaces; the real-kernel rig
 # (kernelrig/) boots Debian's 6.1 kernel under qemu with a busybox
-# initramfs and builds its test module against the kernel's headers.
+# initramfs and builds its test module against the kernel's headers;
+# nftables gives a test node a firewall that rejects (liveness).
 KERNEL_ABI := 6.1.0-56-amd64
 DEBIAN_PACKAGES := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 jq \
-	qemu-system-x86 linux-image-$(KERNEL_ABI) linux-headers-$(KERNEL_ABI) busybox-static gcc make libc6-dev
+	qemu-system-x86 linux-image-$(KERNEL_ABI) linux-headers-$(KERNEL_ABI) busybox-static gcc make libc6-dev \
+	nftables
 
 .PHONY: help
 help: ## list the targets

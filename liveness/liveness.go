@@ -6,8 +6,9 @@
 // ARP, no TCP reset. So a node is confirmed dead when, for a whole window,
 // no connection to its kubelet port gets an answer of any kind (a reset,
 // "connection refused", proves a live kernel as surely as an accepted
-// connection does), and its kubelet has not renewed its Lease since the
-// panic.
+// connection does; so does an ICMP unreachable from a host that answers
+// ARP, a firewall's reject), and its kubelet has not renewed its Lease
+// since the panic.
 package liveness
 
 import (
@@ -58,6 +59,9 @@ type Prober struct {
 	LeaseWindow time.Duration
 	// Dial makes the connections. Default net.Dialer.DialContext.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// Neighbour reads the neighbour table, in the namespace Dial dials
+	// from, after a "no route to host". Default NeighbourAnswered.
+	Neighbour func(netip.Addr) (bool, error)
 }
 
 // Verdict is what a probe found.
@@ -126,6 +130,16 @@ func (p *Prober) probe(ctx context.Context, target string, until time.Time) (boo
 			return true, "a TCP reset (connection refused)", nil
 		case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EADDRNOTAVAIL):
 			return false, "", fmt.Errorf("cannot probe from here: %w", err)
+		case errors.Is(err, syscall.EHOSTUNREACH):
+			// Either ARP/NDP went unanswered (the entry is then
+			// FAILED), or an ICMP unreachable came back: from the
+			// host itself, if it answers ARP (a firewall's reject of
+			// the port), and that is a live kernel.
+			if answered, err := p.neighbourAnswered(target); err != nil {
+				return false, "", fmt.Errorf("cannot probe from here: %w", err)
+			} else if answered {
+				return true, "an ICMP unreachable (a firewall's reject) from a host that answers ARP/NDP", nil
+			}
 		}
 		// A timeout, "no route to host" (ARP went unanswered) or
 		// "network unreachable": no sign of life. Do not spin when the
@@ -178,6 +192,18 @@ func probeAddress(node *corev1.Node, source netip.Addr) netip.Addr {
 		}
 	}
 	return source.Unmap()
+}
+
+// neighbourAnswered reads the neighbour table for target's address.
+func (p *Prober) neighbourAnswered(target string) (bool, error) {
+	ap, err := netip.ParseAddrPort(target)
+	if err != nil {
+		return false, err
+	}
+	if p.Neighbour != nil {
+		return p.Neighbour(ap.Addr())
+	}
+	return NeighbourAnswered(ap.Addr())
 }
 
 func (p *Prober) port() int {
