@@ -48,6 +48,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 
@@ -245,12 +246,14 @@ func run(ctx context.Context, binary, capture string, kernel bool) error {
 	say("lastgasp recognises the panic, confirms the node is dead (its kubelet port does not answer), and ends the node's pods and the Node:")
 	deadline := time.After(150 * time.Second)
 	nodeGone := false
+	var view podView
 	pending := 3
 	for pending > 0 || !nodeGone {
 		select {
 		case ev := <-w.ResultChan():
 			if p, ok := ev.Object.(*corev1.Pod); ok && p.Spec.NodeName == nodeName {
-				pending -= showPodEvent(ev.Type, p, start())
+				view.start = start()
+				pending -= view.show(ev.Type, p)
 			}
 		case <-time.After(200 * time.Millisecond):
 			if !nodeGone {
@@ -538,21 +541,40 @@ func sendFrames(frames []packettest.Captured) error {
 	return <-errc
 }
 
-// showPodEvent prints what a watch event says about a pod, and returns 1
-// when the pod is gone.
-func showPodEvent(t watch.EventType, p *corev1.Pod, start time.Time) int {
-	at := time.Since(start).Seconds()
-	switch t {
-	case watch.Modified:
-		for _, c := range p.Status.Conditions {
-			if c.Type == corev1.DisruptionTarget && c.Status == corev1.ConditionTrue && p.DeletionTimestamp == nil {
-				fmt.Printf("    %6.2fs  pod/%s -n %s: phase %s, condition DisruptionTarget=True reason %s\n", at, p.Name, p.Namespace, p.Status.Phase, c.Reason)
-				fmt.Printf("              %s: %q\n", cleanup.AnnotationReason, p.Annotations[cleanup.AnnotationReason])
-			}
-		}
-	case watch.Deleted:
-		fmt.Printf("    %6.2fs  pod/%s -n %s deleted (last phase %s)\n", at, p.Name, p.Namespace, p.Status.Phase)
+// podView prints a pod's steps as watch events bring them: its
+// condition and annotations, its phase Failed, its deletion; each once.
+type podView struct {
+	start time.Time
+	shown map[types.UID]map[string]bool
+}
+
+// show prints what is new in one watch event, and returns 1 when the pod
+// is gone.
+func (v *podView) show(t watch.EventType, p *corev1.Pod) int {
+	if v.shown == nil {
+		v.shown = map[types.UID]map[string]bool{}
+	}
+	seen := v.shown[p.UID]
+	if seen == nil {
+		seen = map[string]bool{}
+		v.shown[p.UID] = seen
+	}
+	at := time.Since(v.start).Seconds()
+	name := fmt.Sprintf("pod/%s -n %s", p.Name, p.Namespace)
+	if t == watch.Deleted {
+		fmt.Printf("    %6.2fs  %s deleted (last phase %s)\n", at, name, p.Status.Phase)
 		return 1
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.DisruptionTarget && c.Status == corev1.ConditionTrue && !seen["condition"] {
+			seen["condition"] = true
+			fmt.Printf("    %6.2fs  %s: condition DisruptionTarget=True reason %s, annotated\n", at, name, c.Reason)
+			fmt.Printf("              %s: %q\n", cleanup.AnnotationReason, p.Annotations[cleanup.AnnotationReason])
+		}
+	}
+	if p.Status.Phase == corev1.PodFailed && !seen["failed"] {
+		seen["failed"] = true
+		fmt.Printf("    %6.2fs  %s: phase Failed\n", at, name)
 	}
 	return 0
 }
