@@ -50,8 +50,17 @@ const (
 	EventReasonNodeKernelProblem = "NodeKernelProblem"
 )
 
-// fieldManager owns what lastgasp applies.
+// fieldManager owns what lastgasp writes.
 const fieldManager = "lastgasp"
+
+// podEndManager owns what applyPodEnd applies to a pod's status: a name of
+// its own for that set of fields. Server-side apply removes the fields a
+// manager applied before and leaves out now, so a collector of an older
+// version (which applied the condition and the phase as "lastgasp") and
+// a newer one (the annotations and the condition) sharing one name would
+// undo each other during a rollout: the phase reset to "", or the
+// annotations removed.
+const podEndManager = "lastgasp-pod-end"
 
 // maxAnnotationText bounds the kernel text put in an annotation.
 const maxAnnotationText = 1024
@@ -89,7 +98,7 @@ func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1
 		AnnotationIncident:   inc.ID,
 	}
 	err = c.write(log, "annotate node", func() error {
-		return ignoreGone(c.annotate(ctx, "", "nodes", node.Name, node.UID, annotations))
+		return ignoreGone(c.annotateNode(ctx, node, annotations))
 	})
 	if err != nil {
 		return err
@@ -176,7 +185,7 @@ func (c *Controller) applyPodEnd(ctx context.Context, pod *corev1.Pod, inc detec
 			AnnotationIncident:   inc.ID,
 		}).
 		WithStatus(status)
-	_, err := c.cfg.Client.CoreV1().Pods(pod.Namespace).ApplyStatus(ctx, apply, metav1.ApplyOptions{FieldManager: fieldManager, Force: true})
+	_, err := c.cfg.Client.CoreV1().Pods(pod.Namespace).ApplyStatus(ctx, apply, metav1.ApplyOptions{FieldManager: podEndManager, Force: true})
 	return err
 }
 
@@ -189,17 +198,22 @@ func (c *Controller) applyPodEnd(ctx context.Context, pod *corev1.Pod, inc detec
 // pod moved on meanwhile: its phase is left as it is (it is deleted next
 // all the same, with the DisruptionTarget condition that says why).
 func (c *Controller) failPod(ctx context.Context, log *slog.Logger, pod *corev1.Pod) error {
+	var cached any = pod.Status.Phase
+	if pod.Status.Phase == "" {
+		cached = nil // no phase: test that there is none
+	}
 	patch, err := json.Marshal([]map[string]any{
 		{"op": "test", "path": "/metadata/uid", "value": pod.UID},
-		{"op": "test", "path": "/status/phase", "value": pod.Status.Phase},
-		{"op": "replace", "path": "/status/phase", "value": corev1.PodFailed},
+		{"op": "test", "path": "/status/phase", "value": cached},
+		{"op": "add", "path": "/status/phase", "value": corev1.PodFailed},
 	})
 	if err != nil {
 		return err
 	}
 	_, err = c.cfg.Client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}, "status")
 	if apierrors.IsInvalid(err) {
-		log.Info("the pod's phase changed since it was cached: left as it is", "cached_phase", pod.Status.Phase)
+		// Most often another collector set it first.
+		log.Debug("the pod's phase (or UID) is not what the cache held: phase left as it is", "cached_phase", pod.Status.Phase, "error", err)
 		return nil
 	}
 	return err
@@ -211,7 +225,7 @@ func (c *Controller) reportNonFatal(ctx context.Context, log *slog.Logger, node 
 	log.Info("non-fatal kernel incident: reported on the node", "reason", inc.Reason)
 	msg := clip(fmt.Sprintf("the node's kernel reported a %s and is still running: %s", inc.Kind, inc.Reason))
 	err := c.write(log, "annotate node", func() error {
-		return ignoreGone(c.annotate(ctx, "", "nodes", node.Name, node.UID, map[string]string{
+		return ignoreGone(c.annotateNode(ctx, node, map[string]string{
 			AnnotationKernelIncident:       inc.ID,
 			AnnotationKernelIncidentKind:   string(inc.Kind),
 			AnnotationKernelIncidentReason: clip(inc.Reason),
@@ -267,7 +281,7 @@ func (c *Controller) taint(ctx context.Context, node *corev1.Node) error {
 // reportUnconfirmed marks a live node that a panic was claimed for.
 func (c *Controller) reportUnconfirmed(ctx context.Context, log *slog.Logger, node *corev1.Node, inc detect.Incident, evidence string) error {
 	err := c.write(log, "annotate node", func() error {
-		return ignoreGone(c.annotate(ctx, "", "nodes", node.Name, node.UID, map[string]string{
+		return ignoreGone(c.annotateNode(ctx, node, map[string]string{
 			AnnotationUnconfirmed:         inc.ID,
 			AnnotationUnconfirmedEvidence: clip(evidence),
 		}))
@@ -280,23 +294,16 @@ func (c *Controller) reportUnconfirmed(ctx context.Context, log *slog.Logger, no
 	return nil
 }
 
-// annotate merges annotations into an object's metadata. The patch
-// carries the object's UID, so that it fails (409 Conflict) on another
-// object of the same name: a pod recreated elsewhere, a node registered
-// again.
-func (c *Controller) annotate(ctx context.Context, namespace, resource, name string, uid types.UID, annotations map[string]string) error {
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"uid": uid, "annotations": annotations}})
+// annotateNode merges annotations into a Node's metadata. The patch
+// carries the Node's UID, so that it fails (409 Conflict) on a node
+// registered again under the name. (Pods are annotated through their
+// status: see applyPodEnd.)
+func (c *Controller) annotateNode(ctx context.Context, node *corev1.Node, annotations map[string]string) error {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"uid": node.UID, "annotations": annotations}})
 	if err != nil {
 		return err
 	}
-	switch resource {
-	case "pods":
-		_, err = c.cfg.Client.CoreV1().Pods(namespace).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
-	case "nodes":
-		_, err = c.cfg.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
-	default:
-		err = fmt.Errorf("annotate: unknown resource %q", resource)
-	}
+	_, err = c.cfg.Client.CoreV1().Nodes().Patch(ctx, node.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
 	return err
 }
 

@@ -19,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 
@@ -418,6 +419,47 @@ func TestStaleCache(t *testing.T) {
 			t.Fatal(err)
 		}
 		clustertest.CheckPodEnded(t, got, inc, want)
+	}
+}
+
+// TestMixedVersions: during a rollout, a collector of the previous
+// version (which applied the condition and phase Failed to the status
+// as field manager "lastgasp") and this one act on the same pod, in
+// either order: the phase stays Failed and the annotations stay.
+func TestMixedVersions(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{})
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.37"), nil)
+	ns := clustertest.Unique("ns")
+	pods := clustertest.Pods(t, cs, ns, node.Name, 2, clustertest.Hold)
+	t.Cleanup(func() { clustertest.Release(cs, ns) })
+	inc := fatal("10.200.0.37")
+	ctx := context.Background()
+	previous := func(p *corev1.Pod) {
+		t.Helper()
+		apply := corev1ac.Pod(p.Name, p.Namespace).WithUID(p.UID).WithStatus(corev1ac.PodStatus().
+			WithPhase(corev1.PodFailed).
+			WithConditions(corev1ac.PodCondition().WithType(corev1.DisruptionTarget).WithStatus(corev1.ConditionTrue).
+				WithReason(cleanup.ConditionReasonKernelPanic).WithMessage("the node's kernel panicked: " + inc.Reason + " (incident " + inc.ID + ")").
+				WithLastTransitionTime(metav1.NewTime(inc.First.Truncate(time.Second)))))
+		if _, err := cs.CoreV1().Pods(p.Namespace).ApplyStatus(ctx, apply, metav1.ApplyOptions{FieldManager: "lastgasp", Force: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	previous(pods[0]) // the previous version first, then this one
+	if err := c.EndPod(ctx, pods[0], inc); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.EndPod(ctx, pods[1], inc); err != nil { // this one first
+		t.Fatal(err)
+	}
+	previous(pods[1])
+	for _, p := range pods {
+		got, err := cs.CoreV1().Pods(ns).Get(ctx, p.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clustertest.CheckPodEnded(t, got, inc, corev1.PodFailed)
 	}
 }
 

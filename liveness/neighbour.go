@@ -8,15 +8,17 @@ import (
 )
 
 // Neighbour-table states (NUD_*, include/uapi/linux/neighbour.h) that mean
-// the address answered ARP or NDP lately, or is configured as there.
+// the address answered ARP or NDP lately, or is configured at a link
+// address (PERMANENT: then a dead host never yields "no route to host",
+// only silence). NOARP is left out: on a device without ARP (a tunnel) an
+// ICMP unreachable can come from the far end, not the host.
 const (
 	nudReachable = 0x02
 	nudStale     = 0x04
 	nudDelay     = 0x08
 	nudProbe     = 0x10
-	nudNoARP     = 0x40
 	nudPermanent = 0x80
-	nudAnswered  = nudReachable | nudStale | nudDelay | nudProbe | nudNoARP | nudPermanent
+	nudAnswered  = nudReachable | nudStale | nudDelay | nudProbe | nudPermanent
 )
 
 // ndaDst is the neighbour attribute holding the address (NDA_DST).
@@ -32,9 +34,10 @@ const ndmsgLen = 12
 // after a failed ARP resolution the entry is FAILED, while an ICMP
 // unreachable sent by the host itself (a firewall's reject) leaves it
 // REACHABLE. An address not in the table (a routed one: the neighbour is
-// its gateway) is not answered.
+// its gateway) is not answered; one with entries on several devices is
+// answered if any of them says so.
 func NeighbourAnswered(addr netip.Addr) (bool, error) {
-	addr = addr.Unmap()
+	addr = addr.Unmap().WithZone("")
 	family := syscall.AF_INET
 	if addr.Is6() {
 		family = syscall.AF_INET6
@@ -58,8 +61,8 @@ func NeighbourAnswered(addr netip.Addr) (bool, error) {
 				break // malformed: stop reading this message
 			}
 			if binary.NativeEndian.Uint16(attrs[2:4]) == ndaDst {
-				if ip, ok := netip.AddrFromSlice(attrs[4:n]); ok && ip == addr {
-					return state&nudAnswered != 0, nil
+				if ip, ok := netip.AddrFromSlice(attrs[4:n]); ok && ip == addr && state&nudAnswered != 0 {
+					return true, nil
 				}
 			}
 			attrs = attrs[min((n+3)&^3, len(attrs)):]
