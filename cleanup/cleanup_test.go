@@ -595,13 +595,7 @@ func TestSpoofedPanic(t *testing.T) {
 		Window:      1500 * time.Millisecond,
 		Attempt:     500 * time.Millisecond,
 		LeaseWindow: time.Second,
-		Dial: func(ctx context.Context, network, address string) (conn net.Conn, err error) {
-			err = pair.Collector.Netns.Do(func() error {
-				conn, err = (&net.Dialer{}).DialContext(ctx, network, address)
-				return err
-			})
-			return conn, err
-		},
+		Do:          pair.Collector.Netns.Do,
 	}
 	c := start(t, cs, cleanup.Config{Prober: prober})
 

@@ -964,13 +964,7 @@ func rbacAllows(t *testing.T, admin, sa kubernetes.Interface) {
 		LeaseWindow: time.Second,
 		// The probe leaves from the collector's namespace, as from a
 		// collector node.
-		Dial: func(ctx context.Context, network, address string) (conn net.Conn, err error) {
-			err = pair.Collector.Netns.Do(func() error {
-				conn, err = (&net.Dialer{}).DialContext(ctx, network, address)
-				return err
-			})
-			return conn, err
-		},
+		Do: pair.Collector.Netns.Do,
 	}
 	ctrl := cleanup.New(cleanup.Config{
 		Client: sa, Index: index, Prober: prober, Instance: "deploy-test",

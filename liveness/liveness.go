@@ -57,11 +57,10 @@ type Prober struct {
 	// renewed its Lease: probing goes on at least until then, so that the
 	// Lease check can prove something. Default 12s.
 	LeaseWindow time.Duration
-	// Dial makes the connections. Default net.Dialer.DialContext.
-	Dial func(ctx context.Context, network, address string) (net.Conn, error)
-	// Neighbour reads the neighbour table, in the namespace Dial dials
-	// from, after a "no route to host". Default NeighbourAnswered.
-	Neighbour func(netip.Addr) (bool, error)
+	// Do, if set, runs the probe's network work (connections, the
+	// neighbour table) inside another network namespace: a test's
+	// netns.Do. Default: the process's own.
+	Do func(func() error) error
 }
 
 // Verdict is what a probe found.
@@ -113,14 +112,14 @@ func (p *Prober) Confirm(ctx context.Context, node *corev1.Node, source netip.Ad
 func (p *Prober) probe(ctx context.Context, target string, until time.Time) (bool, string, error) {
 	ctx, cancel := context.WithDeadline(ctx, until)
 	defer cancel()
-	dial := p.Dial
-	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
-	}
 	for {
 		attempt, cancelAttempt := context.WithTimeout(ctx, p.attempt())
 		start := time.Now()
-		conn, err := dial(attempt, "tcp", target)
+		var conn net.Conn
+		err := p.do(func() (err error) {
+			conn, err = (&net.Dialer{}).DialContext(attempt, "tcp", target)
+			return err
+		})
 		cancelAttempt()
 		switch {
 		case err == nil:
@@ -195,15 +194,24 @@ func probeAddress(node *corev1.Node, source netip.Addr) netip.Addr {
 }
 
 // neighbourAnswered reads the neighbour table for target's address.
-func (p *Prober) neighbourAnswered(target string) (bool, error) {
+func (p *Prober) neighbourAnswered(target string) (answered bool, err error) {
 	ap, err := netip.ParseAddrPort(target)
 	if err != nil {
 		return false, err
 	}
-	if p.Neighbour != nil {
-		return p.Neighbour(ap.Addr())
+	err = p.do(func() (err error) {
+		answered, err = NeighbourAnswered(ap.Addr())
+		return err
+	})
+	return answered, err
+}
+
+// do runs fn where the probe's network work happens (see Prober.Do).
+func (p *Prober) do(fn func() error) error {
+	if p.Do != nil {
+		return p.Do(fn)
 	}
-	return NeighbourAnswered(ap.Addr())
+	return fn()
 }
 
 func (p *Prober) port() int {

@@ -2,7 +2,6 @@ package liveness_test
 
 import (
 	"context"
-	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
@@ -46,23 +45,9 @@ func TestFirewalledNodeIsAlive(t *testing.T) {
 	testnet.RequireRoot(t)
 	pair := testnet.NewPair(t)
 	rejectKubelet(t, pair.Node.Netns)
-	in := pair.Collector.Netns.Do
 	p := &liveness.Prober{
 		Window: 1500 * time.Millisecond, Attempt: 500 * time.Millisecond, LeaseWindow: time.Second,
-		Dial: func(ctx context.Context, network, address string) (conn net.Conn, err error) {
-			err = in(func() error {
-				conn, err = (&net.Dialer{}).DialContext(ctx, network, address)
-				return err
-			})
-			return conn, err
-		},
-		Neighbour: func(addr netip.Addr) (answered bool, err error) {
-			err = in(func() error {
-				answered, err = liveness.NeighbourAnswered(addr)
-				return err
-			})
-			return answered, err
-		},
+		Do: pair.Collector.Netns.Do, // probe from the collector's namespace
 	}
 	for _, c := range []struct {
 		addr netip.Addr
