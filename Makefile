@@ -8,7 +8,7 @@ GO ?= go
 # What the build and the tests need from Debian: clang and llvm compile the
 # XDP program, libbpf-dev has bpf_helpers.h, linux-libc-dev the protocol
 # headers; iproute2 builds the test network namespaces; the real-kernel rig
-# (kernelrig/) boots Debian's 6.1 kernel under qemu with a busybox
+# (internal/testrig/kernelrig/) boots Debian's 6.1 kernel under qemu with a busybox
 # initramfs and builds its test module against the kernel's headers;
 # nftables gives a test node a firewall that rejects (liveness).
 KERNEL_ABI := 6.1.0-56-amd64
@@ -29,11 +29,11 @@ deps: ## install what the build and tests need (apt packages, Go modules, bpffs,
 	fi
 	$(GO) mod download
 	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
-	@./internal/controlplane/build.sh >/dev/null
+	@./internal/testrig/controlplane/build.sh >/dev/null
 
 .PHONY: controlplane
 controlplane: ## build (once, ~10 min, cached in /var/cache/lastgasp) kube-apiserver, kube-controller-manager and etcd
-	./internal/controlplane/build.sh
+	./internal/testrig/controlplane/build.sh
 
 .PHONY: generate
 generate: ## compile bpf/*.c and regenerate its Go bindings (bpf2go)
@@ -65,16 +65,16 @@ bench: deps ## run the benchmarks (see bench/README.md)
 
 .PHONY: record-kernel
 record-kernel: deps ## re-record the real-kernel captures in testdata/kernel (qemu, ~4 min)
-	$(GO) run ./kernelrig/cmd/record -out testdata/kernel
+	$(GO) run ./internal/testrig/kernelrig/cmd/record -out testdata/kernel
 
 .PHONY: demo
 demo: deps build ## the whole appliance: control plane, a node host, its pods, a real panic, the cleanup
-	$(GO) run ./demo
+	$(GO) run ./cmd/demo
 
 .PHONY: demo-kernel
 demo-kernel: deps build ## make demo with a real kernel panicking live under qemu (about a minute)
-	$(GO) run ./demo --kernel
+	$(GO) run ./cmd/demo --kernel
 
 .PHONY: demo-scan
 demo-scan: deps build ## run the real panic captures through the XDP program (no cluster)
-	./demo/scan.sh
+	./cmd/demo/scan.sh

@@ -17,11 +17,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/lastgasp/lastgasp/cleanup"
-	"github.com/lastgasp/lastgasp/detect"
-	"github.com/lastgasp/lastgasp/internal/controlplane"
-	"github.com/lastgasp/lastgasp/nodeindex"
-	"github.com/lastgasp/lastgasp/pattern"
+	"github.com/lastgasp/lastgasp/internal/cleanup"
+	"github.com/lastgasp/lastgasp/internal/detect"
+	"github.com/lastgasp/lastgasp/internal/nodeindex"
+	"github.com/lastgasp/lastgasp/internal/pattern"
+	"github.com/lastgasp/lastgasp/internal/testrig/controlplane"
 )
 
 // BenchmarkCleanup measures, against a real kube-apiserver and etcd, the

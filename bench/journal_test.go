@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lastgasp/lastgasp/detect"
-	"github.com/lastgasp/lastgasp/journal"
-	"github.com/lastgasp/lastgasp/pattern"
+	"github.com/lastgasp/lastgasp/internal/detect"
+	"github.com/lastgasp/lastgasp/internal/journal"
+	"github.com/lastgasp/lastgasp/internal/pattern"
 )
 
 // BenchmarkJournal measures what the journal adds to an incident: a

@@ -8,11 +8,11 @@ import (
 	"unsafe"
 
 	"github.com/lastgasp/lastgasp/bpf"
-	"github.com/lastgasp/lastgasp/detect"
-	"github.com/lastgasp/lastgasp/filter"
-	"github.com/lastgasp/lastgasp/internal/packettest"
-	"github.com/lastgasp/lastgasp/netconsole"
-	"github.com/lastgasp/lastgasp/pattern"
+	"github.com/lastgasp/lastgasp/internal/detect"
+	"github.com/lastgasp/lastgasp/internal/filter"
+	"github.com/lastgasp/lastgasp/internal/netconsole"
+	"github.com/lastgasp/lastgasp/internal/pattern"
+	"github.com/lastgasp/lastgasp/internal/testrig/packettest"
 	"github.com/lastgasp/lastgasp/ringbuf"
 )
 

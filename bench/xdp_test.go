@@ -14,7 +14,7 @@ import (
 	cilium "github.com/cilium/ebpf/ringbuf"
 
 	"github.com/lastgasp/lastgasp/bpf"
-	"github.com/lastgasp/lastgasp/internal/packettest"
+	"github.com/lastgasp/lastgasp/internal/testrig/packettest"
 	"github.com/lastgasp/lastgasp/loader"
 	"github.com/lastgasp/lastgasp/ringbuf"
 )

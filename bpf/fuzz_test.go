@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lastgasp/lastgasp/filter"
-	"github.com/lastgasp/lastgasp/internal/packettest"
+	"github.com/lastgasp/lastgasp/internal/filter"
+	"github.com/lastgasp/lastgasp/internal/pattern"
+	"github.com/lastgasp/lastgasp/internal/testrig/packettest"
 	"github.com/lastgasp/lastgasp/loader"
-	"github.com/lastgasp/lastgasp/pattern"
 )
 
 // maxFuzzPayload keeps fuzzed frames within what BPF_PROG_TEST_RUN takes

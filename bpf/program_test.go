@@ -12,11 +12,11 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/lastgasp/lastgasp/filter"
-	"github.com/lastgasp/lastgasp/internal/packettest"
+	"github.com/lastgasp/lastgasp/internal/filter"
+	"github.com/lastgasp/lastgasp/internal/pattern"
+	"github.com/lastgasp/lastgasp/internal/pcapscan"
+	"github.com/lastgasp/lastgasp/internal/testrig/packettest"
 	"github.com/lastgasp/lastgasp/loader"
-	"github.com/lastgasp/lastgasp/pattern"
-	"github.com/lastgasp/lastgasp/pcapscan"
 )
 
 // XDP verdicts.

@@ -44,14 +44,14 @@ import (
 	"k8s.io/client-go/rest"
 	crclient "sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/lastgasp/lastgasp/cleanup"
-	"github.com/lastgasp/lastgasp/detect"
-	"github.com/lastgasp/lastgasp/internal/clustertest"
-	"github.com/lastgasp/lastgasp/internal/controlplane"
-	"github.com/lastgasp/lastgasp/internal/testnet"
-	"github.com/lastgasp/lastgasp/liveness"
-	"github.com/lastgasp/lastgasp/nodeindex"
-	"github.com/lastgasp/lastgasp/pattern"
+	"github.com/lastgasp/lastgasp/internal/cleanup"
+	"github.com/lastgasp/lastgasp/internal/detect"
+	"github.com/lastgasp/lastgasp/internal/liveness"
+	"github.com/lastgasp/lastgasp/internal/nodeindex"
+	"github.com/lastgasp/lastgasp/internal/pattern"
+	"github.com/lastgasp/lastgasp/internal/testrig/clustertest"
+	"github.com/lastgasp/lastgasp/internal/testrig/controlplane"
+	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
 )
 
 // manifestFile is the file under test.

@@ -15,7 +15,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/lastgasp/lastgasp/bpf"
-	"github.com/lastgasp/lastgasp/pattern"
+	"github.com/lastgasp/lastgasp/internal/pattern"
 )
 
 // DefaultPort is where netconsole sends unless told otherwise.

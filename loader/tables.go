@@ -8,7 +8,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/lastgasp/lastgasp/bpf"
-	"github.com/lastgasp/lastgasp/pattern"
+	"github.com/lastgasp/lastgasp/internal/pattern"
 )
 
 // SetPorts makes ports the program's netconsole ports, at run time: ports

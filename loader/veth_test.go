@@ -1,7 +1,7 @@
 package loader_test
 
 // End-to-end tests of the XDP program on a real interface: it is attached
-// to the collector's end of a veth pair (internal/testnet), and real UDP
+// to the collector's end of a veth pair (internal/testrig/testnet), and real UDP
 // datagrams are sent to it from real sockets in the node's namespace.
 //
 // Ordering makes these tests deterministic without sleeping: the veth has
@@ -31,10 +31,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/lastgasp/lastgasp/filter"
-	"github.com/lastgasp/lastgasp/internal/testnet"
+	"github.com/lastgasp/lastgasp/internal/filter"
+	"github.com/lastgasp/lastgasp/internal/pattern"
+	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
 	"github.com/lastgasp/lastgasp/loader"
-	"github.com/lastgasp/lastgasp/pattern"
 	"github.com/lastgasp/lastgasp/ringbuf"
 )
 

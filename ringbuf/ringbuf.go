@@ -23,7 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lastgasp/lastgasp/bpf"
-	"github.com/lastgasp/lastgasp/filter"
+	"github.com/lastgasp/lastgasp/internal/filter"
 )
 
 // PollInterval is how often the reader looks for records written without

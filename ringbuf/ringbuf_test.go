@@ -11,8 +11,8 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/lastgasp/lastgasp/bpf"
-	"github.com/lastgasp/lastgasp/filter"
-	"github.com/lastgasp/lastgasp/internal/packettest"
+	"github.com/lastgasp/lastgasp/internal/filter"
+	"github.com/lastgasp/lastgasp/internal/testrig/packettest"
 	"github.com/lastgasp/lastgasp/loader"
 	"github.com/lastgasp/lastgasp/ringbuf"
 )

@@ -19,11 +19,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/lastgasp/lastgasp/internal/clustertest"
-	"github.com/lastgasp/lastgasp/internal/controlplane"
-	"github.com/lastgasp/lastgasp/internal/testnet"
-	"github.com/lastgasp/lastgasp/journal"
-	"github.com/lastgasp/lastgasp/kernelrig"
+	"github.com/lastgasp/lastgasp/internal/journal"
+	"github.com/lastgasp/lastgasp/internal/testrig/clustertest"
+	"github.com/lastgasp/lastgasp/internal/testrig/controlplane"
+	"github.com/lastgasp/lastgasp/internal/testrig/kernelrig"
+	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
 )
 
 // runAsCommand makes this test binary, re-executed with it in its

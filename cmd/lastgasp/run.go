@@ -12,10 +12,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lastgasp/lastgasp/cleanup"
-	"github.com/lastgasp/lastgasp/liveness"
+	"github.com/lastgasp/lastgasp/internal/cleanup"
+	"github.com/lastgasp/lastgasp/internal/liveness"
+	"github.com/lastgasp/lastgasp/internal/pattern"
 	"github.com/lastgasp/lastgasp/loader"
-	"github.com/lastgasp/lastgasp/pattern"
 )
 
 // runConfig is every flag of "lastgasp run", checked.

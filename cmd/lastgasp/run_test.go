@@ -17,8 +17,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/lastgasp/lastgasp/internal/packettest"
-	"github.com/lastgasp/lastgasp/internal/testnet"
+	"github.com/lastgasp/lastgasp/internal/testrig/packettest"
+	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
 )
 
 func TestRunBadFlags(t *testing.T) {

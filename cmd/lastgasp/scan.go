@@ -11,13 +11,13 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/lastgasp/lastgasp/detect"
-	"github.com/lastgasp/lastgasp/feed"
-	"github.com/lastgasp/lastgasp/filter"
+	"github.com/lastgasp/lastgasp/internal/detect"
+	"github.com/lastgasp/lastgasp/internal/feed"
+	"github.com/lastgasp/lastgasp/internal/filter"
+	"github.com/lastgasp/lastgasp/internal/netconsole"
+	"github.com/lastgasp/lastgasp/internal/pattern"
+	"github.com/lastgasp/lastgasp/internal/pcapscan"
 	"github.com/lastgasp/lastgasp/loader"
-	"github.com/lastgasp/lastgasp/netconsole"
-	"github.com/lastgasp/lastgasp/pattern"
-	"github.com/lastgasp/lastgasp/pcapscan"
 )
 
 // scan runs "lastgasp scan": every packet of every file through the real

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lastgasp/lastgasp/feed"
+	"github.com/lastgasp/lastgasp/internal/feed"
 )
 
 // tailCmd runs "lastgasp tail": it prints a running collector's

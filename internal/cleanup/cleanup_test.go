@@ -1,0 +1,762 @@
+package cleanup_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/lastgasp/lastgasp/internal/cleanup"
+	"github.com/lastgasp/lastgasp/internal/detect"
+	"github.com/lastgasp/lastgasp/internal/liveness"
+	"github.com/lastgasp/lastgasp/internal/nodeindex"
+	"github.com/lastgasp/lastgasp/internal/pattern"
+	"github.com/lastgasp/lastgasp/internal/testrig/clustertest"
+	"github.com/lastgasp/lastgasp/internal/testrig/controlplane"
+	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
+)
+
+// cp is the control plane every test shares (started once: ~6 s).
+var cp *controlplane.ControlPlane
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("cleanup tests need root (the control plane's binaries are cached under /var/cache)")
+		os.Exit(0)
+	}
+	var err error
+	cp, err = controlplane.Start(context.Background())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if err := cp.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "stop control plane:", err)
+	}
+	os.Exit(code)
+}
+
+func client(t *testing.T) *kubernetes.Clientset {
+	t.Helper()
+	c, err := cp.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// collector is a controller with its own informers, as a separate
+// collector would have.
+type collector struct {
+	*cleanup.Controller
+	index *nodeindex.Index
+}
+
+// start runs a collector until the test ends.
+func start(t *testing.T, cs kubernetes.Interface, cfg cleanup.Config) *collector {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	factory := informers.NewSharedInformerFactory(cs, 0)
+	index, err := nodeindex.New(factory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Client, cfg.Index = cs, index
+	c := cleanup.New(cfg)
+	factory.Start(ctx.Done())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx, 4) }()
+	t.Cleanup(func() { cancel(); <-done; factory.Shutdown() })
+	if err := index.WaitForSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return &collector{Controller: c, index: index}
+}
+
+// enqueue hands the incident over once the collector's cache holds the
+// source's node and its pods (in a live cluster the node has existed for
+// long; here it was created a moment ago).
+func (c *collector) enqueue(t *testing.T, inc detect.Incident, pods int) {
+	t.Helper()
+	clustertest.Eventually(t, 10*time.Second, "cache never held the node of "+inc.Source.String(), func() bool {
+		n, _, _ := c.index.NodeFor(inc.Source)
+		if n == nil {
+			return false
+		}
+		got, _ := c.index.PodsOn(n.Name)
+		return len(got) == pods
+	})
+	c.Enqueue(inc)
+}
+
+// makeNode registers a Node with a name of its own, the given addresses
+// and annotations, deleted when the test ends.
+func makeNode(t *testing.T, cs kubernetes.Interface, addrs []corev1.NodeAddress, annotations map[string]string) *corev1.Node {
+	t.Helper()
+	n := clustertest.Node(t, cs, clustertest.Unique("node"), addrs, annotations)
+	t.Cleanup(func() { cs.CoreV1().Nodes().Delete(context.Background(), n.Name, metav1.DeleteOptions{}) })
+	return n
+}
+
+// makePods binds n pods to node in a new namespace; the first ends
+// Succeeded. Each holds the test finalizer until the test ends.
+func makePods(t *testing.T, cs kubernetes.Interface, node string, n int) (string, []*corev1.Pod) {
+	t.Helper()
+	ns := clustertest.Unique("ns")
+	pods := clustertest.Pods(t, cs, ns, node, n, clustertest.Hold)
+	t.Cleanup(func() { clustertest.Release(cs, ns) })
+	if n > 0 {
+		pods[0].Status.Phase = corev1.PodSucceeded
+		var err error
+		if pods[0], err = cs.CoreV1().Pods(ns).UpdateStatus(context.Background(), pods[0], metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ns, pods
+}
+
+func fatal(src string) detect.Incident {
+	return detect.Incident{
+		ID:     clustertest.Unique("inc")[4:] + "0123456789",
+		Source: netip.MustParseAddr(src),
+		Kind:   pattern.KindOops,
+		Fatal:  true,
+		Reason: "Kernel panic - not syncing: Fatal exception",
+		Cause:  "BUG: kernel NULL pointer dereference, address: 0000000000000000",
+		First:  time.Now().Add(-time.Second),
+		Last:   time.Now(),
+	}
+}
+
+func nodeGone(cs kubernetes.Interface, name string) func() bool {
+	return func() bool {
+		_, err := cs.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	}
+}
+
+// TestFatalIncident: a node found by its InternalIP, with 110 pods (one
+// already Succeeded): every pod failed with the condition and
+// annotations, an Event each, deleted with grace 0; then the node
+// annotated, its Event, deleted.
+func TestFatalIncident(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{})
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.11"), nil)
+	ns, _ := makePods(t, cs, node.Name, 110)
+
+	inc := fatal("10.200.0.11")
+	start := time.Now()
+	c.enqueue(t, inc, 110)
+	clustertest.Eventually(t, 60*time.Second, "node not deleted", nodeGone(cs, node.Name))
+	t.Logf("110 pods and the node cleaned up in %v", time.Since(start).Round(time.Millisecond))
+
+	pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil || len(pods.Items) != 110 {
+		t.Fatalf("%d pods held, %v", len(pods.Items), err)
+	}
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		want := corev1.PodFailed
+		if p.Name == "pod-0" {
+			want = corev1.PodSucceeded // a terminal phase is kept
+		}
+		clustertest.CheckPodEnded(t, p, inc, want)
+		if *p.DeletionGracePeriodSeconds != 0 {
+			t.Errorf("%s: grace period %d", p.Name, *p.DeletionGracePeriodSeconds)
+		}
+		if ev := clustertest.EventsFor(t, cs, ns, p.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelPanic {
+			t.Errorf("%s: events %+v", p.Name, ev)
+		}
+	}
+	if ev := clustertest.EventsFor(t, cs, "", node.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelPanic || !strings.Contains(ev[0].Message, inc.Cause) {
+		t.Errorf("node events %+v", ev)
+	}
+	if s := c.Stats(); s.NodesDeleted.Load() != 1 || s.PodsDeleted.Load() != 110 || s.APIErrors.Load() != 0 {
+		t.Errorf("stats: %d nodes, %d pods deleted, %d API errors", s.NodesDeleted.Load(), s.PodsDeleted.Load(), s.APIErrors.Load())
+	}
+}
+
+// TestFindingTheNode: by IPv6 InternalIP, by ExternalIP, by the override
+// annotation; an unknown source touches nothing.
+func TestFindingTheNode(t *testing.T) {
+	cs := client(t)
+	var done outcomes
+	c := start(t, cs, cleanup.Config{OnDone: done.record})
+	v6 := makeNode(t, cs, clustertest.InternalIP("fd00:200::12"), nil)
+	ext := makeNode(t, cs, []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.200.0.13"}, {Type: corev1.NodeExternalIP, Address: "192.0.2.13"}}, nil)
+	override := makeNode(t, cs, clustertest.InternalIP("10.200.0.14"), map[string]string{nodeindex.SourceAnnotation: "10.201.0.14, fd00:201::14"})
+	bystander := makeNode(t, cs, clustertest.InternalIP("10.200.0.15"), nil)
+
+	want := map[string]cleanup.Outcome{} // by incident id
+	for _, src := range []string{"fd00:200:0::12", "192.0.2.13", "fd00:201::14"} {
+		inc := fatal(src)
+		c.enqueue(t, inc, 0)
+		want[inc.ID] = cleanup.OutcomeCleanedUp
+	}
+	unknown := fatal("10.9.9.9") // no node's
+	c.Enqueue(unknown)
+	want[unknown.ID] = cleanup.OutcomeUnknownSource
+	for _, n := range []*corev1.Node{v6, ext, override} {
+		clustertest.Eventually(t, 30*time.Second, n.Name+" not deleted", nodeGone(cs, n.Name))
+	}
+	clustertest.Eventually(t, 10*time.Second, "unknown source not counted", func() bool { return c.Stats().UnknownSource.Load() == 1 })
+
+	// Two nodes claiming one address: neither is deleted.
+	claimant := makeNode(t, cs, clustertest.InternalIP("10.200.0.16"), map[string]string{nodeindex.SourceAnnotation: "10.200.0.15"})
+	clustertest.Eventually(t, 10*time.Second, "cache never held the claimant", func() bool {
+		_, ambiguous, _ := c.index.NodeFor(netip.MustParseAddr("10.200.0.15"))
+		return ambiguous
+	})
+	ambiguous := fatal("10.200.0.15")
+	c.Enqueue(ambiguous)
+	want[ambiguous.ID] = cleanup.OutcomeAmbiguous
+	clustertest.Eventually(t, 10*time.Second, "ambiguous source not refused", func() bool { return c.Stats().Ambiguous.Load() == 1 })
+	for _, n := range []*corev1.Node{bystander, claimant} {
+		if _, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{}); err != nil {
+			t.Errorf("%s: %v", n.Name, err)
+		}
+	}
+	// Each incident finished once, with what was done to it.
+	if got := done.get(); !maps.Equal(got, want) {
+		t.Errorf("outcomes %v, want %v", got, want)
+	}
+}
+
+// outcomes records what OnDone reports, once an incident.
+type outcomes struct {
+	mu   sync.Mutex
+	seen map[string]cleanup.Outcome
+}
+
+func (o *outcomes) record(inc detect.Incident, outcome cleanup.Outcome, _ string, _ time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.seen == nil {
+		o.seen = map[string]cleanup.Outcome{}
+	}
+	if prev, dup := o.seen[inc.ID]; dup {
+		outcome = "twice: " + prev + ", " + outcome
+	}
+	o.seen[inc.ID] = outcome
+}
+
+func (o *outcomes) get() map[string]cleanup.Outcome {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return maps.Clone(o.seen)
+}
+
+// TestNonFatal: annotation, Event and taint on the node (its other taint
+// kept); nothing deleted. A node deleted meanwhile is not recreated.
+func TestNonFatal(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{TaintNonFatal: true})
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.21"), nil)
+	other := corev1.Taint{Key: "example.com/maintenance", Effect: corev1.TaintEffectNoExecute}
+	node.Spec.Taints = []corev1.Taint{other}
+	node, err := cs.CoreV1().Nodes().Update(context.Background(), node, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, pods := makePods(t, cs, node.Name, 3)
+	inc := fatal("10.200.0.21")
+	inc.Fatal, inc.Kind, inc.Reason = false, pattern.KindWarning, "WARNING: CPU: 0 PID: 111 at x.c:28"
+	c.enqueue(t, inc, 3)
+	clustertest.Eventually(t, 20*time.Second, "node not tainted", func() bool {
+		n, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{})
+		if err != nil || len(n.Spec.Taints) != 2 {
+			return false
+		}
+		keys := map[string]bool{n.Spec.Taints[0].Key: true, n.Spec.Taints[1].Key: true}
+		return keys[other.Key] && keys[cleanup.TaintKey]
+	})
+	n, _ := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{})
+	if n.Annotations[cleanup.AnnotationKernelIncident] != inc.ID || n.Annotations[cleanup.AnnotationKernelIncidentKind] != "warning" {
+		t.Errorf("annotations %v", n.Annotations)
+	}
+	if ev := clustertest.EventsFor(t, cs, "", node.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonNodeKernelProblem {
+		t.Errorf("events %+v", ev)
+	}
+	for _, p := range pods {
+		got, err := cs.CoreV1().Pods(ns).Get(context.Background(), p.Name, metav1.GetOptions{})
+		if err != nil || got.DeletionTimestamp != nil || got.Annotations[cleanup.AnnotationIncident] != "" {
+			t.Errorf("%s touched: %v %+v", p.Name, err, got.ObjectMeta)
+		}
+	}
+
+	// A node with no taint yet gets ours; one whose taints changed since
+	// the cache saw them is not clobbered: the attempt fails, to be
+	// retried once the cache has caught up.
+	bare := makeNode(t, cs, clustertest.InternalIP("10.200.0.23"), nil)
+	bare.Spec.Taints = nil // the API server gave it node.kubernetes.io/not-ready
+	if bare, err = cs.CoreV1().Nodes().Update(context.Background(), bare, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ReportNonFatal(context.Background(), bare, inc); err != nil {
+		t.Fatal(err)
+	}
+	stale := makeNode(t, cs, clustertest.InternalIP("10.200.0.24"), nil)
+	changed := stale.DeepCopy()
+	changed.Spec.Taints = append(changed.Spec.Taints, other)
+	if _, err := cs.CoreV1().Nodes().Update(context.Background(), changed, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ReportNonFatal(context.Background(), stale, inc); err == nil {
+		t.Error("taints changed since cached: no error, so no retry")
+	}
+	for name, want := range map[string][]string{bare.Name: {cleanup.TaintKey}, stale.Name: {"node.kubernetes.io/not-ready", other.Key}} {
+		n, err := cs.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		for _, taint := range n.Spec.Taints {
+			keys = append(keys, taint.Key)
+		}
+		if !slices.Equal(keys, want) {
+			t.Errorf("%s: taints %v, want %v", name, keys, want)
+		}
+	}
+
+	// The node is deleted before the report reaches it: done, nothing made.
+	gone := makeNode(t, cs, clustertest.InternalIP("10.200.0.22"), nil)
+	if err := cs.CoreV1().Nodes().Delete(context.Background(), gone.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ReportNonFatal(context.Background(), gone, inc); err != nil {
+		t.Errorf("report on a deleted node: %v", err)
+	}
+	if _, err := cs.CoreV1().Nodes().Get(context.Background(), gone.Name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the deleted node: %v", err)
+	}
+}
+
+// TestTwoCollectors: two controllers with their own caches apply the same
+// incident at once: one set of annotations and Events, no errors.
+func TestTwoCollectors(t *testing.T) {
+	cs := client(t)
+	a := start(t, cs, cleanup.Config{Instance: "collector-a"})
+	b := start(t, cs, cleanup.Config{Instance: "collector-b"})
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.31"), nil)
+	ns, _ := makePods(t, cs, node.Name, 20)
+	inc := fatal("10.200.0.31")
+	a.enqueue(t, inc, 20)
+	b.enqueue(t, inc, 20)
+	clustertest.Eventually(t, 30*time.Second, "node not deleted", nodeGone(cs, node.Name))
+	clustertest.Eventually(t, 10*time.Second, "work left", func() bool { return a.Pending() == 0 && b.Pending() == 0 })
+
+	pods, _ := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		want := corev1.PodFailed
+		if p.Name == "pod-0" {
+			want = corev1.PodSucceeded
+		}
+		clustertest.CheckPodEnded(t, p, inc, want)
+		if ev := clustertest.EventsFor(t, cs, ns, p.UID); len(ev) != 1 {
+			t.Errorf("%s: %d events, want 1", p.Name, len(ev))
+		}
+	}
+	if ev := clustertest.EventsFor(t, cs, "", node.UID); len(ev) != 1 {
+		t.Errorf("node: %d events, want 1", len(ev))
+	}
+	if ea, eb := a.Stats().APIErrors.Load(), b.Stats().APIErrors.Load(); ea+eb != 0 {
+		t.Errorf("API errors: %d and %d", ea, eb)
+	}
+}
+
+// TestStaleCache: the controller acts on pods as its cache holds them,
+// which can be a moment behind. A pod that succeeded meanwhile keeps its
+// Succeeded phase (the API server would accept Failed over it), one that
+// started running meanwhile keeps Running; both get the condition and the
+// annotations and are deleted; an up-to-date one is Failed.
+func TestStaleCache(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{})
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.35"), nil)
+	ns := clustertest.Unique("ns")
+	pods := clustertest.Pods(t, cs, ns, node.Name, 3, clustertest.Hold) // Running
+	t.Cleanup(func() { clustertest.Release(cs, ns) })
+	ctx := context.Background()
+
+	// pod-0 succeeds after the cache saw it Running.
+	done := pods[0].DeepCopy()
+	done.Status.Phase = corev1.PodSucceeded
+	if _, err := cs.CoreV1().Pods(ns).UpdateStatus(ctx, done, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The cache saw pod-1 Pending; it runs now.
+	pods[1].Status.Phase = corev1.PodPending
+
+	inc := fatal("10.200.0.35")
+	for _, p := range pods {
+		if err := c.EndPod(ctx, p, inc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, want := range []corev1.PodPhase{corev1.PodSucceeded, corev1.PodRunning, corev1.PodFailed} {
+		got, err := cs.CoreV1().Pods(ns).Get(ctx, pods[i].Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clustertest.CheckPodEnded(t, got, inc, want)
+	}
+}
+
+// TestMixedVersions: during a rollout, a collector of the previous
+// version (which applied the condition and phase Failed to the status
+// as field manager "lastgasp") and this one act on the same pod, in
+// either order: the phase stays Failed and the annotations stay.
+func TestMixedVersions(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{})
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.37"), nil)
+	ns := clustertest.Unique("ns")
+	pods := clustertest.Pods(t, cs, ns, node.Name, 2, clustertest.Hold)
+	t.Cleanup(func() { clustertest.Release(cs, ns) })
+	inc := fatal("10.200.0.37")
+	ctx := context.Background()
+	previous := func(p *corev1.Pod) {
+		t.Helper()
+		apply := corev1ac.Pod(p.Name, p.Namespace).WithUID(p.UID).WithStatus(corev1ac.PodStatus().
+			WithPhase(corev1.PodFailed).
+			WithConditions(corev1ac.PodCondition().WithType(corev1.DisruptionTarget).WithStatus(corev1.ConditionTrue).
+				WithReason(cleanup.ConditionReasonKernelPanic).WithMessage("the node's kernel panicked: " + inc.Reason + " (incident " + inc.ID + ")").
+				WithLastTransitionTime(metav1.NewTime(inc.First.Truncate(time.Second)))))
+		if _, err := cs.CoreV1().Pods(p.Namespace).ApplyStatus(ctx, apply, metav1.ApplyOptions{FieldManager: "lastgasp", Force: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	previous(pods[0]) // the previous version first, then this one
+	if err := c.EndPod(ctx, pods[0], inc); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.EndPod(ctx, pods[1], inc); err != nil { // this one first
+		t.Fatal(err)
+	}
+	previous(pods[1])
+	for _, p := range pods {
+		got, err := cs.CoreV1().Pods(ns).Get(ctx, p.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clustertest.CheckPodEnded(t, got, inc, corev1.PodFailed)
+	}
+}
+
+// TestDryRun: everything computed, nothing written.
+func TestDryRun(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{DryRun: true})
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.41"), nil)
+	ns, pods := makePods(t, cs, node.Name, 5)
+	c.enqueue(t, fatal("10.200.0.41"), 5)
+	clustertest.Eventually(t, 20*time.Second, "incident not processed", func() bool { return c.Pending() == 0 })
+	n, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{})
+	if err != nil || n.Annotations[cleanup.AnnotationIncident] != "" {
+		t.Errorf("node written: %v %v", err, n.Annotations)
+	}
+	for _, p := range pods {
+		got, err := cs.CoreV1().Pods(ns).Get(context.Background(), p.Name, metav1.GetOptions{})
+		if err != nil || got.DeletionTimestamp != nil || got.ResourceVersion != p.ResourceVersion {
+			t.Errorf("%s written: %v", p.Name, err)
+		}
+	}
+	if ev := clustertest.EventsFor(t, cs, "", node.UID); len(ev) != 0 {
+		t.Errorf("events recorded: %+v", ev)
+	}
+}
+
+// TestAllowedSources: a source outside the allowed networks is refused.
+func TestAllowedSources(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{AllowedSources: []netip.Prefix{netip.MustParsePrefix("10.250.0.0/16")}})
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.51"), nil)
+	c.enqueue(t, fatal("10.200.0.51"), 0)
+	clustertest.Eventually(t, 10*time.Second, "not refused", func() bool { return c.Stats().NotAllowed.Load() == 1 })
+	if _, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{}); err != nil {
+		t.Errorf("node: %v", err)
+	}
+}
+
+// TestDeletionCap: with a cap of 2 a minute, 4 panics at once delete 2
+// nodes now, and the other 2 wait their turn (counted).
+func TestDeletionCap(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{MaxNodeDeletionsPerMinute: 2})
+	var nodes []*corev1.Node
+	for i := range 4 {
+		addr := fmt.Sprintf("10.200.0.6%d", i)
+		nodes = append(nodes, makeNode(t, cs, clustertest.InternalIP(addr), nil))
+	}
+	for i := range 4 {
+		c.enqueue(t, fatal(fmt.Sprintf("10.200.0.6%d", i)), 0)
+	}
+	clustertest.Eventually(t, 20*time.Second, "two nodes not deleted", func() bool { return c.Stats().NodesDeleted.Load() == 2 })
+	clustertest.Eventually(t, 5*time.Second, "cap not counted", func() bool { return c.Stats().Capped.Load() == 2 })
+	time.Sleep(2 * time.Second) // the cap's next turn is 30 s away: nothing more happens meanwhile
+	left := 0
+	for _, n := range nodes {
+		if _, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{}); err == nil {
+			left++
+		}
+	}
+	if left != 2 || c.Stats().NodesDeleted.Load() != 2 || c.Pending() != 2 {
+		t.Errorf("%d nodes left, %d deleted, %d pending; want 2, 2, 2", left, c.Stats().NodesDeleted.Load(), c.Pending())
+	}
+}
+
+// TestAPIServerOutage: the API server becomes unreachable mid-cleanup
+// (every connection cut, new ones refused, through a proxy in front of
+// it); the incident is retried with backoff and applied once it is back.
+func TestAPIServerOutage(t *testing.T) {
+	cs := client(t)
+	proxy, err := cp.NewProxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	through, err := kubernetes.NewForConfig(proxy.Config(cp.Config))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := start(t, through, cleanup.Config{})
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.71"), nil)
+	makePods(t, cs, node.Name, 30)
+	clustertest.Eventually(t, 10*time.Second, "cache never held the pods", func() bool {
+		got, _ := c.index.PodsOn(node.Name)
+		return len(got) == 30
+	})
+
+	proxy.Cut()
+	c.Enqueue(fatal("10.200.0.71"))
+	clustertest.Eventually(t, 20*time.Second, "no failed attempt during the outage", func() bool { return c.Stats().APIErrors.Load() >= 3 })
+	if _, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{}); err != nil {
+		t.Fatalf("node gone during the outage: %v", err)
+	}
+	if err := proxy.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	clustertest.Eventually(t, 30*time.Second, "node not deleted after the outage", nodeGone(cs, node.Name))
+	if c.Stats().PodsDeleted.Load() != 30 {
+		t.Errorf("%d pods deleted, want 30", c.Stats().PodsDeleted.Load())
+	}
+	t.Logf("%d attempts failed during the outage", c.Stats().APIErrors.Load())
+}
+
+// TestSpoofedPanic: the node answers on its kubelet port, or its kubelet
+// renewed its Lease after the "panic": nothing is deleted, the node is
+// marked, the refusal counted. A node that answers nothing is deleted.
+func TestSpoofedPanic(t *testing.T) {
+	testnet.RequireRoot(t)
+	cs := client(t)
+	pair := testnet.NewPair(t)
+
+	// The live node: a listener on its "kubelet" port.
+	var ln net.Listener
+	if err := pair.Node.Netns.Do(func() (err error) {
+		ln, err = net.Listen("tcp", net.JoinHostPort(pair.Node.IPv4.String(), "10250"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+		}
+	}()
+
+	prober := &liveness.Prober{
+		Client:      cs,
+		Window:      1500 * time.Millisecond,
+		Attempt:     500 * time.Millisecond,
+		LeaseWindow: time.Second,
+		Do:          pair.Collector.Netns.Do,
+	}
+	c := start(t, cs, cleanup.Config{Prober: prober})
+
+	// An address in the collector's subnet that nobody holds: ARP goes
+	// unanswered, as for a panicked kernel.
+	deadAddr := pair.Node.IPv4.Next()
+	live := makeNode(t, cs, clustertest.InternalIP(pair.Node.IPv4.String()), nil)
+	leased := makeNode(t, cs, clustertest.InternalIP(deadAddr.Next().String()), nil)
+	dead := makeNode(t, cs, clustertest.InternalIP(deadAddr.String()), nil)
+	ns, pods := makePods(t, cs, live.Name, 2)
+
+	// The leased node's kubelet renewed its Lease just now.
+	now := metav1.NewMicroTime(time.Now().Add(5 * time.Second))
+	if _, err := cs.CoordinationV1().Leases(corev1.NamespaceNodeLease).Create(context.Background(), &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: leased.Name},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &leased.Name, RenewTime: &now},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	c.enqueue(t, fatal(pair.Node.IPv4.String()), 2)
+	c.enqueue(t, fatal(deadAddr.Next().String()), 0)
+	c.enqueue(t, fatal(deadAddr.String()), 0)
+
+	clustertest.Eventually(t, 30*time.Second, "dead node not deleted", nodeGone(cs, dead.Name))
+	clustertest.Eventually(t, 30*time.Second, "refusals not counted", func() bool { return c.Stats().Unconfirmed.Load() == 2 })
+	for _, n := range []*corev1.Node{live, leased} {
+		got, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("%s deleted: %v", n.Name, err)
+		}
+		if got.Annotations[cleanup.AnnotationUnconfirmed] == "" || got.Annotations[cleanup.AnnotationIncident] != "" {
+			t.Errorf("%s annotations %v", n.Name, got.Annotations)
+		}
+		if ev := clustertest.EventsFor(t, cs, "", n.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonKernelPanicUnconfirmed {
+			t.Errorf("%s events %+v", n.Name, ev)
+		}
+		t.Logf("%s: %s", n.Name, got.Annotations[cleanup.AnnotationUnconfirmedEvidence])
+	}
+	for _, p := range pods {
+		got, err := cs.CoreV1().Pods(ns).Get(context.Background(), p.Name, metav1.GetOptions{})
+		if err != nil || got.DeletionTimestamp != nil || got.Status.Phase != p.Status.Phase {
+			t.Errorf("pod %s on the live node touched", p.Name)
+		}
+	}
+	out, _ := json.Marshal(map[string]uint64{"unconfirmed": c.Stats().Unconfirmed.Load(), "nodes_deleted": c.Stats().NodesDeleted.Load()})
+	t.Logf("stats %s", out)
+}
+
+// TestJobPodFailurePolicy proves the user-facing point with a real job
+// controller (kube-controller-manager): a Job whose podFailurePolicy
+// ignores DisruptionTarget, with its pod on the panicked node, gets a
+// replacement pod and no failure counted against its backoffLimit.
+func TestJobPodFailurePolicy(t *testing.T) {
+	cs := client(t)
+	stop, err := cp.StartControllerManager(context.Background(), "job")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	c := start(t, cs, cleanup.Config{})
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.81"), nil)
+	ns := clustertest.Unique("ns")
+	ctx := context.Background()
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	zero := int32(0)
+	job, err := cs.BatchV1().Jobs(ns).Create(ctx, &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: "batch"},
+		Spec: batchv1.JobSpec{
+			BackoffLimit: &zero, // a counted failure would fail the Job at once
+			PodFailurePolicy: &batchv1.PodFailurePolicy{Rules: []batchv1.PodFailurePolicyRule{{
+				Action:          batchv1.PodFailurePolicyActionIgnore,
+				OnPodConditions: []batchv1.PodFailurePolicyOnPodConditionsPattern{{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue}},
+			}}},
+			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+				NodeName:      node.Name, // no scheduler here: bound from the start
+				RestartPolicy: corev1.RestartPolicyNever,
+				Containers:    []corev1.Container{{Name: "work", Image: "busybox"}},
+			}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first corev1.Pod
+	clustertest.Eventually(t, 30*time.Second, "the job controller made no pod", func() bool {
+		pods, _ := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if len(pods.Items) == 1 {
+			first = pods.Items[0]
+		}
+		return len(pods.Items) == 1
+	})
+	c.enqueue(t, fatal("10.200.0.81"), 1)
+	clustertest.Eventually(t, 30*time.Second, "node not deleted", nodeGone(cs, node.Name))
+	clustertest.Eventually(t, 60*time.Second, "no replacement pod", func() bool {
+		pods, _ := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		for _, p := range pods.Items {
+			if p.UID != first.UID && p.DeletionTimestamp == nil {
+				return true
+			}
+		}
+		return false
+	})
+	got, err := cs.BatchV1().Jobs(ns).Get(ctx, job.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cond := range got.Status.Conditions {
+		if cond.Type == batchv1.JobFailed && cond.Status == corev1.ConditionTrue {
+			t.Errorf("the job failed: %s: %s", cond.Reason, cond.Message)
+		}
+	}
+	if got.Status.Failed != 0 {
+		t.Errorf("the job counted %d failures, want 0", got.Status.Failed)
+	}
+	t.Logf("job status: active %d, failed %d", got.Status.Active, got.Status.Failed)
+	cs.BatchV1().Jobs(ns).Delete(ctx, job.Name, metav1.DeleteOptions{})
+}
+
+// TestActionsConfigurable: pods failed but not deleted, the Node
+// annotated but kept; and pods untouched.
+func TestActionsConfigurable(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{PodAction: cleanup.PodsFail, KeepNode: true})
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.91"), nil)
+	ns, pods := makePods(t, cs, node.Name, 3)
+	inc := fatal("10.200.0.91")
+	c.enqueue(t, inc, 3)
+	clustertest.Eventually(t, 20*time.Second, "node not annotated", func() bool {
+		n, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{})
+		return err == nil && n.Annotations[cleanup.AnnotationIncident] == inc.ID
+	})
+	clustertest.Eventually(t, 10*time.Second, "incident not done", func() bool { return c.Pending() == 0 })
+	for _, p := range pods {
+		got, err := cs.CoreV1().Pods(ns).Get(context.Background(), p.Name, metav1.GetOptions{})
+		if err != nil || got.DeletionTimestamp != nil || got.Annotations[cleanup.AnnotationIncident] != inc.ID {
+			t.Errorf("%s: want failed and annotated, not deleted: %v %+v", p.Name, err, got.ObjectMeta)
+		}
+		want := corev1.PodFailed
+		if p.Name == "pod-0" {
+			want = corev1.PodSucceeded
+		}
+		if got.Status.Phase != want {
+			t.Errorf("%s: phase %s, want %s", p.Name, got.Status.Phase, want)
+		}
+	}
+
+	d := start(t, cs, cleanup.Config{PodAction: cleanup.PodsNone})
+	other := makeNode(t, cs, clustertest.InternalIP("10.200.0.92"), nil)
+	ns2, pods2 := makePods(t, cs, other.Name, 2)
+	d.enqueue(t, fatal("10.200.0.92"), 2)
+	clustertest.Eventually(t, 20*time.Second, "node not deleted", nodeGone(cs, other.Name))
+	for _, p := range pods2 {
+		got, err := cs.CoreV1().Pods(ns2).Get(context.Background(), p.Name, metav1.GetOptions{})
+		if err != nil || got.ResourceVersion != p.ResourceVersion {
+			t.Errorf("%s touched: %v", p.Name, err)
+		}
+	}
+	if _, err := cleanup.ParsePodAction("evict"); err == nil {
+		t.Error("ParsePodAction accepted evict")
+	}
+}

@@ -1,0 +1,375 @@
+// Package cleanup is the Kubernetes side of lastgasp: for a fatal
+// incident it finds the Node, confirms it is really dead, gives every Pod
+// bound to it a final, explained status (phase Failed and a
+// DisruptionTarget condition, as the pod garbage collector does for a
+// vanished node, so that a Job's podFailurePolicy can tell this failure
+// apart), deletes the Pods, then annotates and deletes the Node. A
+// non-fatal incident only annotates the Node and records an Event.
+//
+// Several collectors may hear the same panic: every write is idempotent
+// and keyed by the incident id (merge patches, server-side apply with the
+// incident's own time, Events with names derived from the id, deletions
+// with a UID precondition), so the API server's state is the same whoever
+// wrote it, and however often.
+package cleanup
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/lastgasp/lastgasp/internal/detect"
+	"github.com/lastgasp/lastgasp/internal/liveness"
+	"github.com/lastgasp/lastgasp/internal/nodeindex"
+)
+
+// Config configures a Controller.
+type Config struct {
+	// Client writes to the API server.
+	Client kubernetes.Interface
+	// Index finds Nodes and their Pods.
+	Index *nodeindex.Index
+	// Prober confirms a node is dead before anything is deleted. Nil
+	// means no confirmation (--confirm=none): for those who accept that a
+	// forged panic line can delete a live node.
+	Prober *liveness.Prober
+	// AllowedSources, if not empty, are the only source networks acted
+	// on; incidents from elsewhere are refused and counted.
+	AllowedSources []netip.Prefix
+	// MaxNodeDeletionsPerMinute caps node cleanups (a bad kernel rollout,
+	// or a forgery campaign, must not empty the cluster at once): past
+	// it, cleanups wait their turn, and each wait is logged and counted.
+	// Default 10.
+	MaxNodeDeletionsPerMinute int
+	// PodAction is what a fatal incident does to the node's Pods.
+	// Default PodsFailAndDelete.
+	PodAction PodAction
+	// KeepNode annotates the Node and records its Event but does not
+	// delete it (a cloud controller or an operator will).
+	KeepNode bool
+	// TaintNonFatal taints a node with a non-fatal incident
+	// (lastgasp.io/kernel-oops:NoSchedule).
+	TaintNonFatal bool
+	// DryRun computes and logs every action and writes nothing.
+	DryRun bool
+	// Instance names this collector in Events (reportingInstance).
+	Instance string
+	// Logger receives what the controller does. Default slog.Default().
+	Logger *slog.Logger
+	// OnDone, if set, is called once an incident is finished with, from
+	// a worker: with what was done, the Node it was about ("" when none
+	// was found), and when.
+	OnDone func(inc detect.Incident, outcome Outcome, node string, at time.Time)
+}
+
+// Outcome is how an incident was finished with.
+type Outcome string
+
+// The outcomes.
+const (
+	OutcomeCleanedUp     Outcome = "cleaned up"            // pods and node handled, node deleted
+	OutcomeNodeKept      Outcome = "cleaned up, node kept" // --keep-node
+	OutcomeReported      Outcome = "reported"              // non-fatal: annotated, Event
+	OutcomeUnconfirmed   Outcome = "refused: node alive"   // the panic was not confirmed
+	OutcomeNotAllowed    Outcome = "refused: source not allowed"
+	OutcomeUnknownSource Outcome = "refused: no node has this source"
+	OutcomeAmbiguous     Outcome = "refused: several nodes claim this source"
+)
+
+// PodAction is what a fatal incident does to the Pods of the dead node.
+type PodAction string
+
+// The pod actions.
+const (
+	// PodsFailAndDelete: annotations, final status, Event, then delete
+	// with grace 0. The default.
+	PodsFailAndDelete PodAction = "fail-and-delete"
+	// PodsFail: annotations, final status and Event; the Pods are left
+	// for the pod garbage collector to delete.
+	PodsFail PodAction = "fail"
+	// PodsNone: the Pods are not touched; only the Node is handled.
+	PodsNone PodAction = "none"
+)
+
+// ParsePodAction checks a pod action given by name.
+func ParsePodAction(s string) (PodAction, error) {
+	switch a := PodAction(s); a {
+	case PodsFailAndDelete, PodsFail, PodsNone:
+		return a, nil
+	}
+	return "", fmt.Errorf("pod action %q: want fail-and-delete, fail or none", s)
+}
+
+// DefaultMaxNodeDeletionsPerMinute is the default deletion cap.
+const DefaultMaxNodeDeletionsPerMinute = 10
+
+// Client rate limits lastgasp asks for unless told otherwise. A node's
+// cleanup costs four API calls a pod (annotate, status, Event, delete)
+// and three for the node: 443 calls for a node of 110 pods, 90 s at
+// client-go's own default of 5 a second, 9 s at these.
+const (
+	DefaultClientQPS   = 50
+	DefaultClientBurst = 100
+)
+
+// Controller applies incidents to the cluster through a rate-limited work
+// queue of incident ids.
+type Controller struct {
+	cfg       Config
+	log       *slog.Logger
+	queue     workqueue.TypedRateLimitingInterface[string]
+	deletions *rate.Limiter
+	stats     Stats
+
+	mu      sync.Mutex
+	pending map[string]*work // by incident id
+}
+
+// work is an incident on its way through the queue.
+type work struct {
+	inc detect.Incident
+	// turn is when the deletion cap lets this incident's node go; zero
+	// until a place is reserved.
+	turn time.Time
+	// confirmedAt is when the node was found dead, and confirmedUID the
+	// UID it had then: a retry soon after, of the same node, is not
+	// probed again.
+	confirmedAt  time.Time
+	confirmedUID types.UID
+	// node is the name of the Node the source belongs to, once found.
+	node string
+}
+
+// attemptTimeout bounds one attempt at an incident: a node of 110 pods
+// takes about 9 s at the default QPS, a probe up to the Lease window.
+const attemptTimeout = 2 * time.Minute
+
+// reconfirmAfter is how long a confirmation holds: a cleanup that starts
+// later (it waited for the deletion cap, or for the API server) probes
+// again, since a node can reboot and come back in a minute.
+const reconfirmAfter = 15 * time.Second
+
+// New returns a Controller; start it with Run.
+func New(cfg Config) *Controller {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.MaxNodeDeletionsPerMinute <= 0 {
+		cfg.MaxNodeDeletionsPerMinute = DefaultMaxNodeDeletionsPerMinute
+	}
+	if cfg.Instance == "" {
+		cfg.Instance = "lastgasp"
+	}
+	if cfg.PodAction == "" {
+		cfg.PodAction = PodsFailAndDelete
+	}
+	perMinute := cfg.MaxNodeDeletionsPerMinute
+	return &Controller{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		deletions: rate.NewLimiter(rate.Limit(float64(perMinute)/60), perMinute),
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			// Retries back off from 200ms to 10s: an API server outage
+			// is retried often enough to be applied soon after it ends.
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](200*time.Millisecond, 10*time.Second),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "lastgasp-incidents"},
+		),
+		pending: map[string]*work{},
+	}
+}
+
+// Stats returns the controller's counters.
+func (c *Controller) Stats() *Stats { return &c.stats }
+
+// Enqueue hands an incident to the controller. The same id twice (two
+// detectors, a replay) is one piece of work.
+func (c *Controller) Enqueue(inc detect.Incident) {
+	c.mu.Lock()
+	if _, dup := c.pending[inc.ID]; !dup {
+		c.pending[inc.ID] = &work{inc: inc}
+	}
+	c.mu.Unlock()
+	c.queue.Add(inc.ID)
+}
+
+// Pending returns how many incidents are not yet fully applied.
+func (c *Controller) Pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending)
+}
+
+// Run waits for the caches, then applies incidents with the given number
+// of workers until ctx is done.
+func (c *Controller) Run(ctx context.Context, workers int) error {
+	defer c.queue.ShutDown()
+	if err := c.cfg.Index.WaitForSync(ctx); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	for range max(workers, 1) {
+		wg.Go(func() {
+			for c.processNextWorkItem(ctx) {
+			}
+		})
+	}
+	<-ctx.Done()
+	c.queue.ShutDown()
+	wg.Wait()
+	return nil
+}
+
+// processNextWorkItem takes one incident id off the queue and applies it.
+func (c *Controller) processNextWorkItem(ctx context.Context) bool {
+	id, shutdown := c.queue.Get()
+	if shutdown {
+		return false
+	}
+	defer c.queue.Done(id)
+
+	c.mu.Lock()
+	w := c.pending[id]
+	c.mu.Unlock()
+	if w == nil {
+		c.queue.Forget(id) // applied already
+		return true
+	}
+
+	// A bound on one attempt, so that a blackholed connection to the API
+	// server cannot hold a worker forever: the attempt is retried.
+	attempt, cancel := context.WithTimeout(ctx, attemptTimeout)
+	outcome, wait, err := c.apply(attempt, w)
+	cancel()
+	switch {
+	case err != nil:
+		// An API error, or the API server away: try again later, with
+		// backoff. Nothing is dropped.
+		c.stats.APIErrors.Add(1)
+		c.log.Warn("applying incident failed, will retry", "incident", id, "error", err)
+		c.queue.AddRateLimited(id)
+	case wait > 0:
+		// The deletion cap: come back when it is this incident's turn.
+		c.queue.Forget(id)
+		c.queue.AddAfter(id, wait)
+	default:
+		// Done: forget its failures and the incident itself.
+		c.queue.Forget(id)
+		c.mu.Lock()
+		delete(c.pending, id)
+		c.mu.Unlock()
+		if c.cfg.OnDone != nil {
+			c.cfg.OnDone(w.inc, outcome, w.node, time.Now())
+		}
+	}
+	return true
+}
+
+// apply takes one incident as far as it can go: done (its outcome, 0,
+// nil), wait for the deletion cap ("", d, nil), or retry after an error.
+func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration, error) {
+	inc := w.inc
+	log := c.log.With("incident", inc.ID, "source", inc.Source, "kind", inc.Kind, "fatal", inc.Fatal)
+
+	if !c.allowed(inc.Source) {
+		c.stats.NotAllowed.Add(1)
+		log.Warn("incident refused: source not in the allowed networks")
+		return OutcomeNotAllowed, 0, nil
+	}
+	node, ambiguous, err := c.cfg.Index.NodeFor(inc.Source)
+	if err != nil {
+		return "", 0, err
+	}
+	if node == nil {
+		c.stats.UnknownSource.Add(1)
+		log.Warn("incident from a source that is no node's: no action", "reason", inc.Reason)
+		return OutcomeUnknownSource, 0, nil
+	}
+	log = log.With("node", node.Name)
+	w.node = node.Name
+	if ambiguous && inc.Fatal {
+		// Two Nodes claim the address (a stale Node with a recycled IP,
+		// or an override annotation naming another's): deleting either
+		// could be wrong.
+		c.stats.Ambiguous.Add(1)
+		log.Warn("several nodes claim this source address: nothing deleted")
+		return OutcomeAmbiguous, 0, nil
+	}
+	if !inc.Fatal {
+		c.stats.NonFatal.Add(1)
+		return OutcomeReported, 0, c.reportNonFatal(ctx, log, node, inc)
+	}
+
+	if c.cfg.Prober != nil && (node.UID != w.confirmedUID || time.Since(w.confirmedAt) > reconfirmAfter) {
+		since := inc.PanicAt
+		if since.IsZero() {
+			since = inc.First
+		}
+		v, err := c.cfg.Prober.Confirm(ctx, node, inc.Source, since)
+		if err != nil {
+			return "", 0, err
+		}
+		if !v.Dead {
+			c.stats.Unconfirmed.Add(1)
+			log.Warn("panic not confirmed: the node is alive; nothing deleted", "evidence", v.Evidence)
+			return OutcomeUnconfirmed, 0, c.reportUnconfirmed(ctx, log, node, inc, v.Evidence)
+		}
+		log.Info("node confirmed dead", "evidence", v.Evidence)
+		w.confirmedAt, w.confirmedUID = time.Now(), node.UID
+	}
+
+	if w.turn.IsZero() {
+		r := c.deletions.Reserve()
+		w.turn = time.Now().Add(r.Delay())
+		if r.Delay() > 0 {
+			c.stats.Capped.Add(1)
+			log.Warn("node deletion cap reached: this node waits its turn", "cap_per_minute", c.cfg.MaxNodeDeletionsPerMinute, "wait", r.Delay().Round(time.Millisecond))
+		}
+	}
+	if wait := time.Until(w.turn); wait > 0 {
+		return "", wait, nil
+	}
+	if c.cfg.Prober != nil && time.Since(w.confirmedAt) > reconfirmAfter {
+		// It waited its turn: is the node still dead?
+		w.confirmedAt = time.Time{}
+		return c.apply(ctx, w)
+	}
+	if c.cfg.KeepNode {
+		return OutcomeNodeKept, 0, c.cleanUp(ctx, log, node, inc)
+	}
+	return OutcomeCleanedUp, 0, c.cleanUp(ctx, log, node, inc)
+}
+
+// allowed reports whether addr is in the allowed networks.
+func (c *Controller) allowed(addr netip.Addr) bool {
+	if len(c.cfg.AllowedSources) == 0 {
+		return true
+	}
+	addr = addr.Unmap()
+	for _, p := range c.cfg.AllowedSources {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// write runs fn unless this is a dry run, in which case it logs what would
+// have been done.
+func (c *Controller) write(log *slog.Logger, what string, fn func() error) error {
+	if c.cfg.DryRun {
+		log.Info("dry run: would "+what, "dry_run", true)
+		return nil
+	}
+	if err := fn(); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}

@@ -1,0 +1,139 @@
+// Package collector is the running appliance: it takes forwarded lines
+// from a data path (the XDP program's ring buffer, or a UDP socket),
+// assembles them into incidents, logs each incident once, and hands the
+// incidents to the cleanup controller when there is a cluster to act on
+// (report-only otherwise).
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/lastgasp/lastgasp/internal/detect"
+	"github.com/lastgasp/lastgasp/internal/filter"
+	"github.com/lastgasp/lastgasp/internal/netconsole"
+	"github.com/lastgasp/lastgasp/internal/pattern"
+)
+
+// Source is a data path: it calls emit with every forwarded line until ctx
+// is done (then it returns nil) or it fails.
+type Source interface {
+	Run(ctx context.Context, emit func(filter.Line)) error
+}
+
+// Sink receives every incident, once (the cleanup controller's Enqueue).
+type Sink func(detect.Incident)
+
+// Config configures a collector.
+type Config struct {
+	// Source is where lines come from.
+	Source Source
+	// Patterns is the detector's trigger table (the one the data path
+	// matches with). Default pattern.Default().
+	Patterns *pattern.Table
+	// Sink, if set, receives every incident.
+	Sink Sink
+	// ReportOnly says the sink acts on no cluster (or there is no sink):
+	// the log says so.
+	ReportOnly bool
+	// Observe, if set, sees every incident too (metrics, the feed).
+	Observe func(detect.Incident)
+	// OnLine, if set, sees every forwarded line before it is decoded
+	// (the feed).
+	OnLine func(filter.Line)
+	// Snapshot, if set, receives the decoder's and detector's counters
+	// every tick and at the end: a copy other goroutines may read.
+	Snapshot func(netconsole.Counters, detect.Counters)
+	// Logger receives every incident and what the collector does.
+	Logger *slog.Logger
+	// Reload, if set, brings new pattern tables (a reloaded patterns
+	// file) for the detector; the data path is given them by the caller.
+	Reload <-chan *pattern.Table
+}
+
+// tickEvery is how often open incidents are checked for closing when no
+// line arrives.
+const tickEvery = 500 * time.Millisecond
+
+// Run runs the collector until ctx is done.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	asm := detect.NewAssembler(netconsole.Config{}, detect.Config{Patterns: cfg.Patterns})
+	report := func(incs []detect.Incident) {
+		for _, inc := range incs {
+			log.Info("incident",
+				"id", inc.ID, "source", inc.Source, "kind", inc.Kind, "fatal", inc.Fatal,
+				"reason", inc.Reason, "cause", inc.Cause, "module", inc.Module, "task", inc.Task,
+				"first", inc.First, "lines", len(inc.Lines),
+				"action", action(!cfg.ReportOnly && cfg.Sink != nil, inc))
+			if cfg.Observe != nil {
+				cfg.Observe(inc)
+			}
+			if cfg.Sink != nil {
+				cfg.Sink(inc)
+			}
+		}
+	}
+
+	lines := make(chan filter.Line, 4096)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srcErr := make(chan error, 1)
+	go func() {
+		defer close(lines)
+		srcErr <- cfg.Source.Run(ctx, func(l filter.Line) {
+			select {
+			case lines <- l:
+			case <-ctx.Done():
+			}
+		})
+	}()
+
+	snapshot := func() {
+		if cfg.Snapshot != nil {
+			cfg.Snapshot(asm.Decoder.Counters(), asm.Detector.Counters())
+		}
+	}
+	defer snapshot()
+	tick := time.NewTicker(tickEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				report(asm.Flush())
+				if err := <-srcErr; err != nil && !errors.Is(err, context.Canceled) {
+					return fmt.Errorf("collector: data path: %w", err)
+				}
+				return nil
+			}
+			if cfg.OnLine != nil {
+				cfg.OnLine(l)
+			}
+			report(asm.Line(l))
+		case now := <-tick.C:
+			report(asm.Tick(now))
+			snapshot()
+		case t := <-cfg.Reload:
+			asm.Detector.SetPatterns(t)
+		}
+	}
+}
+
+// action says what will be done with an incident.
+func action(cluster bool, inc detect.Incident) string {
+	switch {
+	case !cluster:
+		return "none: report-only"
+	case inc.Fatal:
+		return "cleanup: confirm the node dead, end its pods, delete it"
+	default:
+		return "report on the node"
+	}
+}

@@ -1,0 +1,587 @@
+package detect
+
+import (
+	"container/list"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/utils/lru"
+
+	"github.com/lastgasp/lastgasp/internal/netconsole"
+	"github.com/lastgasp/lastgasp/internal/pattern"
+)
+
+// Config configures a Detector. Zero fields take defaults.
+type Config struct {
+	// Patterns is the trigger table. Default pattern.Default().
+	Patterns *pattern.Table
+	// QuietPeriod closes an incident whose source has sent nothing for
+	// this long. Default 5s.
+	QuietPeriod time.Duration
+	// SettleTime closes a fatal incident this long after its panic line,
+	// so that the trace printed after the panic is part of it. Default 2s.
+	SettleTime time.Duration
+	// MaxLines bounds an incident's lines. Default 200.
+	MaxLines int
+	// MaxOpen bounds the incidents open at once (one per source); past it
+	// the least recently heard is closed early. Default 100,000.
+	MaxOpen int
+	// MaxOpenBytes bounds the memory the open incidents' lines take
+	// (their text plus msgOverhead each); past it the least recently
+	// heard are closed early. Without it a flood of triggers from
+	// spoofed sources could hold MaxOpen × MaxLines lines. Default
+	// 256 MiB.
+	MaxOpenBytes int
+}
+
+func (c Config) withDefaults() Config {
+	if c.Patterns == nil {
+		c.Patterns = pattern.Default()
+	}
+	if c.QuietPeriod <= 0 {
+		c.QuietPeriod = 5 * time.Second
+	}
+	if c.SettleTime <= 0 {
+		c.SettleTime = 2 * time.Second
+	}
+	if c.MaxLines <= 0 {
+		c.MaxLines = 200
+	}
+	if c.MaxOpen <= 0 {
+		c.MaxOpen = 100_000
+	}
+	if c.MaxOpenBytes <= 0 {
+		c.MaxOpenBytes = 256 << 20
+	}
+	return c
+}
+
+// Counters count what a Detector did.
+type Counters struct {
+	Messages    uint64 // messages given to Add
+	Triggers    uint64 // trigger lines seen
+	Unconfirmed uint64 // pattern matches a trigger's confirmation refused
+	Incidents   uint64 // incidents closed and returned
+	Duplicates  uint64 // incidents not returned again: same id as a recent one
+	Strays      uint64 // lines that came before their incident's trigger, joined to it
+	ClosedEarly uint64 // incidents closed before their time to make room (MaxOpen, MaxOpenBytes)
+}
+
+// Detector assembles incidents. It is not safe for concurrent use.
+type Detector struct {
+	cfg   Config
+	open  map[netip.Addr]*building
+	byAge *list.List // the open incidents, least recently heard first
+	// openBytes is what the open incidents' lines take (see MaxOpenBytes).
+	openBytes int
+	recent    *lru.Cache // ids of incidents returned lately
+	dead      *lru.Cache // source -> when its last fatal incident closed
+	strays    *lru.Cache // source -> []netconsole.Message: lines of no incident, lately
+	counters  Counters
+}
+
+// Strays are lines that belong to no open incident when they arrive.
+// Behind the XDP program every forwarded line follows a trigger, but the
+// ring buffer and the backstop socket are read side by side: when the
+// ring buffer overflows, the context lines that went to the socket can
+// be read before the trigger that stayed in the ring buffer. So the
+// latest strays of each source wait a little, and an incident opened
+// after them takes those the kernel logged after its trigger.
+const (
+	maxStraySources    = 256              // sources whose strays are kept (least recent forgotten)
+	maxStraysPerSource = 32               // the latest lines kept a source (more than the 20 context lines)
+	strayWindow        = 10 * time.Second // how long a stray waits (the program's burst timeout)
+)
+
+// lateMarker is how long after a fatal incident closed a lone end-of-panic
+// marker from the same source is taken as that panic's last word, not a
+// new incident.
+const lateMarker = time.Minute
+
+// New returns a Detector with cfg.
+func New(cfg Config) *Detector {
+	cfg = cfg.withDefaults()
+	return &Detector{cfg: cfg, open: map[netip.Addr]*building{}, byAge: list.New(),
+		recent: lru.New(4096), dead: lru.New(4096), strays: lru.New(maxStraySources)}
+}
+
+// Counters returns what the detector has done so far.
+func (d *Detector) Counters() Counters { return d.counters }
+
+// SetPatterns replaces the trigger table, for incidents opened from now.
+func (d *Detector) SetPatterns(t *pattern.Table) { d.cfg.Patterns = t }
+
+// building is an open incident.
+type building struct {
+	source   netip.Addr
+	elem     *list.Element // in Detector.byAge
+	bytes    int           // what msgs take (see MaxOpenBytes)
+	msgs     []netconsole.Message
+	dropped  int
+	triggers []trigger // in arrival order; at most maxTriggers
+	fatal    bool
+	panicAt  time.Time // when the first panic line was received
+	ended    bool      // the end marker arrived: close now
+	lastSeen time.Time
+}
+
+// msgOverhead is what a kept message costs beyond its strings: the
+// Message struct, its slot in msgs, a dictionary's map header.
+const msgOverhead = 256
+
+// msgSize is what a kept message costs, as MaxOpenBytes counts it.
+func msgSize(m netconsole.Message) int {
+	n := msgOverhead + len(m.Text) + len(m.Caller) + len(m.Release)
+	for k, v := range m.Dict {
+		n += len(k) + len(v) + 32
+	}
+	return n
+}
+
+// trigger is a trigger line and its pattern's kind.
+type trigger struct {
+	msg  netconsole.Message
+	kind pattern.Kind
+}
+
+// maxTriggers bounds the trigger lines an incident keeps (a storm of
+// WARNs should not grow it without end).
+const maxTriggers = 64
+
+// Add gives the detector one message, and returns the incidents it closes
+// (at most the one of its source, on the end-of-panic marker).
+func (d *Detector) Add(m netconsole.Message) []Incident {
+	d.counters.Messages++
+	addr := m.Source.Addr()
+	b := d.open[addr]
+	trig, isTrigger := d.trigger(m.Text)
+	if b == nil {
+		if !isTrigger {
+			d.keepStray(addr, m)
+			return nil // not part of any incident, yet
+		}
+		if strings.HasPrefix(m.Text, panicEndPrefix) {
+			if closed, ok := d.dead.Get(addr); ok && m.Received.Sub(closed.(time.Time)) < lateMarker {
+				return nil // the end of a panic already reported
+			}
+		}
+		if len(d.open) >= d.cfg.MaxOpen {
+			return d.closeOldest(m)
+		}
+		b = &building{source: addr}
+		d.open[addr] = b
+		b.elem = d.byAge.PushBack(b)
+		before := b.bytes
+		b.add(m, trig, isTrigger, d.cfg.MaxLines)
+		d.adoptStrays(b, m)
+		d.openBytes += b.bytes - before
+	} else {
+		d.byAge.MoveToBack(b.elem)
+		before := b.bytes
+		b.add(m, trig, isTrigger, d.cfg.MaxLines)
+		d.openBytes += b.bytes - before
+	}
+	var out []Incident
+	if b.ended {
+		out = d.close(addr)
+	}
+	// Over the memory budget: the least recently heard go first (never
+	// the one just added to, which is the most recent).
+	for d.openBytes > d.cfg.MaxOpenBytes && d.byAge.Len() > 1 {
+		d.counters.ClosedEarly++
+		out = append(out, d.close(d.byAge.Front().Value.(*building).source)...)
+	}
+	return out
+}
+
+// keepStray keeps a line of no incident for a while.
+func (d *Detector) keepStray(addr netip.Addr, m netconsole.Message) {
+	var kept []netconsole.Message
+	if v, ok := d.strays.Get(addr); ok {
+		kept = v.([]netconsole.Message)
+	}
+	if len(kept) >= maxStraysPerSource {
+		kept = append(kept[:0:0], kept[1:]...) // the oldest goes
+	}
+	d.strays.Add(addr, append(kept, m))
+}
+
+// adoptStrays gives a new incident, opened by trigger, its source's
+// strays that the kernel logged after the trigger and that arrived
+// within strayWindow of it.
+func (d *Detector) adoptStrays(b *building, trigger netconsole.Message) {
+	v, ok := d.strays.Get(b.source)
+	if !ok {
+		return
+	}
+	d.strays.Remove(b.source)
+	lastSeen := b.lastSeen
+	for _, m := range v.([]netconsole.Message) {
+		if trigger.Received.Sub(m.Received) > strayWindow || !loggedAfter(m, trigger) {
+			continue
+		}
+		b.add(m, pattern.Pattern{}, false, d.cfg.MaxLines)
+		d.counters.Strays++
+	}
+	b.lastSeen = lastSeen // strays arrived earlier: they do not extend the quiet period
+}
+
+// loggedAfter reports whether the kernel logged m after t, as far as the
+// two say: by sequence number, else kernel time; lines that carry
+// neither are taken to follow.
+func loggedAfter(m, t netconsole.Message) bool {
+	switch {
+	case m.HasSeq && t.HasSeq:
+		return m.Seq > t.Seq
+	case m.HasUptime && t.HasUptime:
+		return m.Uptime >= t.Uptime
+	}
+	return true
+}
+
+// closeOldest closes the least recently heard incident to make room, then
+// adds m.
+func (d *Detector) closeOldest(m netconsole.Message) []Incident {
+	d.counters.ClosedEarly++
+	out := d.close(d.byAge.Front().Value.(*building).source)
+	return append(out, d.Add(m)...)
+}
+
+// Tick closes the incidents whose time is up at now: quiet for
+// QuietPeriod, or fatal and settled.
+func (d *Detector) Tick(now time.Time) []Incident {
+	var out []Incident
+	for addr, b := range d.open {
+		quiet := now.Sub(b.lastSeen) >= d.cfg.QuietPeriod
+		settled := b.fatal && !b.panicAt.IsZero() && now.Sub(b.panicAt) >= d.cfg.SettleTime
+		if quiet || settled {
+			out = append(out, d.close(addr)...)
+		}
+	}
+	sortIncidents(out)
+	return out
+}
+
+// Flush closes every open incident (end of input).
+func (d *Detector) Flush() []Incident {
+	var out []Incident
+	for addr := range d.open {
+		out = append(out, d.close(addr)...)
+	}
+	sortIncidents(out)
+	return out
+}
+
+func sortIncidents(in []Incident) {
+	sort.Slice(in, func(i, j int) bool {
+		if !in[i].First.Equal(in[j].First) {
+			return in[i].First.Before(in[j].First)
+		}
+		return in[i].ID < in[j].ID
+	})
+}
+
+// close finishes the source's incident; it is returned unless an incident
+// with its id was returned lately.
+func (d *Detector) close(addr netip.Addr) []Incident {
+	b := d.open[addr]
+	delete(d.open, addr)
+	d.byAge.Remove(b.elem)
+	d.openBytes -= b.bytes
+	inc := b.incident()
+	if inc.Fatal {
+		d.dead.Add(addr, b.lastSeen)
+	}
+	if _, seen := d.recent.Get(inc.ID); seen {
+		d.counters.Duplicates++
+		return nil
+	}
+	d.recent.Add(inc.ID, struct{}{})
+	d.counters.Incidents++
+	return []Incident{inc}
+}
+
+// trigger reports whether text is a trigger line, and its pattern. A
+// hung-task prefix ("INFO: task ") must be confirmed by "blocked for more
+// than": other "INFO: task" lines are not failures.
+func (d *Detector) trigger(text string) (pattern.Pattern, bool) {
+	p, ok := d.cfg.Patterns.MatchText([]byte(text))
+	if !ok {
+		return p, false
+	}
+	if p.Kind == pattern.KindHungTask && !strings.Contains(text, "blocked for more than") {
+		d.counters.Unconfirmed++
+		return p, false
+	}
+	d.counters.Triggers++
+	return p, true
+}
+
+// The two lines that say the kernel is dying.
+const (
+	panicPrefix    = "Kernel panic - not syncing"
+	panicEndPrefix = "---[ end Kernel panic"
+)
+
+func (b *building) add(m netconsole.Message, trig pattern.Pattern, isTrigger bool, maxLines int) {
+	b.lastSeen = m.Received
+	if len(b.msgs) < maxLines {
+		b.msgs = append(b.msgs, m)
+		b.bytes += msgSize(m)
+	} else {
+		b.dropped++
+	}
+	if !isTrigger {
+		return
+	}
+	// The panic and its end marker are always kept: they decide the
+	// reason and the id, which collectors must agree on.
+	dying := strings.HasPrefix(m.Text, panicPrefix) || strings.HasPrefix(m.Text, panicEndPrefix)
+	if len(b.triggers) < maxTriggers || dying {
+		b.triggers = append(b.triggers, trigger{msg: m, kind: trig.Kind})
+	}
+	switch {
+	case strings.HasPrefix(m.Text, panicPrefix):
+		b.fatal = true
+		if b.panicAt.IsZero() {
+			b.panicAt = m.Received
+		}
+	case strings.HasPrefix(m.Text, panicEndPrefix):
+		b.fatal, b.ended = true, true
+		if b.panicAt.IsZero() {
+			b.panicAt = m.Received
+		}
+	}
+}
+
+// incident renders the open incident. Cause, kind and reason are read in
+// kernel order, so that collectors that heard the lines in different
+// orders agree: the cause is the first trigger, the kind the first
+// non-warning trigger's (else warning) unless the panic names its own,
+// the reason the first panic line (else the end marker's copy of it).
+func (b *building) incident() Incident {
+	msgs := append([]netconsole.Message(nil), b.msgs...)
+	sortKernelOrder(msgs, func(m netconsole.Message) netconsole.Message { return m })
+	trigs := append([]trigger(nil), b.triggers...)
+	sortKernelOrder(trigs, func(t trigger) netconsole.Message { return t.msg })
+
+	cause := &trigs[0].msg
+	inc := Incident{
+		Source:       b.source,
+		Fatal:        b.fatal,
+		Cause:        cause.Text,
+		Reason:       cause.Text,
+		LinesDropped: b.dropped,
+		PanicAt:      b.panicAt,
+		First:        b.msgs[0].Received,
+		Last:         b.lastSeen,
+	}
+	var reason *netconsole.Message
+	for i := range trigs {
+		t := &trigs[i]
+		// The panic line says the kernel is dying, not why (unless its
+		// reason names a kind, below): it does not displace what caused
+		// it, and "panic" is the kind only of a panic with no other
+		// trigger. A warning gives way to any other report.
+		switch {
+		case t.kind == pattern.KindPanic:
+		case inc.Kind == "" || (inc.Kind == pattern.KindWarning && t.kind != pattern.KindWarning):
+			inc.Kind = t.kind
+		}
+		switch {
+		case strings.HasPrefix(t.msg.Text, panicPrefix):
+			if reason == nil || !strings.HasPrefix(reason.Text, panicPrefix) {
+				reason = &t.msg
+			}
+		case strings.HasPrefix(t.msg.Text, panicEndPrefix):
+			if reason == nil {
+				reason = &t.msg
+			}
+		}
+	}
+	if inc.Kind == "" {
+		inc.Kind = pattern.KindPanic
+	}
+	if reason != nil {
+		inc.Reason = panicReason(reason.Text)
+		if k, ok := kindOfPanic(inc.Reason); ok {
+			inc.Kind = k
+		}
+	}
+	if inc.Kind == pattern.KindOops && strings.HasPrefix(inc.Cause, "Oops: general protection fault") {
+		inc.Kind = pattern.KindGPF
+	}
+	var traceModule string // the first module a call trace names
+	for _, m := range msgs {
+		inc.Lines = append(inc.Lines, render(m))
+		if inc.Task == "" {
+			inc.Task, inc.PID = taskOf(m.Text)
+		}
+		if inc.Module == "" {
+			inc.Module = moduleOf(m.Text)
+		}
+		if traceModule == "" {
+			traceModule = traceModuleOf(m.Text)
+		}
+		if m.Received.Before(inc.First) {
+			inc.First = m.Received
+		}
+	}
+	if inc.Module == "" {
+		inc.Module = traceModule
+	}
+	inc.ID = incidentID(b.source, cause, reason)
+	return inc
+}
+
+// sortKernelOrder orders xs as the kernel logged their messages: by
+// sequence number when all have one, else by kernel time when all have
+// one, else as received.
+func sortKernelOrder[T any](xs []T, msg func(T) netconsole.Message) {
+	allSeq, allUptime := true, true
+	for _, x := range xs {
+		m := msg(x)
+		allSeq = allSeq && m.HasSeq
+		allUptime = allUptime && m.HasUptime
+	}
+	switch {
+	case allSeq:
+		sort.SliceStable(xs, func(i, j int) bool { return msg(xs[i]).Seq < msg(xs[j]).Seq })
+	case allUptime:
+		sort.SliceStable(xs, func(i, j int) bool { return msg(xs[i]).Uptime < msg(xs[j]).Uptime })
+	}
+}
+
+// render writes a message as the console shows it.
+func render(m netconsole.Message) string {
+	if !m.HasUptime {
+		return m.Text
+	}
+	return fmt.Sprintf("[%5d.%06d] %s", m.Uptime/time.Second, (m.Uptime%time.Second)/time.Microsecond, m.Text)
+}
+
+// panicReason turns the end marker "---[ end Kernel panic - not syncing:
+// X ]---" into the panic line it repeats; other lines are returned as
+// they are.
+func panicReason(text string) string {
+	if s, ok := strings.CutPrefix(text, "---[ end "); ok {
+		return strings.TrimSuffix(strings.TrimSpace(s), " ]---")
+	}
+	return text
+}
+
+// kindOfPanic reads the kind of failure from a panic line's stated reason,
+// where the kernel names one.
+func kindOfPanic(reason string) (pattern.Kind, bool) {
+	why, ok := strings.CutPrefix(reason, panicPrefix+": ")
+	if !ok {
+		return "", false
+	}
+	for _, r := range panicReasons {
+		if strings.Contains(why, r.contains) {
+			return r.kind, true
+		}
+	}
+	return "", false
+}
+
+// panicReasons are the reasons the kernel gives when a report turns into
+// a panic (softlockup_panic, hung_task_panic, panic_on_oom, ...).
+var panicReasons = []struct {
+	contains string
+	kind     pattern.Kind
+}{
+	{"softlockup: hung tasks", pattern.KindSoftLockup},
+	{"hung_task: blocked tasks", pattern.KindHungTask},
+	{"Hard LOCKUP", pattern.KindHardLockup},
+	{"Out of memory", pattern.KindOOM},
+	{"System is deadlocked on memory", pattern.KindOOM},
+	{"RCU Stall", pattern.KindRCUStall},
+	{"achine check", pattern.KindMCE},
+	{"sysrq triggered crash", pattern.KindSysrq},
+}
+
+// Where the kernel names a task or a module.
+var (
+	// "CPU: 0 PID: 114 Comm: insmod Tainted: ..." (comm may hold spaces;
+	// it ends before " Tainted" or " Not tainted" or the line's end)
+	commRE = regexp.MustCompile(`^CPU: \d+ (?:UID: \d+ )?PID: (\d+) Comm: (.+?)(?: (?:Not tainted|Tainted:).*)?$`)
+	// "INFO: task insmod:114 blocked for more than 120 seconds."
+	hungRE = regexp.MustCompile(`^INFO: task (.+):(\d+) blocked for more than`)
+	// "watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [insmod:114]"
+	lockupRE = regexp.MustCompile(`soft lockup - CPU#\d+ stuck for \d+s! \[(.+):(\d+)\]`)
+	// "Out of memory: Killed process 1234 (stress) total-vm:..."
+	oomRE = regexp.MustCompile(`^Out of memory: Killed process (\d+) \((.+?)\)`)
+	// "RIP: 0010:crashmod_init+0x49/0x1000 [crashmod]", and WARN's
+	// "WARNING: CPU: 0 PID: 111 at f.c:28 crashmod_init+0x89/0x1000 [crashmod]"
+	moduleRE = regexp.MustCompile(`^(?:RIP: 0010:|WARNING: CPU: \d+ PID: \d+ at ).*\+0x[0-9a-f]+/0x[0-9a-f]+ \[([A-Za-z0-9_-]+)\]`)
+	// A reliable call trace frame in a module, " lg_hung_fn+0x1d/0x40
+	// [crashmod]" (frames marked "? " are guesses and are skipped).
+	traceRE = regexp.MustCompile(`^\s+[A-Za-z0-9_.]+\+0x[0-9a-f]+/0x[0-9a-f]+ \[([A-Za-z0-9_-]+)\]`)
+)
+
+// taskOf returns the task a line names, if it names one.
+func taskOf(text string) (string, int) {
+	if m := commRE.FindStringSubmatch(text); m != nil {
+		pid, _ := strconv.Atoi(m[1])
+		return m[2], pid
+	}
+	for _, re := range []*regexp.Regexp{hungRE, lockupRE} {
+		if m := re.FindStringSubmatch(text); m != nil {
+			pid, _ := strconv.Atoi(m[2])
+			return m[1], pid
+		}
+	}
+	if m := oomRE.FindStringSubmatch(text); m != nil {
+		pid, _ := strconv.Atoi(m[1])
+		return m[2], pid
+	}
+	return "", 0
+}
+
+// traceModuleOf returns the module of a call trace frame, if the line is
+// one in a module.
+func traceModuleOf(text string) string {
+	if m := traceRE.FindStringSubmatch(text); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+// moduleOf returns the module a line blames, if it names one.
+func moduleOf(text string) string {
+	if m := moduleRE.FindStringSubmatch(text); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+// incidentID hashes what every collector that heard the incident agrees
+// on: the source, and the cause and reason lines with their kernel times
+// (which tell one boot's panic from the next's). A line without a kernel
+// time brings its receive time to the minute instead.
+func incidentID(src netip.Addr, cause, reason *netconsole.Message) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n", src)
+	for _, m := range []*netconsole.Message{cause, reason} {
+		if m == nil {
+			fmt.Fprint(h, "-\n")
+			continue
+		}
+		when := m.Uptime.String()
+		if !m.HasUptime {
+			when = m.Received.UTC().Truncate(time.Minute).Format(time.RFC3339)
+		}
+		// The panic line's text, also for the end marker that repeats
+		// it: a collector that lost one of them agrees on the text.
+		fmt.Fprintf(h, "%s %s\n", when, panicReason(m.Text))
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}

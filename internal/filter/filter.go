@@ -1,0 +1,185 @@
+// Package filter is the Go twin of the XDP program's decision: which
+// netconsole lines to forward (a pattern match, or context after one from
+// the same source) and which to throw away. It also defines Line, what
+// either data path hands on: the XDP program through the ring buffer
+// (package ringbuf), or a plain UDP socket through this Filter (package
+// udpreceiver).
+//
+// Filter follows bpf/lastgasp.c rule for rule; a differential test runs
+// both on the same packets.
+package filter
+
+import (
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/utils/lru"
+
+	"github.com/lastgasp/lastgasp/bpf"
+	"github.com/lastgasp/lastgasp/internal/pattern"
+)
+
+// Flag says why a line was forwarded.
+type Flag uint8
+
+// The reasons a line is forwarded.
+const (
+	// Match: the line's text starts with a pattern.
+	Match Flag = Flag(bpf.LastgaspRecordFlagsRECORD_MATCH)
+	// Context: the line came from a source within a burst after a match.
+	Context Flag = Flag(bpf.LastgaspRecordFlagsRECORD_CONTEXT)
+)
+
+// String returns "match" or "context".
+func (f Flag) String() string {
+	switch f {
+	case Match:
+		return "match"
+	case Context:
+		return "context"
+	}
+	return "unknown"
+}
+
+// MaxPayload is the most payload bytes a forwarded line carries; longer
+// datagrams are cut and flagged Truncated.
+const MaxPayload = int(bpf.LastgaspLimitsRECORD_PAYLOAD_LEN)
+
+// Line is one forwarded netconsole datagram.
+type Line struct {
+	// Source is the sender's address and UDP port; IPv4 addresses are
+	// plain (not IPv4-mapped IPv6).
+	Source netip.AddrPort
+	// Time is when the collector received the datagram.
+	Time time.Time
+	// Flag says why it was forwarded.
+	Flag Flag
+	// PatternID is the matching pattern's id with Match, else 0.
+	PatternID uint32
+	// Truncated is set when the datagram was longer than MaxPayload.
+	Truncated bool
+	// Payload is the datagram's payload as sent (at most MaxPayload
+	// bytes): one console line, with the netconsole header if extended.
+	Payload []byte
+}
+
+// Config configures a Filter; zero fields take the defaults of
+// package loader's Config, which configures the kernel program.
+type Config struct {
+	// Patterns is the pattern table. Default pattern.Default().
+	Patterns *pattern.Table
+	// ContextLines is how many lines follow a match. Default 20.
+	ContextLines int
+	// NoContext turns bursts off.
+	NoContext bool
+	// ForwardAll forwards every line (flagged Context unless it
+	// matches): for a socket behind the XDP program, which passes up
+	// only lines it chose to forward and found no room for, and IP
+	// fragments it could not judge.
+	ForwardAll bool
+	// BurstTimeout closes a burst this long after its last match.
+	// Default 10s.
+	BurstTimeout time.Duration
+	// MaxSources is how many sources' bursts are remembered (least
+	// recently used forgotten first). Default 100,000.
+	MaxSources int
+}
+
+// burst is one source's open burst, as struct burst in bpf/lastgasp.h.
+type burst struct {
+	remaining int
+	expires   time.Time
+}
+
+// Filter decides which lines to forward. It is not safe for concurrent
+// use (the socket receiver runs one per reading goroutine), except for
+// SetPatterns.
+type Filter struct {
+	cfg Config
+	// patterns is the table in use: SetPatterns may swap it from another
+	// goroutine (a reload).
+	patterns atomic.Pointer[pattern.Table]
+	// bursts maps a source address (netip.Addr) to *burst.
+	bursts *lru.Cache
+	// lastMatch is the time of the latest match from any source: no
+	// burst can be open BurstTimeout after it.
+	lastMatch time.Time
+}
+
+// New returns a Filter with cfg, defaults applied.
+func New(cfg Config) *Filter {
+	if cfg.Patterns == nil {
+		cfg.Patterns = pattern.Default()
+	}
+	if cfg.NoContext {
+		cfg.ContextLines = 0
+	} else if cfg.ContextLines <= 0 {
+		cfg.ContextLines = 20
+	}
+	if cfg.BurstTimeout <= 0 {
+		cfg.BurstTimeout = 10 * time.Second
+	}
+	if cfg.MaxSources <= 0 {
+		cfg.MaxSources = int(bpf.LastgaspLimitsBURSTS_MAX)
+	}
+	f := &Filter{cfg: cfg, bursts: lru.New(cfg.MaxSources)}
+	f.patterns.Store(cfg.Patterns)
+	return f
+}
+
+// Patterns returns the filter's pattern table.
+func (f *Filter) Patterns() *pattern.Table { return f.patterns.Load() }
+
+// SetPatterns replaces the pattern table, safely while Judge runs in
+// another goroutine; open bursts stay open.
+func (f *Filter) SetPatterns(t *pattern.Table) { f.patterns.Store(t) }
+
+// Judge decides about one datagram from src received at now. It returns
+// the line to forward and true, or false for a line to throw away. The
+// returned Line's Payload aliases payload (cut to MaxPayload).
+func (f *Filter) Judge(src netip.AddrPort, payload []byte, now time.Time) (Line, bool) {
+	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	line := Line{Source: src, Time: now, Payload: payload}
+	if len(line.Payload) > MaxPayload {
+		line.Payload = line.Payload[:MaxPayload]
+		line.Truncated = true
+	}
+	if p, ok := f.patterns.Load().Match(payload); ok {
+		line.Flag, line.PatternID = Match, p.ID
+		f.openBurst(src.Addr(), now)
+		return line, true
+	}
+	if f.cfg.ForwardAll || f.takeContext(src.Addr(), now) {
+		line.Flag = Context
+		return line, true
+	}
+	return Line{}, false
+}
+
+// openBurst starts or restarts addr's burst (open_burst in the C).
+func (f *Filter) openBurst(addr netip.Addr, now time.Time) {
+	if f.cfg.ContextLines == 0 {
+		return
+	}
+	f.bursts.Add(addr, &burst{remaining: f.cfg.ContextLines, expires: now.Add(f.cfg.BurstTimeout)})
+	f.lastMatch = now
+}
+
+// takeContext reports whether a line from addr is context, and takes it
+// off the burst (take_context in the C).
+func (f *Filter) takeContext(addr netip.Addr, now time.Time) bool {
+	if f.cfg.ContextLines == 0 || !now.Before(f.lastMatch.Add(f.cfg.BurstTimeout)) {
+		return false
+	}
+	v, ok := f.bursts.Get(addr)
+	if !ok {
+		return false
+	}
+	b := v.(*burst)
+	if !now.Before(b.expires) || b.remaining <= 0 {
+		return false
+	}
+	b.remaining--
+	return true
+}

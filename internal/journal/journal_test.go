@@ -1,0 +1,282 @@
+package journal
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lastgasp/lastgasp/internal/detect"
+	"github.com/lastgasp/lastgasp/internal/pattern"
+)
+
+func incident(i int) detect.Incident {
+	return detect.Incident{
+		ID:      fmt.Sprintf("inc-%03d", i),
+		Source:  netip.MustParseAddr("10.0.0.7"),
+		Kind:    pattern.KindPanic,
+		Fatal:   true,
+		Reason:  "Kernel panic - not syncing: sysrq triggered crash",
+		Cause:   "sysrq: Trigger a crash",
+		PanicAt: time.Date(2026, 11, 23, 10, 0, i, 0, time.UTC),
+		First:   time.Date(2026, 11, 23, 10, 0, i, 0, time.UTC),
+		Lines:   []string{"[   12.000000] sysrq: Trigger a crash", "[   12.000001] Kernel panic - not syncing: sysrq triggered crash"},
+	}
+}
+
+func open(t *testing.T, cfg Config) (*Journal, []detect.Incident) {
+	t.Helper()
+	j, unfinished, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	return j, unfinished
+}
+
+func ids(incs []detect.Incident) string {
+	var s []string
+	for _, inc := range incs {
+		s = append(s, inc.ID)
+	}
+	return strings.Join(s, ",")
+}
+
+func TestResumeUnfinished(t *testing.T) {
+	dir := t.TempDir()
+	j, unfinished := open(t, Config{Dir: dir})
+	if len(unfinished) != 0 {
+		t.Fatalf("new journal: %d unfinished", len(unfinished))
+	}
+	for i := range 4 {
+		if err := j.Begin(incident(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.Begin(incident(1)); err != nil { // again: one incident
+		t.Fatal(err)
+	}
+	if err := j.Done("inc-002", "cleaned up"); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Done("never-begun", "cleaned up"); err != nil {
+		t.Fatal(err)
+	}
+	j.Close() // as a crash would leave it: nothing more is written
+
+	j2, unfinished := open(t, Config{Dir: dir})
+	if got := ids(unfinished); got != "inc-000,inc-001,inc-003" {
+		t.Fatalf("unfinished %s", got)
+	}
+	if got, want := unfinished[0], incident(0); got.Reason != want.Reason || !got.PanicAt.Equal(want.PanicAt) || got.Source != want.Source || len(got.Lines) != 2 || !got.Fatal {
+		t.Errorf("incident read back as %+v", got)
+	}
+	for _, id := range []string{"inc-000", "inc-001", "inc-003"} {
+		if err := j2.Done(id, "cleaned up"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j2.Close()
+	_, unfinished = open(t, Config{Dir: dir})
+	if len(unfinished) != 0 {
+		t.Fatalf("all done, yet %s unfinished", ids(unfinished))
+	}
+}
+
+// A crash mid-write leaves a torn last line: it is counted and skipped,
+// and never written after.
+func TestTornRecord(t *testing.T) {
+	dir := t.TempDir()
+	j, _ := open(t, Config{Dir: dir})
+	for i := range 3 {
+		if err := j.Begin(incident(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	seg := j.path(j.seq)
+	b, err := os.ReadFile(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(seg, b[:len(b)-40], 0o600); err != nil { // the third record, torn
+		t.Fatal(err)
+	}
+
+	j2, unfinished := open(t, Config{Dir: dir})
+	if got := ids(unfinished); got != "inc-000,inc-001" {
+		t.Fatalf("unfinished %s", got)
+	}
+	if s := j2.Stats(); s.Corrupt != 1 || s.Resumed != 2 {
+		t.Errorf("stats %+v, want 1 corrupt, 2 resumed", s)
+	}
+	if err := j2.Begin(incident(2)); err != nil { // the collector hears it again
+		t.Fatal(err)
+	}
+	j2.Close()
+	_, unfinished = open(t, Config{Dir: dir})
+	if got := ids(unfinished); got != "inc-000,inc-001,inc-002" {
+		t.Fatalf("after the torn record: unfinished %s", got)
+	}
+}
+
+// Hostile or damaged files are skipped and counted, never a crash.
+func TestDamagedSegments(t *testing.T) {
+	dir := t.TempDir()
+	for name, content := range map[string]string{
+		"incidents-00000000000000000001.jsonl": "\x00\xff garbage\n{\"op\":\"begin\"}\n{\"op\":\"done\"}\n{\"op\":\"begin\",\"incident\":{\"id\":\"x\",\"source\":\"not an address\"}}\n[1,2,3]\n",
+		"incidents-00000000000000000002.jsonl": strings.Repeat("x", maxRecordBytes+10) + "\n",
+		"incidents-junk.jsonl":                 "not a segment, ignored",
+		"README":                               "ignored",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j, unfinished := open(t, Config{Dir: dir})
+	if len(unfinished) != 0 {
+		t.Errorf("unfinished from garbage: %s", ids(unfinished))
+	}
+	if s := j.Stats(); s.Corrupt != 6 {
+		t.Errorf("%d corrupt lines counted, want 6", s.Corrupt)
+	}
+	if err := j.Begin(incident(1)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The journal's size stays bounded however many incidents go through it,
+// and rotation keeps every unfinished one.
+func TestRotationBounded(t *testing.T) {
+	dir := t.TempDir()
+	const maxBytes = 8 << 10
+	j, _ := open(t, Config{Dir: dir, MaxBytes: maxBytes, Keep: 2})
+	for i := range 1000 {
+		if err := j.Begin(incident(i)); err != nil {
+			t.Fatal(err)
+		}
+		if i%100 == 7 {
+			continue // left unfinished
+		}
+		if err := j.Done(incident(i).ID, "cleaned up"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := j.Stats(); s.Rotations < 10 {
+		t.Errorf("%d rotations for 1000 incidents in %d-byte segments", s.Rotations, maxBytes)
+	}
+	var total int64
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		info, _ := e.Info()
+		total += info.Size()
+	}
+	if len(entries) > 2 || total > 3*maxBytes {
+		t.Errorf("%d segments, %d bytes: not bounded by 2 × %d", len(entries), total, maxBytes)
+	}
+	j.Close()
+	_, unfinished := open(t, Config{Dir: dir, MaxBytes: maxBytes, Keep: 2})
+	var want []string
+	for i := 7; i < 1000; i += 100 {
+		want = append(want, incident(i).ID)
+	}
+	if got := ids(unfinished); got != strings.Join(want, ",") {
+		t.Errorf("unfinished after rotations: %s, want %s", got, strings.Join(want, ","))
+	}
+}
+
+// A backlog larger than a segment does not make every write rotate.
+func TestRotationWithLargeBacklog(t *testing.T) {
+	j, _ := open(t, Config{Dir: t.TempDir(), MaxBytes: 1 << 10})
+	for i := range 200 {
+		if err := j.Begin(incident(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := j.Stats(); s.Rotations > 10 {
+		t.Errorf("%d rotations for 200 begins: rotating on every write", s.Rotations)
+	}
+	if j.Unfinished() != 200 {
+		t.Errorf("%d unfinished, want 200", j.Unfinished())
+	}
+}
+
+func TestClosed(t *testing.T) {
+	j, _ := open(t, Config{Dir: t.TempDir()})
+	j.Close()
+	if err := j.Begin(incident(1)); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("Begin after Close: %v", err)
+	}
+}
+
+func TestSegmentContent(t *testing.T) {
+	j, _ := open(t, Config{Dir: t.TempDir()})
+	if err := j.Begin(incident(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Done(incident(1).ID, "cleaned up: node deleted"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(j.path(j.seq))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.Split(bytes.TrimSpace(b), []byte("\n"))
+	if len(lines) != 2 || !bytes.HasPrefix(lines[0], []byte(`{"op":"begin"`)) || !bytes.Contains(lines[1], []byte(`"outcome":"cleaned up: node deleted"`)) {
+		t.Errorf("segment:\n%s", b)
+	}
+}
+
+// An incident begun, done and begun again (heard again after a restart)
+// is one unfinished incident, resumed once.
+func TestBegunAgain(t *testing.T) {
+	dir := t.TempDir()
+	j, _ := open(t, Config{Dir: dir})
+	for _, step := range []func() error{
+		func() error { return j.Begin(incident(1)) },
+		func() error { return j.Done(incident(1).ID, "cleaned up") },
+		func() error { return j.Begin(incident(1)) },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	j2, unfinished := open(t, Config{Dir: dir})
+	if got := ids(unfinished); got != "inc-001" || j2.Stats().Resumed != 1 {
+		t.Errorf("unfinished %s, resumed %d", got, j2.Stats().Resumed)
+	}
+}
+
+// A rotation that fails (here: the new segment's name is taken by a
+// directory) fails that write, and the journal recovers once the cause
+// is gone.
+func TestRotationFailureRecovers(t *testing.T) {
+	dir := t.TempDir()
+	j, _ := open(t, Config{Dir: dir, MaxBytes: 1}) // every write rotates
+	if err := j.Begin(incident(1)); err != nil {
+		t.Fatal(err)
+	}
+	blocker := j.path(j.seq + 1)
+	if err := os.Mkdir(blocker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Begin(incident(2)); err == nil {
+		t.Fatal("Begin succeeded with the new segment's name taken")
+	}
+	os.Remove(blocker)
+	if err := j.Begin(incident(3)); err != nil {
+		t.Fatalf("after the cause is gone: %v", err)
+	}
+	if s := j.Stats(); s.WriteErrors != 1 {
+		t.Errorf("%d write errors counted, want 1", s.WriteErrors)
+	}
+	j.Close()
+	if _, unfinished := open(t, Config{Dir: dir}); ids(unfinished) != "inc-001,inc-003" {
+		t.Errorf("unfinished %s", ids(unfinished))
+	}
+}

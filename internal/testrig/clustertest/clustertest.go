@@ -1,0 +1,147 @@
+// Package clustertest puts in a real API server what the tests need
+// there (Nodes with addresses, running Pods bound to them) and reads back
+// what lastgasp wrote (Events, a Pod's end). It is for tests only.
+package clustertest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/lastgasp/lastgasp/internal/cleanup"
+	"github.com/lastgasp/lastgasp/internal/detect"
+)
+
+// Hold is a finalizer the tests put on pods, so that a deleted pod can
+// still be read: its final status, annotations and deletion.
+const Hold = "test.lastgasp.io/hold"
+
+// Unique returns prefix with a random suffix: a name no other test uses.
+func Unique(prefix string) string {
+	b := make([]byte, 3)
+	rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+// InternalIP is a Node's address list with one InternalIP.
+func InternalIP(addr string) []corev1.NodeAddress {
+	return []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: addr}}
+}
+
+// Node registers a Node with the given addresses and annotations.
+func Node(t testing.TB, cs kubernetes.Interface, name string, addrs []corev1.NodeAddress, annotations map[string]string) *corev1.Node {
+	t.Helper()
+	ctx := context.Background()
+	n, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: annotations}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Status.Addresses = addrs
+	if n, err = cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// Pods creates the namespace ns and n Running pods in it, named
+// pod-0, pod-1, ..., bound to node, with the given finalizers (Hold, to
+// read them after their deletion).
+func Pods(t testing.TB, cs kubernetes.Interface, ns, node string, n int, finalizers ...string) []*corev1.Pod {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var pods []*corev1.Pod
+	for i := range n {
+		p, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("pod-%d", i), Finalizers: finalizers},
+			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Status.Phase = corev1.PodRunning
+		if p, err = cs.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		pods = append(pods, p)
+	}
+	return pods
+}
+
+// Release removes the Hold finalizer from every pod of ns, and deletes
+// ns.
+func Release(cs kubernetes.Interface, ns string) {
+	ctx := context.Background()
+	pods, _ := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	patch := []byte(`{"metadata":{"finalizers":null}}`)
+	for _, p := range pods.Items {
+		cs.CoreV1().Pods(ns).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	}
+	cs.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
+}
+
+// Eventually polls cond until it holds, or fails the test with what after
+// timeout.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond) // polling the API server: no watch needed for a test
+	}
+}
+
+// EventsFor lists the Events about an object; a Node's are in "default"
+// (ns "").
+func EventsFor(t testing.TB, cs kubernetes.Interface, ns string, uid types.UID) []corev1.Event {
+	t.Helper()
+	if ns == "" {
+		ns = metav1.NamespaceDefault
+	}
+	list, err := cs.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.uid=" + string(uid)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list.Items
+}
+
+// CheckPodEnded checks the end lastgasp gave a pod for a fatal incident:
+// deleted, in wantPhase, with the DisruptionTarget condition (reason
+// KernelPanic, the panic in its message) and the three annotations.
+func CheckPodEnded(t testing.TB, p *corev1.Pod, inc detect.Incident, wantPhase corev1.PodPhase) {
+	t.Helper()
+	name := p.Namespace + "/" + p.Name
+	if p.DeletionTimestamp == nil {
+		t.Errorf("%s: not deleted", name)
+	}
+	if p.Status.Phase != wantPhase {
+		t.Errorf("%s: phase %s, want %s", name, p.Status.Phase, wantPhase)
+	}
+	var cond *corev1.PodCondition
+	for i := range p.Status.Conditions {
+		if p.Status.Conditions[i].Type == corev1.DisruptionTarget {
+			cond = &p.Status.Conditions[i]
+		}
+	}
+	if cond == nil || cond.Status != corev1.ConditionTrue || cond.Reason != cleanup.ConditionReasonKernelPanic || !strings.Contains(cond.Message, inc.Reason) {
+		t.Errorf("%s: DisruptionTarget condition %+v", name, cond)
+	}
+	a := p.Annotations
+	if a[cleanup.AnnotationIncident] != inc.ID || a[cleanup.AnnotationReasonCode] != string(inc.Kind) ||
+		a[cleanup.AnnotationReason] != "the node's kernel panicked: "+inc.Reason {
+		t.Errorf("%s: annotations %v", name, a)
+	}
+}
