@@ -85,8 +85,17 @@ type watcher struct {
 	dropped atomic.Uint64
 }
 
+// DefaultWriteTimeout bounds one write to a watcher: one that stops
+// reading is disconnected then, and its slot freed.
+const DefaultWriteTimeout = 5 * time.Second
+
 // Feed fans records out to its watchers. The zero value is ready.
 type Feed struct {
+	// WriteTimeout bounds each write to a watcher; past it the watcher is
+	// disconnected, so stalled clients cannot hold every slot. Default
+	// DefaultWriteTimeout.
+	WriteTimeout time.Duration
+
 	mu       sync.Mutex
 	watchers map[*watcher]struct{}
 	// lineWatchers counts watchers of lines: with none, Line costs one
@@ -170,6 +179,11 @@ func (f *Feed) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
+	timeout := f.WriteTimeout
+	if timeout <= 0 {
+		timeout = DefaultWriteTimeout
+	}
+	rc := http.NewResponseController(rw)
 	rw.Header().Set("Content-Type", "application/x-ndjson")
 	rw.WriteHeader(http.StatusOK)
 	flusher.Flush()
@@ -178,13 +192,18 @@ func (f *Feed) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		case <-r.Context().Done():
 			return
 		case b := <-w.records:
+			if err := rc.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
+				return
+			}
 			if n := w.dropped.Swap(0); n > 0 {
 				fmt.Fprintf(rw, "{\"dropped\":%d}\n", n)
 			}
 			if _, err := rw.Write(b); err != nil {
 				return
 			}
-			flusher.Flush()
+			if err := rc.Flush(); err != nil {
+				return
+			}
 		}
 	}
 }

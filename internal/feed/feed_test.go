@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -117,4 +119,39 @@ func TestSlowWatcher(t *testing.T) {
 		}
 	}
 	t.Logf("%d records read, then told %d were dropped", got, dropped)
+}
+
+// Watchers that connect and never read are disconnected once a write to
+// them has waited WriteTimeout, so they cannot hold every slot: a new
+// watcher gets in.
+func TestStalledWatchersFreeTheirSlots(t *testing.T) {
+	f := &feed.Feed{WriteTimeout: 200 * time.Millisecond}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	for range feed.MaxWatchers {
+		conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.(*net.TCPConn).SetReadBuffer(4096)
+		fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: feed\r\n\r\n") // and never read
+	}
+	for f.Watchers() < feed.MaxWatchers {
+		time.Sleep(10 * time.Millisecond) // the server's accept is the only signal
+	}
+	big := detect.Incident{ID: "big", Lines: []string{strings.Repeat("x", 64<<10)}}
+	deadline := time.Now().Add(20 * time.Second)
+	for f.Watchers() == feed.MaxWatchers {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d stalled watchers still connected", f.Watchers())
+		}
+		f.Incident(big) // fills their socket buffers, then their queues
+		time.Sleep(time.Millisecond)
+	}
+	records, stop := watch(t, srv.URL)
+	defer stop()
+	f.Incident(detect.Incident{ID: "after"})
+	for r := next(t, records); r.Incident == nil || r.Incident.ID != "after"; r = next(t, records) {
+	}
 }
