@@ -19,7 +19,12 @@ bins=(kube-apiserver kube-controller-manager etcd)
 have_all() { for b in "${bins[@]}"; do [ -x "$dir/$b" ] || return 1; done; }
 if have_all; then echo "$dir"; exit 0; fi
 
+# One build at a time: test packages run in parallel, and each may ask.
+# The others wait here for the first, then find the binaries built.
 mkdir -p "$dir"
+exec 9>"$dir/.lock"
+flock 9
+if have_all; then echo "$dir"; exit 0; fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
