@@ -24,14 +24,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/lastgasp/lastgasp/internal/detect"
+	"github.com/lastgasp/lastgasp/internal/segment"
 )
 
 // Config configures a journal.
@@ -91,8 +89,11 @@ type Journal struct {
 	baseSize int64 // of the unfinished incidents copied into it
 	open     map[string]detect.Incident
 	order    []string // ids in open, oldest first (may hold finished ids)
+	finished recent   // ids finished lately, so a replay never begins them again
 	torn     bool     // a write failed part-way: rotate before the next
-	stats    Stats
+	// unwritable is why no segment could be started at Open, until Retry.
+	unwritable error
+	stats      Stats
 }
 
 // segmentPrefix and segmentSuffix frame a segment's sequence number.
@@ -114,7 +115,7 @@ func Open(cfg Config) (*Journal, []detect.Incident, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("journal: %w", err)
 	}
-	j := &Journal{cfg: cfg, open: map[string]detect.Incident{}}
+	j := &Journal{cfg: cfg, open: map[string]detect.Incident{}, finished: newRecent(rememberFinished)}
 	seqs, err := j.segments()
 	if err != nil {
 		return nil, nil, err
@@ -127,39 +128,49 @@ func Open(cfg Config) (*Journal, []detect.Incident, error) {
 	}
 	j.compactOrder()
 	j.stats.Resumed = uint64(len(j.order))
-	if err := j.rotate(); err != nil {
-		return nil, nil, err
-	}
+	// A segment that cannot be written now (a full disk) does not fail
+	// the start: the journal is not writable until Retry succeeds, and
+	// Writable says why.
+	j.unwritable = j.rotate()
 	return j, j.unfinished(), nil
+}
+
+// Writable returns nil when the journal can take incidents, or why not:
+// its segment could not be started (a full disk, a read-only mount).
+// Records then fail until Retry succeeds.
+func (j *Journal) Writable() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.unwritable
+}
+
+// Retry starts a segment again if the journal is not writable, and
+// returns Writable's answer.
+func (j *Journal) Retry() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.unwritable != nil && j.f == nil {
+		j.unwritable = j.rotate()
+	}
+	return j.unwritable
 }
 
 // segments lists the sequence numbers of the segments in the directory,
 // in order.
 func (j *Journal) segments() ([]uint64, error) {
-	entries, err := os.ReadDir(j.cfg.Dir)
+	seqs, err := j.files().List()
 	if err != nil {
 		return nil, fmt.Errorf("journal: %w", err)
 	}
-	var seqs []uint64
-	for _, e := range entries {
-		name, ok := strings.CutPrefix(e.Name(), segmentPrefix)
-		if !ok || !e.Type().IsRegular() {
-			continue
-		}
-		if name, ok = strings.CutSuffix(name, segmentSuffix); !ok {
-			continue
-		}
-		if seq, err := strconv.ParseUint(name, 10, 64); err == nil {
-			seqs = append(seqs, seq)
-		}
-	}
-	slices.Sort(seqs)
 	return seqs, nil
 }
 
-func (j *Journal) path(seq uint64) string {
-	return filepath.Join(j.cfg.Dir, fmt.Sprintf("%s%020d%s", segmentPrefix, seq, segmentSuffix))
+// files are the directory's segments.
+func (j *Journal) files() segment.Files {
+	return segment.Files{Dir: j.cfg.Dir, Prefix: segmentPrefix, Suffix: segmentSuffix}
 }
+
+func (j *Journal) path(seq uint64) string { return j.files().Path(seq) }
 
 // maxRecordBytes bounds one line read back: an incident holds at most a
 // few hundred lines of at most a few KiB.
@@ -188,6 +199,7 @@ func (j *Journal) replay(seq uint64) error {
 			j.open[r.Incident.ID] = *r.Incident
 		case r.Op == opDone && r.ID != "":
 			delete(j.open, r.ID)
+			j.finished.add(r.ID)
 		default:
 			j.stats.Corrupt++
 		}
@@ -292,23 +304,51 @@ func syncDir(dir string) error {
 }
 
 // Begin records that inc is taken on; it returns once the record is on
-// disk. An incident already unfinished is not written again.
+// disk. An incident already unfinished, or finished lately, is not
+// written again.
 func (j *Journal) Begin(inc detect.Incident) error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if _, known := j.open[inc.ID]; known {
-		return nil
-	}
-	if err := j.append(record{Op: opBegin, At: time.Now(), Incident: &inc}); err != nil {
-		j.stats.WriteErrors++
-		return fmt.Errorf("journal: begin %s: %w", inc.ID, err)
-	}
-	j.open[inc.ID] = inc
-	j.order = append(j.order, inc.ID)
-	return nil
+	_, err := j.BeginAll([]detect.Incident{inc})
+	return err
 }
 
-// Done records that the incident id is finished, with what was done.
+// BeginAll records that the incidents are taken on, with one fsync for
+// all of them (a group commit: a flood of incidents costs one sync a
+// batch, not one each), and returns once they are on disk. It returns
+// the incidents newly taken on, in order: those neither unfinished (a
+// previous run's, being resumed) nor finished lately (assembled again
+// from replayed lines) are to be acted on.
+func (j *Journal) BeginAll(incs []detect.Incident) ([]detect.Incident, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var taken []detect.Incident
+	for _, inc := range incs {
+		if _, known := j.open[inc.ID]; known || j.finished.has(inc.ID) || slices.ContainsFunc(taken, func(t detect.Incident) bool { return t.ID == inc.ID }) {
+			continue
+		}
+		if err := j.append(record{Op: opBegin, At: time.Now(), Incident: &inc}); err != nil {
+			j.stats.WriteErrors++
+			return nil, fmt.Errorf("journal: begin %s: %w", inc.ID, err)
+		}
+		taken = append(taken, inc)
+	}
+	if len(taken) == 0 {
+		return nil, nil
+	}
+	if err := j.sync(); err != nil {
+		j.stats.WriteErrors++
+		return nil, fmt.Errorf("journal: begin %d incidents: %w", len(taken), err)
+	}
+	for _, inc := range taken {
+		j.open[inc.ID] = inc
+		j.order = append(j.order, inc.ID)
+	}
+	return taken, nil
+}
+
+// Done records that the incident id is finished, with what was done. The
+// record is written (it survives the process being killed) but not
+// synced: one lost to a power failure only makes the next start resume
+// the incident, whose every action is idempotent.
 func (j *Journal) Done(id, outcome string) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -320,17 +360,29 @@ func (j *Journal) Done(id, outcome string) error {
 		return fmt.Errorf("journal: done %s: %w", id, err)
 	}
 	delete(j.open, id)
+	j.finished.add(id)
 	if len(j.order) > 2*len(j.open)+64 {
 		j.compactOrder()
 	}
 	return nil
 }
 
-// append writes one record and syncs it, rotating first if the segment
-// is full. The rotation threshold grows with the unfinished incidents
-// copied into the segment, so that a large backlog cannot make every
-// write rotate.
+// Finished reports whether the incident id was finished lately (in the
+// segments kept, or since Open).
+func (j *Journal) Finished(id string) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.finished.has(id)
+}
+
+// append writes one record, rotating first if the segment is full; sync
+// puts it on disk. The rotation threshold grows with the unfinished
+// incidents copied into the segment, so that a large backlog cannot make
+// every write rotate.
 func (j *Journal) append(r record) error {
+	if j.unwritable != nil {
+		return fmt.Errorf("not writable: %w", j.unwritable)
+	}
 	if j.f == nil {
 		return errors.New("journal is closed")
 	}
@@ -345,14 +397,21 @@ func (j *Journal) append(r record) error {
 	}
 	n, err := j.f.Write(append(line, '\n'))
 	j.size += int64(n)
-	if err == nil {
-		err = j.f.Sync()
-	}
 	if err != nil {
 		// The record may be half written: never append after it.
 		j.torn = true
 	}
 	return err
+}
+
+// sync puts what was appended on disk.
+func (j *Journal) sync() error {
+	if err := j.f.Sync(); err != nil {
+		// What the segment holds is unknown: never append after it.
+		j.torn = true
+		return err
+	}
+	return nil
 }
 
 // Unfinished returns how many incidents are taken on and not finished.
@@ -379,4 +438,36 @@ func (j *Journal) Close() error {
 	err := j.f.Close()
 	j.f = nil
 	return err
+}
+
+// rememberFinished is how many finished incident ids the journal
+// remembers: far more than a collector finishes in the spool's window.
+const rememberFinished = 8192
+
+// recent is a bounded set of ids: past its size the oldest is forgotten.
+type recent struct {
+	ids  map[string]struct{}
+	ring []string
+	next int
+}
+
+func newRecent(n int) recent {
+	return recent{ids: make(map[string]struct{}, n), ring: make([]string, n)}
+}
+
+func (r *recent) add(id string) {
+	if _, ok := r.ids[id]; ok {
+		return
+	}
+	if old := r.ring[r.next]; old != "" {
+		delete(r.ids, old)
+	}
+	r.ring[r.next] = id
+	r.ids[id] = struct{}{}
+	r.next = (r.next + 1) % len(r.ring)
+}
+
+func (r *recent) has(id string) bool {
+	_, ok := r.ids[id]
+	return ok
 }

@@ -231,9 +231,11 @@ func TestSegmentContent(t *testing.T) {
 	}
 }
 
-// An incident begun, done and begun again (heard again after a restart)
-// is one unfinished incident, resumed once.
-func TestBegunAgain(t *testing.T) {
+// An incident begun, done and begun again (assembled again from lines
+// replayed after a restart: the same panic, the same id) is not taken on
+// again, in this run or the next: nothing is left unfinished, and
+// BeginAll does not hand it back to be acted on.
+func TestFinishedRemembered(t *testing.T) {
 	dir := t.TempDir()
 	j, _ := open(t, Config{Dir: dir})
 	for _, step := range []func() error{
@@ -245,10 +247,19 @@ func TestBegunAgain(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if j.Unfinished() != 0 {
+		t.Errorf("begun again after done: %d unfinished", j.Unfinished())
+	}
 	j.Close()
 	j2, unfinished := open(t, Config{Dir: dir})
-	if got := ids(unfinished); got != "inc-001" || j2.Stats().Resumed != 1 {
-		t.Errorf("unfinished %s, resumed %d", got, j2.Stats().Resumed)
+	if got := ids(unfinished); got != "" || j2.Stats().Resumed != 0 {
+		t.Errorf("unfinished %q, resumed %d", got, j2.Stats().Resumed)
+	}
+	if !j2.Finished(incident(1).ID) {
+		t.Error("the next run does not remember the incident finished")
+	}
+	if taken, err := j2.BeginAll([]detect.Incident{incident(1), incident(2), incident(2)}); err != nil || ids(taken) != "inc-002" {
+		t.Errorf("BeginAll after a restart took %q (%v), want inc-002 alone", ids(taken), err)
 	}
 }
 
@@ -278,5 +289,39 @@ func TestRotationFailureRecovers(t *testing.T) {
 	j.Close()
 	if _, unfinished := open(t, Config{Dir: dir}); ids(unfinished) != "inc-001,inc-003" {
 		t.Errorf("unfinished %s", ids(unfinished))
+	}
+}
+
+// A journal whose segment cannot be written at start (here its name is
+// taken by a directory; in the field, a full disk) opens all the same,
+// not writable and saying why, with the unfinished incidents read; once
+// the cause is gone, Retry makes it writable.
+func TestUnwritableAtStart(t *testing.T) {
+	dir := t.TempDir()
+	j, _ := open(t, Config{Dir: dir})
+	if err := j.Begin(incident(1)); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	blocker := filepath.Join(dir, fmt.Sprintf("incidents-%020d.jsonl", 2))
+	if err := os.Mkdir(blocker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	j2, unfinished := open(t, Config{Dir: dir})
+	if ids(unfinished) != "inc-001" {
+		t.Errorf("unfinished %q", ids(unfinished))
+	}
+	if j2.Writable() == nil || j2.Retry() == nil {
+		t.Fatal("a journal with no segment says it is writable")
+	}
+	if err := j2.Begin(incident(2)); err == nil {
+		t.Error("Begin succeeded with no segment")
+	}
+	os.Remove(blocker)
+	if err := j2.Retry(); err != nil {
+		t.Fatalf("Retry: %v", err)
+	}
+	if err := j2.Begin(incident(2)); err != nil || j2.Unfinished() != 2 {
+		t.Errorf("Begin after Retry: %v, %d unfinished", err, j2.Unfinished())
 	}
 }
