@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,48 +94,57 @@ func replay(t *testing.T, conn *net.UDPConn, dst *net.UDPAddr, capture string) {
 	}
 }
 
-// TestRunSocketReportOnly: the socket data path, report-only, on
-// loopback: a real capture's panic comes out as one logged incident.
-func TestRunSocketReportOnly(t *testing.T) {
+// socketRun is a "lastgasp run --mode socket --report-only" on loopback,
+// in the test's process, with its metrics served.
+type socketRun struct {
+	running
+	port        int
+	metricsAddr string
+}
+
+// startSocketRun starts a socket-mode, report-only run on a free port of
+// 127.0.0.1 with more args, and waits until it says it is collecting.
+func startSocketRun(t *testing.T, args ...string) *socketRun {
+	t.Helper()
 	probe, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := probe.LocalAddr().(*net.UDPAddr).Port
+	r := &socketRun{port: probe.LocalAddr().(*net.UDPAddr).Port, metricsAddr: freeTCPAddr(t)}
 	probe.Close()
-	metricsAddr := freeTCPAddr(t)
-
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
-	done := make(chan int, 1)
-	go func() {
-		done <- runCmd(ctx, []string{"--mode", "socket", "--listen", "127.0.0.1", "--port", strconv.Itoa(port), "--report-only", "--metrics-addr", metricsAddr}, &out, &out)
-	}()
-	eventuallyLogged(t, &out, "lastgasp collecting")
+	r.done, r.cancel = make(chan int, 1), cancel
+	args = append([]string{"--mode", "socket", "--listen", "127.0.0.1", "--port", strconv.Itoa(r.port), "--report-only", "--metrics-addr", r.metricsAddr}, args...)
+	go func() { r.done <- runCmd(ctx, args, &r.out, &r.out) }()
+	eventuallyLogged(t, &r.out, "lastgasp collecting")
+	return r
+}
+
+// TestRunSocketReportOnly: the socket data path, report-only, on
+// loopback: a real capture's panic comes out as one logged incident.
+func TestRunSocketReportOnly(t *testing.T) {
+	r := startSocketRun(t)
 
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	replay(t, conn, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}, "sysrq-v4.pcap")
+	replay(t, conn, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: r.port}, "sysrq-v4.pcap")
 
-	inc := incidentLog(t, &out, 10*time.Second)
+	inc := incidentLog(t, &r.out, 10*time.Second)
 	if inc["kind"] != "sysrq" || inc["fatal"] != true || inc["source"] != "127.0.0.1" || !strings.HasPrefix(inc["action"].(string), "none") {
 		t.Errorf("incident %v", inc)
 	}
 	direct := func(fn func() error) error { return fn() }
-	scrapeFor(t, direct, metricsAddr, `lastgasp_incidents_total{fatal="true",kind="sysrq"} 1`, `lastgasp_decoder_events_total{event="messages"} 22`,
+	scrapeFor(t, direct, r.metricsAddr, `lastgasp_incidents_total{fatal="true",kind="sysrq"} 1`, `lastgasp_decoder_events_total{event="messages"} 22`,
 		`lastgasp_socket_events_total{event="matched"} 2`, `lastgasp_socket_events_total{event="context"} 20`, `lastgasp_socket_events_total{event="drops"} 0`)
 	for _, path := range []string{"/healthz", "/readyz"} {
-		if body := get(t, direct, "http://"+metricsAddr+path); body != "ok\n" {
+		if body := get(t, direct, "http://"+r.metricsAddr+path); body != "ok\n" {
 			t.Errorf("%s: %q", path, body)
 		}
 	}
-	cancel()
-	if code := <-done; code != exitOK {
-		t.Errorf("exit %d:\n%s", code, out.String())
-	}
+	r.stop(t)
 }
 
 // TestRunXDPReportOnly: the XDP data path, attached natively to the
@@ -336,4 +348,117 @@ func grepLastgasp(body string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestStopReadsOn: SIGTERM (here: the run's context) arrives while an
+// Oops is half sent, its panic line still on its way; the collector reads
+// on for the settle time before it flushes, so the incident is the fatal
+// one, not an Oops closed as survivable for want of its last line.
+func TestStopReadsOn(t *testing.T) {
+	testnet.RequireRoot(t)
+	pair := testnet.NewPair(t)
+	c := startCollector(t, pair, "--mode", "xdp", "--interface", pair.Collector.Ifname, "--xdp-mode", "native", "--report-only")
+	frames, err := packettest.ReadCapture(filepath.Join(fixtures, "null-oops-panic.pcap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	panicAt := slices.IndexFunc(frames, func(f packettest.Captured) bool {
+		return bytes.Contains(packettest.UDPPayload(f.Frame), []byte("Kernel panic - not syncing"))
+	})
+	if panicAt < 0 {
+		t.Fatal("no panic line in the capture")
+	}
+	conn, dst := nodeSocket(t, pair), &net.UDPAddr{IP: pair.Collector.IPv4.AsSlice(), Port: 6666}
+	send := func(fs []packettest.Captured) {
+		for _, f := range fs {
+			if _, err := conn.WriteToUDP(packettest.UDPPayload(f.Frame), dst); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	send(frames[:panicAt])
+	time.Sleep(200 * time.Millisecond) // the Oops is read and assembled
+	c.cancel()
+	time.Sleep(500 * time.Millisecond) // the panic line comes after the stop
+	send(frames[panicAt:])
+	if code := <-c.done; code != exitOK {
+		t.Errorf("exit %d:\n%s", code, c.out.String())
+	}
+	inc := incidentLog(t, &c.out, time.Second)
+	if inc["kind"] != "oops" || inc["fatal"] != true {
+		t.Errorf("incident %v, want the fatal Oops", inc)
+	}
+}
+
+// TestRunJournalUnwritable: a journal whose segment cannot be written at
+// start (its name taken by a directory; in the field, a full disk) does
+// not stop the collector, which would crash-loop: it runs, acts on what
+// it hears, and /readyz says it is not ready and why, until a retry finds
+// the journal writable again.
+func TestRunJournalUnwritable(t *testing.T) {
+	journalDir := t.TempDir()
+	blocker := filepath.Join(journalDir, fmt.Sprintf("incidents-%020d.jsonl", 1))
+	if err := os.Mkdir(blocker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	r := startSocketRun(t, "--journal", journalDir)
+	direct := func(fn func() error) error { return fn() }
+	if body := get(t, direct, "http://"+r.metricsAddr+"/readyz"); !strings.Contains(body, "not ready: journal") {
+		t.Errorf("/readyz with an unwritable journal: %q", body)
+	}
+	if body := get(t, direct, "http://"+r.metricsAddr+"/healthz"); body != "ok\n" {
+		t.Errorf("/healthz: %q", body)
+	}
+
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	replay(t, conn, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: r.port}, "sysrq-v4.pcap")
+	if inc := incidentLog(t, &r.out, 10*time.Second); inc["kind"] != "sysrq" {
+		t.Errorf("incident %v", inc)
+	}
+
+	os.Remove(blocker)
+	deadline := time.Now().Add(2*journalRetryEvery + 5*time.Second)
+	for get(t, direct, "http://"+r.metricsAddr+"/readyz") != "ok\n" {
+		if time.Now().After(deadline) {
+			t.Fatalf("still not ready after the journal became writable:\n%s", r.out.String())
+		}
+		time.Sleep(100 * time.Millisecond) // /readyz is the only signal
+	}
+	r.stop(t)
+}
+
+// TestForgeryFloodLogs: 300 forged panics from 300 addresses (a trigger
+// line each) are 300 incidents counted, but the log holds a burst of
+// each kind of line and one line with the count of the rest, not a line
+// or more an incident: a flood of forgeries cannot flood the log.
+func TestForgeryFloodLogs(t *testing.T) {
+	r := startSocketRun(t)
+	const forged = 300
+	for i := range forged {
+		src := net.IPv4(127, 1, byte(i>>8), byte(1+i&0xff))
+		conn, err := net.DialUDP("udp", &net.UDPAddr{IP: src}, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: r.port})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "[ 12.%06d] sysrq: Trigger a crash\n", i)
+		conn.Close()
+	}
+	direct := func(fn func() error) error { return fn() }
+	time.Sleep(5 * time.Second) // the incidents' quiet period: they close
+	scrapeFor(t, direct, r.metricsAddr, fmt.Sprintf(`lastgasp_incidents_total{fatal="false",kind="sysrq"} %d`, forged))
+	r.stop(t)
+	lines := strings.Count(r.out.String(), "\n")
+	suppressed := 0.0
+	for _, msg := range []string{"incident (more, not logged one by one)", "incident finished (more, not logged one by one)"} {
+		for _, rec := range logged(&r.out, msg) {
+			suppressed += rec["suppressed"].(float64)
+		}
+	}
+	if lines > 60 || suppressed != 2*(forged-20) {
+		t.Errorf("%d log lines for %d forged incidents, %v suppressed and counted", lines, forged, suppressed)
+	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/lastgasp/lastgasp/internal/detect"
 	"github.com/lastgasp/lastgasp/internal/filter"
+	"github.com/lastgasp/lastgasp/internal/logagg"
 	"github.com/lastgasp/lastgasp/internal/netconsole"
 	"github.com/lastgasp/lastgasp/internal/pattern"
 )
@@ -36,9 +37,10 @@ type Config struct {
 	Patterns *pattern.Table
 	// Sink, if set, receives every incident.
 	Sink Sink
-	// ReportOnly says the sink acts on no cluster (or there is no sink):
-	// the log says so.
-	ReportOnly bool
+	// Plan, if set, says what the sink will do with an incident (the
+	// cleanup controller's own Plan); the log line of each incident
+	// carries it. Nil: "none: report-only".
+	Plan func(detect.Incident) string
 	// Observe, if set, sees every incident too (metrics, the feed).
 	Observe func(detect.Incident)
 	// OnLine, if set, sees every forwarded line before it is decoded
@@ -47,8 +49,13 @@ type Config struct {
 	// Snapshot, if set, receives the decoder's and detector's counters
 	// every tick and at the end: a copy other goroutines may read.
 	Snapshot func(netconsole.Counters, detect.Counters)
-	// Logger receives every incident and what the collector does.
+	// Logger receives what the collector does, and each incident, as far
+	// as Aggregate lets it.
 	Logger *slog.Logger
+	// Aggregate, if set, keeps a flood of incidents out of the log: a
+	// burst of each kind a minute, the rest counted in one line. The
+	// incident's finish is logged apart, and the metrics count each.
+	Aggregate *logagg.Aggregator
 	// Reload, if set, brings new pattern tables (a reloaded patterns
 	// file) for the detector; the data path is given them by the caller.
 	Reload <-chan *pattern.Table
@@ -64,14 +71,24 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = slog.Default()
 	}
+	plan := cfg.Plan
+	if plan == nil {
+		plan = func(detect.Incident) string { return "none: report-only" }
+	}
+	logIncident := func(_ string, level slog.Level, msg string, args ...any) {
+		log.Log(context.Background(), level, msg, args...)
+	}
+	if cfg.Aggregate != nil {
+		logIncident = cfg.Aggregate.Log
+	}
 	asm := detect.NewAssembler(netconsole.Config{}, detect.Config{Patterns: cfg.Patterns})
 	report := func(incs []detect.Incident) {
 		for _, inc := range incs {
-			log.Info("incident",
+			logIncident("incident "+string(inc.Kind), slog.LevelInfo, "incident",
 				"id", inc.ID, "source", inc.Source, "kind", inc.Kind, "fatal", inc.Fatal,
 				"reason", inc.Reason, "cause", inc.Cause, "module", inc.Module, "task", inc.Task,
 				"first", inc.First, "lines", len(inc.Lines),
-				"action", action(!cfg.ReportOnly && cfg.Sink != nil, inc))
+				"action", plan(inc))
 			if cfg.Observe != nil {
 				cfg.Observe(inc)
 			}
@@ -123,17 +140,5 @@ func Run(ctx context.Context, cfg Config) error {
 		case t := <-cfg.Reload:
 			asm.Detector.SetPatterns(t)
 		}
-	}
-}
-
-// action says what will be done with an incident.
-func action(cluster bool, inc detect.Incident) string {
-	switch {
-	case !cluster:
-		return "none: report-only"
-	case inc.Fatal:
-		return "cleanup: confirm the node dead, end its pods, delete it"
-	default:
-		return "report on the node"
 	}
 }

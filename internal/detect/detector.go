@@ -41,6 +41,10 @@ type Config struct {
 	MaxOpenBytes int
 }
 
+// DefaultSettleTime is how long a fatal incident stays open after its
+// panic line, by default.
+const DefaultSettleTime = 2 * time.Second
+
 func (c Config) withDefaults() Config {
 	if c.Patterns == nil {
 		c.Patterns = pattern.Default()
@@ -49,7 +53,7 @@ func (c Config) withDefaults() Config {
 		c.QuietPeriod = 5 * time.Second
 	}
 	if c.SettleTime <= 0 {
-		c.SettleTime = 2 * time.Second
+		c.SettleTime = DefaultSettleTime
 	}
 	if c.MaxLines <= 0 {
 		c.MaxLines = 200

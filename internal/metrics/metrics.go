@@ -20,10 +20,8 @@ import (
 
 // Sources are the counters a scrape reads; nil fields are left out.
 type Sources struct {
-	// XDP returns the XDP program's counters (xdp mode).
-	XDP func() (any, error)
-	// RingMalformed returns how many ring buffer records were refused.
-	RingMalformed func() uint64
+	// DataPath is where lines come from.
+	DataPath DataPath
 	// Decoder and Detector return the assembler's counters.
 	Decoder  func() any
 	Detector func() any
@@ -35,6 +33,17 @@ type Sources struct {
 	JournalUnfinished func() int
 	// FeedWatchers returns how many lastgasp tail watchers are connected.
 	FeedWatchers func() int
+	// NotReady, if set, returns why the collector cannot do its job now
+	// (its journal cannot be written), or nil: /readyz says so.
+	NotReady func() error
+}
+
+// DataPath are the data path's counters; nil fields are left out.
+type DataPath struct {
+	// XDP returns the XDP program's counters (xdp mode).
+	XDP func() (any, error)
+	// RingMalformed returns how many ring buffer records were refused.
+	RingMalformed func() uint64
 	// Sockets returns the UDP sockets' counters, summed
 	// (udpreceiver.Counters: socket mode, or xdp mode's backstop).
 	Sockets func() any
@@ -42,6 +51,7 @@ type Sources struct {
 
 // Metrics is the collector's registry.
 type Metrics struct {
+	notReady    func() error
 	reg         *prometheus.Registry
 	incidents   *prometheus.CounterVec
 	finished    *prometheus.CounterVec
@@ -53,7 +63,8 @@ type Metrics struct {
 // New registers the collector's metrics.
 func New(src Sources) *Metrics {
 	m := &Metrics{
-		reg: prometheus.NewRegistry(),
+		notReady: src.NotReady,
+		reg:      prometheus.NewRegistry(),
 		incidents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lastgasp_incidents_total",
 			Help: "Incidents assembled, by kind and whether the kernel died.",
@@ -117,8 +128,14 @@ func (m *Metrics) Handler() http.Handler {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !m.ready.Load() {
-			http.Error(w, "not ready\n", http.StatusServiceUnavailable)
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
+		}
+		if m.notReady != nil {
+			if err := m.notReady(); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
 		}
 		w.Write([]byte("ok\n"))
 	})
@@ -149,16 +166,16 @@ func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (s *scrape) Collect(ch chan<- prometheus.Metric) {
-	if s.src.XDP != nil {
-		c, err := s.src.XDP()
+	if s.src.DataPath.XDP != nil {
+		c, err := s.src.DataPath.XDP()
 		if err != nil {
 			ch <- prometheus.MustNewConstMetric(errorDesc, prometheus.GaugeValue, 1, "xdp")
 		} else {
 			emit(ch, xdpDesc, c)
 		}
 	}
-	if s.src.RingMalformed != nil {
-		ch <- prometheus.MustNewConstMetric(ringDesc, prometheus.CounterValue, float64(s.src.RingMalformed()))
+	if s.src.DataPath.RingMalformed != nil {
+		ch <- prometheus.MustNewConstMetric(ringDesc, prometheus.CounterValue, float64(s.src.DataPath.RingMalformed()))
 	}
 	if s.src.Decoder != nil {
 		emit(ch, decoderDesc, s.src.Decoder())
@@ -172,8 +189,8 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	if s.src.Journal != nil {
 		emit(ch, journalDesc, s.src.Journal())
 	}
-	if s.src.Sockets != nil {
-		emit(ch, socketDesc, s.src.Sockets())
+	if s.src.DataPath.Sockets != nil {
+		emit(ch, socketDesc, s.src.DataPath.Sockets())
 	}
 	if s.src.FeedWatchers != nil {
 		ch <- prometheus.MustNewConstMetric(feedDesc, prometheus.GaugeValue, float64(s.src.FeedWatchers()))
