@@ -2,6 +2,7 @@ package netconsole
 
 import (
 	"bytes"
+	"container/list"
 	"hash/maphash"
 	"net/netip"
 	"strconv"
@@ -82,17 +83,21 @@ type Decoder struct {
 	seen *lru.Cache
 
 	// Records in reassembly: by source and sequence number, in arrival
-	// order for expiry, with their count per source and bytes in all.
+	// order for expiry, with their count per source and bytes in all
+	// (pendingBytes counts the waiting lines below too). A record leaves
+	// the list the moment it is completed or dropped, so nothing that
+	// waits keeps alive what came after it.
 	pending      map[fragKey]*partial
-	order        []*partial
+	order        list.List // of *partial
 	perSource    map[netip.Addr]int
 	pendingBytes int
 
 	// Basic lines cut short by the end of a datagram (netconsole sends at
 	// most 1000 bytes a datagram, and a pr_cont line in pieces), by
-	// source, waiting for the datagram that continues them.
+	// source, waiting for the datagram that continues them; in arrival
+	// order for expiry, each removed from the list when it is taken.
 	tails     map[netip.Addr]*tail
-	tailOrder []*tail // in arrival order, for expiry
+	tailOrder list.List // of *tail
 }
 
 // tail is the unfinished last line of a source's basic datagram.
@@ -100,13 +105,14 @@ type tail struct {
 	src  netip.AddrPort
 	text []byte
 	at   time.Time
-	done bool // continued, replaced or given up: skip it in tailOrder
+	elem *list.Element // in tailOrder
 }
 
-// tailOverhead is what a waiting line costs beyond its text (map entry,
-// struct, list slot), charged against MaxPendingBytes so that many tiny
+// tailOverhead is what a waiting line costs beyond its text: the struct
+// (96 bytes), its list element (48), its map entry (about 48 with the
+// map's spare room), charged against MaxPendingBytes so that many tiny
 // lines from many sources cannot grow without bound.
-const tailOverhead = 128
+const tailOverhead = 192
 
 // NewDecoder returns a Decoder bounded by cfg.
 func NewDecoder(cfg Config) *Decoder {
@@ -179,9 +185,9 @@ func (d *Decoder) basic(src netip.AddrPort, payload []byte, received time.Time) 
 		lines = lines[:len(lines)-1]
 		if len(last) < d.cfg.MaxRecordBytes && d.pendingBytes+len(last)+tailOverhead <= d.cfg.MaxPendingBytes {
 			t := &tail{src: src, text: bytes.Clone(last), at: received}
+			t.elem = d.tailOrder.PushBack(t)
 			d.tails[addr] = t
-			d.tailOrder = append(d.tailOrder, t)
-			d.pendingBytes += len(last) + tailOverhead
+			d.pendingBytes += tailCost(t)
 		} else {
 			lines = append(lines, last) // too long to wait for: take it as it is
 		}
@@ -212,13 +218,18 @@ func startsWithUptime(p []byte) bool {
 	return ok
 }
 
+// dropTail forgets the source's waiting line (the caller uses its text).
 func (d *Decoder) dropTail(addr netip.Addr) {
 	if t := d.tails[addr]; t != nil {
-		d.pendingBytes -= len(t.text) + tailOverhead
-		t.done = true
+		d.pendingBytes -= tailCost(t)
+		d.tailOrder.Remove(t.elem)
+		t.elem = nil
 		delete(d.tails, addr)
 	}
 }
+
+// tailCost is what a waiting line holds: its text's buffer and the rest.
+func tailCost(t *tail) int { return cap(t.text) + tailOverhead }
 
 // keep appends m to out unless it is a duplicate.
 func (d *Decoder) keep(out []Message, m Message) []Message {
