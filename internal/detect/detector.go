@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"k8s.io/utils/lru"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 
 	"github.com/lastgasp/lastgasp/internal/netconsole"
 	"github.com/lastgasp/lastgasp/internal/pattern"
@@ -81,9 +81,9 @@ type Detector struct {
 	byAge *list.List // the open incidents, least recently heard first
 	// openBytes is what the open incidents' lines take (see MaxOpenBytes).
 	openBytes int
-	recent    *lru.Cache // ids of incidents returned lately
-	dead      *lru.Cache // source -> when its last fatal incident closed
-	strays    *lru.Cache // source -> []netconsole.Message: lines of no incident, lately
+	recent    *simplelru.LRU[string, struct{}]                 // ids of incidents returned lately
+	dead      *simplelru.LRU[netip.Addr, time.Time]            // when each source's last fatal incident closed
+	strays    *simplelru.LRU[netip.Addr, []netconsole.Message] // lines of no incident, lately
 	counters  Counters
 }
 
@@ -108,8 +108,12 @@ const lateMarker = time.Minute
 // New returns a Detector with cfg.
 func New(cfg Config) *Detector {
 	cfg = cfg.withDefaults()
+	// NewLRU fails only for a size below 1: these are constants.
+	recent, _ := simplelru.NewLRU[string, struct{}](4096, nil)
+	dead, _ := simplelru.NewLRU[netip.Addr, time.Time](4096, nil)
+	strays, _ := simplelru.NewLRU[netip.Addr, []netconsole.Message](maxStraySources, nil)
 	return &Detector{cfg: cfg, open: map[netip.Addr]*building{}, byAge: list.New(),
-		recent: lru.New(4096), dead: lru.New(4096), strays: lru.New(maxStraySources)}
+		recent: recent, dead: dead, strays: strays}
 }
 
 // Counters returns what the detector has done so far.
@@ -168,7 +172,7 @@ func (d *Detector) Add(m netconsole.Message) []Incident {
 			return nil // not part of any incident, yet
 		}
 		if strings.HasPrefix(m.Text, panicEndPrefix) {
-			if closed, ok := d.dead.Get(addr); ok && m.Received.Sub(closed.(time.Time)) < lateMarker {
+			if closed, ok := d.dead.Get(addr); ok && m.Received.Sub(closed) < lateMarker {
 				return nil // the end of a panic already reported
 			}
 		}
@@ -203,10 +207,7 @@ func (d *Detector) Add(m netconsole.Message) []Incident {
 
 // keepStray keeps a line of no incident for a while.
 func (d *Detector) keepStray(addr netip.Addr, m netconsole.Message) {
-	var kept []netconsole.Message
-	if v, ok := d.strays.Get(addr); ok {
-		kept = v.([]netconsole.Message)
-	}
+	kept, _ := d.strays.Get(addr)
 	if len(kept) >= maxStraysPerSource {
 		kept = append(kept[:0:0], kept[1:]...) // the oldest goes
 	}
@@ -217,13 +218,13 @@ func (d *Detector) keepStray(addr netip.Addr, m netconsole.Message) {
 // strays that the kernel logged after the trigger and that arrived
 // within strayWindow of it.
 func (d *Detector) adoptStrays(b *building, trigger netconsole.Message) {
-	v, ok := d.strays.Get(b.source)
+	kept, ok := d.strays.Get(b.source)
 	if !ok {
 		return
 	}
 	d.strays.Remove(b.source)
 	lastSeen := b.lastSeen
-	for _, m := range v.([]netconsole.Message) {
+	for _, m := range kept {
 		if trigger.Received.Sub(m.Received) > strayWindow || !loggedAfter(m, trigger) {
 			continue
 		}

@@ -10,7 +10,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"k8s.io/utils/lru"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
 // Config bounds a Decoder's memory and time. Zero fields take defaults.
@@ -79,8 +79,8 @@ type Decoder struct {
 	counters Counters
 	seed     maphash.Seed
 
-	// seen maps a source address to its *window of recent messages.
-	seen *lru.Cache
+	// seen maps a source address to its window of recent messages.
+	seen *simplelru.LRU[netip.Addr, *window]
 
 	// Records in reassembly: by source and sequence number, in arrival
 	// order for expiry, with their count per source and bytes in all
@@ -117,10 +117,12 @@ const tailOverhead = 192
 // NewDecoder returns a Decoder bounded by cfg.
 func NewDecoder(cfg Config) *Decoder {
 	cfg = cfg.withDefaults()
+	// NewLRU fails only for a size below 1, which withDefaults rules out.
+	seen, _ := simplelru.NewLRU[netip.Addr, *window](cfg.MaxSources, nil)
 	return &Decoder{
 		cfg:       cfg,
 		seed:      maphash.MakeSeed(),
-		seen:      lru.New(cfg.MaxSources),
+		seen:      seen,
 		pending:   map[fragKey]*partial{},
 		perSource: map[netip.Addr]int{},
 		tails:     map[netip.Addr]*tail{},
@@ -460,12 +462,11 @@ func (d *Decoder) duplicate(m Message) bool {
 	key := h.Sum64()
 
 	addr := m.Source.Addr()
-	v, ok := d.seen.Get(addr)
+	w, ok := d.seen.Get(addr)
 	if !ok {
-		v = &window{ring: make([]uint64, 0, d.cfg.DedupWindow), set: map[uint64]struct{}{}}
-		d.seen.Add(addr, v)
+		w = &window{ring: make([]uint64, 0, d.cfg.DedupWindow), set: map[uint64]struct{}{}}
+		d.seen.Add(addr, w)
 	}
-	w := v.(*window)
 	if _, dup := w.set[key]; dup {
 		return true
 	}
