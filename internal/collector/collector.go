@@ -49,6 +49,9 @@ type Config struct {
 	Snapshot func(netconsole.Counters, detect.Counters)
 	// Logger receives every incident and what the collector does.
 	Logger *slog.Logger
+	// MemoryBudget bounds, in bytes, what decoding and assembling hold
+	// (see detect.Budget). Default detect.DefaultMemoryBudget.
+	MemoryBudget int
 	// Reload, if set, brings new pattern tables (a reloaded patterns
 	// file) for the detector; the data path is given them by the caller.
 	Reload <-chan *pattern.Table
@@ -64,7 +67,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = slog.Default()
 	}
-	asm := detect.NewAssembler(netconsole.Config{}, detect.Config{Patterns: cfg.Patterns})
+	dc, tc := detect.Budget(cfg.MemoryBudget)
+	tc.Patterns = cfg.Patterns
+	asm := detect.NewAssembler(dc, tc)
 	report := func(incs []detect.Incident) {
 		for _, inc := range incs {
 			log.Info("incident",

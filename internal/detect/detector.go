@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 
@@ -33,13 +34,24 @@ type Config struct {
 	// MaxOpen bounds the incidents open at once (one per source); past it
 	// the least recently heard is closed early. Default 100,000.
 	MaxOpen int
-	// MaxOpenBytes bounds the memory the open incidents' lines take
-	// (their text plus msgOverhead each); past it the least recently
-	// heard are closed early. Without it a flood of triggers from
-	// spoofed sources could hold MaxOpen × MaxLines lines. Default
-	// 256 MiB.
+	// MaxOpenBytes bounds what the open incidents hold, as the heap
+	// holds it (their lines, triggers and bookkeeping); past it the least
+	// recently heard are closed early. Without it a flood of triggers
+	// from spoofed sources could hold MaxOpen × MaxLines lines. Default
+	// DefaultMaxOpenBytes.
 	MaxOpenBytes int
+	// MaxStrayBytes bounds what the lines of no incident held a while
+	// (see Strays) take; past it the least recently heard source's are
+	// forgotten. Default DefaultMaxStrayBytes.
+	MaxStrayBytes int
 }
+
+// The default bounds: with the decoder's defaults, DefaultMemoryBudget in
+// all (see Budget).
+const (
+	DefaultMaxOpenBytes  = 80 << 20
+	DefaultMaxStrayBytes = 8 << 20
+)
 
 func (c Config) withDefaults() Config {
 	if c.Patterns == nil {
@@ -58,7 +70,10 @@ func (c Config) withDefaults() Config {
 		c.MaxOpen = 100_000
 	}
 	if c.MaxOpenBytes <= 0 {
-		c.MaxOpenBytes = 256 << 20
+		c.MaxOpenBytes = DefaultMaxOpenBytes
+	}
+	if c.MaxStrayBytes <= 0 {
+		c.MaxStrayBytes = DefaultMaxStrayBytes
 	}
 	return c
 }
@@ -84,7 +99,9 @@ type Detector struct {
 	recent    *simplelru.LRU[string, struct{}]                 // ids of incidents returned lately
 	dead      *simplelru.LRU[netip.Addr, time.Time]            // when each source's last fatal incident closed
 	strays    *simplelru.LRU[netip.Addr, []netconsole.Message] // lines of no incident, lately
-	counters  Counters
+	// strayBytes is what strays hold (see MaxStrayBytes).
+	strayBytes int
+	counters   Counters
 }
 
 // Strays are lines that belong to no open incident when they arrive.
@@ -95,10 +112,20 @@ type Detector struct {
 // latest strays of each source wait a little, and an incident opened
 // after them takes those the kernel logged after its trigger.
 const (
-	maxStraySources    = 256              // sources whose strays are kept (least recent forgotten)
+	maxStraySources    = 65536            // sources whose strays are kept (least recent forgotten; MaxStrayBytes bounds them first)
 	maxStraysPerSource = 32               // the latest lines kept a source (more than the 20 context lines)
 	strayWindow        = 10 * time.Second // how long a stray waits (the program's burst timeout)
+	strayOverhead      = 160              // a source's LRU entry and slice header
 )
+
+// strayCost is what a source's kept strays hold.
+func strayCost(kept []netconsole.Message) int {
+	n := strayOverhead + (cap(kept)-len(kept))*msgSlot
+	for _, m := range kept {
+		n += msgSize(m)
+	}
+	return n
+}
 
 // lateMarker is how long after a fatal incident closed a lone end-of-panic
 // marker from the same source is taken as that panic's last word, not a
@@ -111,9 +138,11 @@ func New(cfg Config) *Detector {
 	// NewLRU fails only for a size below 1: these are constants.
 	recent, _ := simplelru.NewLRU[string, struct{}](4096, nil)
 	dead, _ := simplelru.NewLRU[netip.Addr, time.Time](4096, nil)
-	strays, _ := simplelru.NewLRU[netip.Addr, []netconsole.Message](maxStraySources, nil)
-	return &Detector{cfg: cfg, open: map[netip.Addr]*building{}, byAge: list.New(),
-		recent: recent, dead: dead, strays: strays}
+	d := &Detector{cfg: cfg, open: map[netip.Addr]*building{}, byAge: list.New(), recent: recent, dead: dead}
+	d.strays, _ = simplelru.NewLRU(maxStraySources, func(_ netip.Addr, kept []netconsole.Message) {
+		d.strayBytes -= strayCost(kept)
+	})
+	return d
 }
 
 // Counters returns what the detector has done so far.
@@ -136,24 +165,39 @@ type building struct {
 	lastSeen time.Time
 }
 
-// msgOverhead is what a kept message costs beyond its strings: the
-// Message struct, its slot in msgs, a dictionary's map header.
-const msgOverhead = 256
+// msgSlot is what a message takes in a slice; msgSize adds what it points
+// to: its strings (each rounded up to the allocator's 16 bytes) and its
+// dictionary (a map of a few entries: about 300 bytes, and its strings).
+const msgSlot = int(unsafe.Sizeof(netconsole.Message{}))
 
-// msgSize is what a kept message costs, as MaxOpenBytes counts it.
+// msgSize is what a kept message holds, as MaxOpenBytes counts it.
 func msgSize(m netconsole.Message) int {
-	n := msgOverhead + len(m.Text) + len(m.Caller) + len(m.Release)
-	for k, v := range m.Dict {
-		n += len(k) + len(v) + 32
+	n := msgSlot + strSize(m.Text) + strSize(m.Caller) + strSize(m.Release)
+	if m.Dict != nil {
+		n += 300
+		for k, v := range m.Dict {
+			n += strSize(k) + strSize(v)
+		}
 	}
 	return n
 }
+
+// strSize is what a string's bytes take on the heap.
+func strSize(s string) int { return (len(s) + 15) &^ 15 }
 
 // trigger is a trigger line and its pattern's kind.
 type trigger struct {
 	msg  netconsole.Message
 	kind pattern.Kind
 }
+
+// trigSlot is what a trigger takes in a slice (its strings are the
+// message's, counted once in msgs).
+const trigSlot = int(unsafe.Sizeof(trigger{}))
+
+// buildingOverhead is what an open incident holds beyond its messages and
+// triggers: the struct, its list element and map entry.
+const buildingOverhead = int(unsafe.Sizeof(building{})) + 48 + 64
 
 // maxTriggers bounds the trigger lines an incident keeps (a storm of
 // WARNs should not grow it without end).
@@ -179,13 +223,12 @@ func (d *Detector) Add(m netconsole.Message) []Incident {
 		if len(d.open) >= d.cfg.MaxOpen {
 			return d.closeOldest(m)
 		}
-		b = &building{source: addr}
+		b = &building{source: addr, bytes: buildingOverhead}
 		d.open[addr] = b
 		b.elem = d.byAge.PushBack(b)
-		before := b.bytes
 		b.add(m, trig, isTrigger, d.cfg.MaxLines)
 		d.adoptStrays(b, m)
-		d.openBytes += b.bytes - before
+		d.openBytes += b.bytes
 	} else {
 		d.byAge.MoveToBack(b.elem)
 		before := b.bytes
@@ -208,10 +251,21 @@ func (d *Detector) Add(m netconsole.Message) []Incident {
 // keepStray keeps a line of no incident for a while.
 func (d *Detector) keepStray(addr netip.Addr, m netconsole.Message) {
 	kept, _ := d.strays.Get(addr)
+	before := 0
+	if kept != nil {
+		before = strayCost(kept)
+	}
 	if len(kept) >= maxStraysPerSource {
 		kept = append(kept[:0:0], kept[1:]...) // the oldest goes
 	}
-	d.strays.Add(addr, append(kept, m))
+	kept = append(kept, m)
+	d.strays.Add(addr, kept) // may forget the least recent (the callback uncounts it)
+	d.strayBytes += strayCost(kept) - before
+	// Over the budget: the least recently heard go first (never this
+	// source's, the most recent).
+	for d.strayBytes > d.cfg.MaxStrayBytes && d.strays.Len() > 1 {
+		d.strays.RemoveOldest()
+	}
 }
 
 // adoptStrays gives a new incident, opened by trigger, its source's
@@ -333,9 +387,11 @@ const (
 
 func (b *building) add(m netconsole.Message, trig pattern.Pattern, isTrigger bool, maxLines int) {
 	b.lastSeen = m.Received
-	if len(b.msgs) < maxLines {
+	kept := len(b.msgs) < maxLines
+	if kept {
+		before := cap(b.msgs)
 		b.msgs = append(b.msgs, m)
-		b.bytes += msgSize(m)
+		b.bytes += (cap(b.msgs)-before)*msgSlot + msgSize(m) - msgSlot
 	} else {
 		b.dropped++
 	}
@@ -346,7 +402,12 @@ func (b *building) add(m netconsole.Message, trig pattern.Pattern, isTrigger boo
 	// reason and the id, which collectors must agree on.
 	dying := strings.HasPrefix(m.Text, panicPrefix) || strings.HasPrefix(m.Text, panicEndPrefix)
 	if len(b.triggers) < maxTriggers || dying {
+		before := cap(b.triggers)
 		b.triggers = append(b.triggers, trigger{msg: m, kind: trig.Kind})
+		b.bytes += (cap(b.triggers) - before) * trigSlot
+		if !kept { // its strings are held by the trigger alone
+			b.bytes += msgSize(m) - msgSlot
+		}
 	}
 	switch {
 	case strings.HasPrefix(m.Text, panicPrefix):

@@ -5,6 +5,7 @@ import (
 	"container/list"
 	"hash/maphash"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -25,17 +26,30 @@ type Config struct {
 	// MaxPendingPerSource is how many records one source may have in
 	// reassembly at once. Default 16.
 	MaxPendingPerSource int
-	// MaxPendingBytes bounds the bytes held for reassembly across all
-	// sources. Default 16 MiB.
+	// MaxPendingBytes bounds what records in reassembly and lines
+	// waiting for their continuation hold, across all sources, as the
+	// heap holds it (buffers and bookkeeping). Default 16 MiB.
 	MaxPendingBytes int
 	// DedupWindow is how many recent messages per source are remembered
 	// to drop duplicates. Default 256.
 	DedupWindow int
 	// MaxSources is how many sources' duplicate windows are remembered
-	// (least recently heard forgotten first). Default 10,000: at about
-	// 40 bytes a message remembered, at most about 100 MiB.
+	// (least recently heard forgotten first). Default 100,000.
 	MaxSources int
+	// MaxDedupBytes bounds what the duplicate windows hold, as the heap
+	// holds it: past it the least recently heard source's window is
+	// forgotten. Default 16 MiB (a full window takes about 2 KiB, a
+	// source heard once about 200 bytes).
+	MaxDedupBytes int
 }
+
+// DefaultMaxPendingBytes and DefaultMaxDedupBytes are the defaults of
+// MaxPendingBytes and MaxDedupBytes: an eighth each of the default memory
+// budget (package detect's DefaultMemoryBudget).
+const (
+	DefaultMaxPendingBytes = 16 << 20
+	DefaultMaxDedupBytes   = 16 << 20
+)
 
 func (c Config) withDefaults() Config {
 	if c.FragmentTimeout <= 0 {
@@ -48,13 +62,16 @@ func (c Config) withDefaults() Config {
 		c.MaxPendingPerSource = 16
 	}
 	if c.MaxPendingBytes <= 0 {
-		c.MaxPendingBytes = 16 << 20
+		c.MaxPendingBytes = DefaultMaxPendingBytes
+	}
+	if c.MaxDedupBytes <= 0 {
+		c.MaxDedupBytes = DefaultMaxDedupBytes
 	}
 	if c.DedupWindow <= 0 {
 		c.DedupWindow = 256
 	}
 	if c.MaxSources <= 0 {
-		c.MaxSources = 10_000
+		c.MaxSources = 100_000
 	}
 	return c
 }
@@ -79,8 +96,10 @@ type Decoder struct {
 	counters Counters
 	seed     maphash.Seed
 
-	// seen maps a source address to its window of recent messages.
-	seen *simplelru.LRU[netip.Addr, *window]
+	// seen maps a source address to its window of recent messages;
+	// dedupBytes is what the windows hold (see MaxDedupBytes).
+	seen       *simplelru.LRU[netip.Addr, *window]
+	dedupBytes int
 
 	// Records in reassembly: by source and sequence number, in arrival
 	// order for expiry, with their count per source and bytes in all
@@ -117,16 +136,18 @@ const tailOverhead = 192
 // NewDecoder returns a Decoder bounded by cfg.
 func NewDecoder(cfg Config) *Decoder {
 	cfg = cfg.withDefaults()
-	// NewLRU fails only for a size below 1, which withDefaults rules out.
-	seen, _ := simplelru.NewLRU[netip.Addr, *window](cfg.MaxSources, nil)
-	return &Decoder{
+	d := &Decoder{
 		cfg:       cfg,
 		seed:      maphash.MakeSeed(),
-		seen:      seen,
 		pending:   map[fragKey]*partial{},
 		perSource: map[netip.Addr]int{},
 		tails:     map[netip.Addr]*tail{},
 	}
+	// NewLRU fails only for a size below 1, which withDefaults rules out.
+	d.seen, _ = simplelru.NewLRU(cfg.MaxSources, func(_ netip.Addr, w *window) {
+		d.dedupBytes -= w.cost()
+	})
+	return d
 }
 
 // Counters returns what the decoder has done so far.
@@ -438,11 +459,20 @@ func (d *Decoder) validText(b []byte) string {
 }
 
 // window remembers a source's recent messages, by hash, oldest first out.
+// It grows as the source is heard, up to DedupWindow hashes, and is
+// searched from end to end: 256 comparisons cost less than a map's
+// memory (a map of 256 keys took 5 KiB a source).
 type window struct {
 	ring []uint64
 	next int
-	set  map[uint64]struct{}
 }
+
+// windowOverhead is what a window holds beyond its hashes: the struct (32
+// bytes) and its LRU entry (list element, map slot: about 130).
+const windowOverhead = 160
+
+// cost is what the window holds.
+func (w *window) cost() int { return cap(w.ring)*8 + windowOverhead }
 
 // duplicate reports whether m was seen recently from its source, and
 // remembers it. Messages are told apart by sequence number, kernel time
@@ -464,20 +494,26 @@ func (d *Decoder) duplicate(m Message) bool {
 	addr := m.Source.Addr()
 	w, ok := d.seen.Get(addr)
 	if !ok {
-		w = &window{ring: make([]uint64, 0, d.cfg.DedupWindow), set: map[uint64]struct{}{}}
-		d.seen.Add(addr, w)
+		w = &window{}
+		d.seen.Add(addr, w) // may forget the least recent (the callback uncounts it)
+		d.dedupBytes += w.cost()
 	}
-	if _, dup := w.set[key]; dup {
+	if slices.Contains(w.ring, key) {
 		return true
 	}
 	if len(w.ring) < d.cfg.DedupWindow {
+		before := w.cost()
 		w.ring = append(w.ring, key)
+		d.dedupBytes += w.cost() - before
 	} else {
-		delete(w.set, w.ring[w.next])
 		w.ring[w.next] = key
 		w.next = (w.next + 1) % len(w.ring)
 	}
-	w.set[key] = struct{}{}
+	// Over the budget: the least recently heard go first (never this
+	// source's, the most recent).
+	for d.dedupBytes > d.cfg.MaxDedupBytes && d.seen.Len() > 1 {
+		d.seen.RemoveOldest()
+	}
 	return false
 }
 
