@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/lastgasp/lastgasp/internal/detect"
@@ -49,6 +50,10 @@ type Config struct {
 	Snapshot func(netconsole.Counters, detect.Counters)
 	// Logger receives every incident and what the collector does.
 	Logger *slog.Logger
+	// Allowed, if not empty, are the only source networks whose lines
+	// are taken (--allow); others are dropped where they enter, before
+	// the feed sees them, and counted (the decoder's NotAllowed).
+	Allowed []netip.Prefix
 	// MemoryBudget bounds, in bytes, what decoding and assembling hold
 	// (see detect.Budget). Default detect.DefaultMemoryBudget.
 	MemoryBudget int
@@ -68,6 +73,7 @@ func Run(ctx context.Context, cfg Config) error {
 		log = slog.Default()
 	}
 	dc, tc := detect.Budget(cfg.MemoryBudget)
+	dc.Allowed = cfg.Allowed
 	tc.Patterns = cfg.Patterns
 	asm := detect.NewAssembler(dc, tc)
 	report := func(incs []detect.Incident) {
@@ -118,7 +124,7 @@ func Run(ctx context.Context, cfg Config) error {
 				}
 				return nil
 			}
-			if cfg.OnLine != nil {
+			if cfg.OnLine != nil && asm.Decoder.Allows(l.Source.Addr()) {
 				cfg.OnLine(l)
 			}
 			report(asm.Line(l))

@@ -41,6 +41,10 @@ type Config struct {
 	// forgotten. Default 16 MiB (a full window takes about 2 KiB, a
 	// source heard once about 200 bytes).
 	MaxDedupBytes int
+	// Allowed, if not empty, are the only networks lines are taken from
+	// (lastgasp run --allow): a datagram from any other source is
+	// dropped before anything of it is kept, and counted NotAllowed.
+	Allowed []netip.Prefix
 }
 
 // DefaultMaxPendingBytes and DefaultMaxDedupBytes are the defaults of
@@ -79,6 +83,7 @@ func (c Config) withDefaults() Config {
 // Counters count what a Decoder did.
 type Counters struct {
 	Datagrams        uint64 // datagrams given to Decode
+	NotAllowed       uint64 // datagrams dropped: their source is outside Config.Allowed
 	Messages         uint64 // messages returned
 	Duplicates       uint64 // messages dropped as already seen
 	Malformed        uint64 // datagrams with nothing to decode (empty, a header without text)
@@ -150,6 +155,20 @@ func NewDecoder(cfg Config) *Decoder {
 	return d
 }
 
+// Allows reports whether lines from addr are taken (see Config.Allowed).
+func (d *Decoder) Allows(addr netip.Addr) bool {
+	if len(d.cfg.Allowed) == 0 {
+		return true
+	}
+	addr = addr.Unmap()
+	for _, p := range d.cfg.Allowed {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
 // Counters returns what the decoder has done so far.
 func (d *Decoder) Counters() Counters { return d.counters }
 
@@ -160,6 +179,10 @@ func (d *Decoder) Decode(src netip.AddrPort, payload []byte, received time.Time)
 	d.counters.Datagrams++
 	out := d.Expire(received)
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	if !d.Allows(src.Addr()) {
+		d.counters.NotAllowed++
+		return out
+	}
 	payload = bytes.TrimRight(payload, "\x00")
 
 	if h, body, ok := parseExtendedHeader(payload); ok {

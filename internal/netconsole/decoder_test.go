@@ -340,3 +340,25 @@ func TestBuffersReleased(t *testing.T) {
 		t.Errorf("%d bytes pending, want %d", d.pendingBytes, want)
 	}
 }
+
+// TestAllowed: with --allow, a datagram from outside the allowed networks
+// is dropped where it enters and counted, whatever it holds; IPv4-mapped
+// IPv6 sources are judged as IPv4.
+func TestAllowed(t *testing.T) {
+	d := NewDecoder(Config{Allowed: []netip.Prefix{netip.MustParsePrefix("10.99.0.0/24")}})
+	panicLine := []byte("0,1,100,-;Kernel panic - not syncing: Fatal exception")
+	if got := d.Decode(node, panicLine, t0); len(got) != 1 {
+		t.Errorf("from an allowed source: %+v", got)
+	}
+	for _, src := range []string{"10.98.0.2:6665", "[::ffff:192.0.2.1]:6665", "[fd00::1]:6665"} {
+		if got := d.Decode(netip.MustParseAddrPort(src), panicLine, t0); len(got) != 0 {
+			t.Errorf("from %s, not allowed: %+v", src, got)
+		}
+	}
+	if got := d.Decode(netip.MustParseAddrPort("[::ffff:10.99.0.3]:6665"), panicLine, t0); len(got) != 1 {
+		t.Errorf("from an allowed IPv4-mapped source: %+v", got)
+	}
+	if c := d.Counters(); c.NotAllowed != 3 || c.Messages != 2 {
+		t.Errorf("counters %+v", c)
+	}
+}
