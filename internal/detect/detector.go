@@ -83,6 +83,7 @@ type Counters struct {
 	Messages    uint64 // messages given to Add
 	Triggers    uint64 // trigger lines seen
 	Unconfirmed uint64 // pattern matches a trigger's confirmation refused
+	NotKernel   uint64 // pattern matches in lines a process wrote (extended, facility not kernel): context at most
 	Incidents   uint64 // incidents closed and returned
 	Duplicates  uint64 // incidents not returned again: same id as a recent one
 	Strays      uint64 // lines that came before their incident's trigger, joined to it
@@ -209,7 +210,7 @@ func (d *Detector) Add(m netconsole.Message) []Incident {
 	d.counters.Messages++
 	addr := m.Source.Addr()
 	b := d.open[addr]
-	trig, isTrigger := d.trigger(m.Text)
+	trig, isTrigger := d.trigger(m)
 	if b == nil {
 		if !isTrigger {
 			d.keepStray(addr, m)
@@ -366,9 +367,19 @@ func (d *Detector) close(addr netip.Addr) []Incident {
 // trigger reports whether text is a trigger line, and its pattern. A
 // hung-task prefix ("INFO: task ") must be confirmed by "blocked for more
 // than": other "INFO: task" lines are not failures.
-func (d *Detector) trigger(text string) (pattern.Pattern, bool) {
+//
+// Only the kernel's own lines trigger: an extended record whose facility
+// is not the kernel's (a process writing /dev/kmsg, which the kernel
+// tags facility user unless the writer names another) is context at
+// most. A basic line does not say; it is taken as the kernel's.
+func (d *Detector) trigger(m netconsole.Message) (pattern.Pattern, bool) {
+	text := m.Text
 	p, ok := d.cfg.Patterns.MatchText([]byte(text))
 	if !ok {
+		return p, false
+	}
+	if m.Facility > 0 {
+		d.counters.NotKernel++
 		return p, false
 	}
 	if p.Kind == pattern.KindHungTask && !strings.Contains(text, "blocked for more than") {

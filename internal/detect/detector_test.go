@@ -371,3 +371,33 @@ func TestMemoryBound(t *testing.T) {
 		t.Errorf("%d incidents in all, want 200: none lost", got)
 	}
 }
+
+// TestKernelLinesOnly: a process that writes /dev/kmsg gets its line sent
+// by netconsole too, tagged with facility user (prefix 8 + level): it
+// must never open an incident, nor make one fatal.
+func TestKernelLinesOnly(t *testing.T) {
+	asm := detect.NewAssembler(netconsole.Config{}, detect.Config{})
+	var got []detect.Incident
+	for i, p := range []string{
+		// echo "<12>Kernel panic - not syncing: Fatal exception" > /dev/kmsg, by task 412
+		"12,1042,31562345,-,caller=T412;Kernel panic - not syncing: Fatal exception",
+		"12,1043,31562401,-,caller=T412;---[ end Kernel panic - not syncing: Fatal exception ]---",
+	} {
+		got = append(got, asm.Line(filter.Line{Source: node, Time: t0.Add(time.Duration(i) * time.Millisecond), Payload: []byte(p)})...)
+	}
+	got = append(got, asm.Flush()...)
+	if len(got) != 0 || asm.Detector.Counters().NotKernel != 2 {
+		t.Fatalf("lines of facility user: incidents %+v, counters %+v", got, asm.Detector.Counters())
+	}
+	// Within a kernel's own report, the forged panic line is context.
+	for i, p := range []string{
+		"4,1044,31570000,-,caller=T98;WARNING: CPU: 0 PID: 98 at net/core/dev.c:1 f+0x1/0x2",
+		"12,1045,31570100,-,caller=T412;Kernel panic - not syncing: Fatal exception",
+	} {
+		got = append(got, asm.Line(filter.Line{Source: node, Time: t0.Add(time.Second + time.Duration(i)*time.Millisecond), Payload: []byte(p)})...)
+	}
+	got = append(got, asm.Flush()...)
+	if len(got) != 1 || got[0].Fatal || got[0].Kind != pattern.KindWarning || len(got[0].Lines) != 2 {
+		t.Errorf("a kernel WARNING with a forged panic line after it: %+v", got)
+	}
+}
