@@ -23,8 +23,10 @@ import (
 type Config struct {
 	// Patterns is the trigger table. Default pattern.Default().
 	Patterns *pattern.Table
-	// QuietPeriod closes an incident whose source has sent nothing for
-	// this long. Default 5s.
+	// QuietPeriod ends an incident: a line this long after its latest
+	// by the kernel's clock (where both have one) starts the next, and
+	// Tick closes an incident whose source has sent nothing for this
+	// long and a second's grace. Default 5s.
 	QuietPeriod time.Duration
 	// SettleTime closes a fatal incident this long after its panic line,
 	// so that the trace printed after the panic is part of it. Default 2s.
@@ -164,6 +166,11 @@ type building struct {
 	panicAt  time.Time // when the first panic line was received
 	ended    bool      // the end marker arrived: close now
 	lastSeen time.Time
+	// lastUptime is the latest kernel time of its lines, if any had one:
+	// a line QuietPeriod or more after it, by the kernel's clock, starts
+	// the next incident.
+	lastUptime time.Duration
+	hasUptime  bool
 }
 
 // msgSlot is what a message takes in a slice; msgSize adds what it points
@@ -211,18 +218,22 @@ func (d *Detector) Add(m netconsole.Message) []Incident {
 	addr := m.Source.Addr()
 	b := d.open[addr]
 	trig, isTrigger := d.trigger(m)
+	var out []Incident
+	if b != nil && d.startsNext(b, m) {
+		out, b = d.close(addr), nil
+	}
 	if b == nil {
 		if !isTrigger {
 			d.keepStray(addr, m)
-			return nil // not part of any incident, yet
+			return out // not part of any incident, yet
 		}
 		if strings.HasPrefix(m.Text, panicEndPrefix) {
 			if closed, ok := d.dead.Get(addr); ok && m.Received.Sub(closed) < lateMarker {
-				return nil // the end of a panic already reported
+				return out // the end of a panic already reported
 			}
 		}
 		if len(d.open) >= d.cfg.MaxOpen {
-			return d.closeOldest(m)
+			return append(out, d.closeOldest(m)...)
 		}
 		b = &building{source: addr, bytes: buildingOverhead}
 		d.open[addr] = b
@@ -236,9 +247,8 @@ func (d *Detector) Add(m netconsole.Message) []Incident {
 		b.add(m, trig, isTrigger, d.cfg.MaxLines)
 		d.openBytes += b.bytes - before
 	}
-	var out []Incident
 	if b.ended {
-		out = d.close(addr)
+		out = append(out, d.close(addr)...)
 	}
 	// Over the memory budget: the least recently heard go first (never
 	// the one just added to, which is the most recent).
@@ -302,6 +312,29 @@ func loggedAfter(m, t netconsole.Message) bool {
 	return true
 }
 
+// startsNext reports whether m, from b's source, comes after b's quiet
+// period and so starts the next incident. The kernel's clock decides when
+// both have a kernel time (a new boot's lower one too), so that every
+// collector splits alike whatever the network delays and whenever its
+// quiet-close tick runs; else the times the lines were received.
+func (d *Detector) startsNext(b *building, m netconsole.Message) bool {
+	if m.HasUptime && b.hasUptime {
+		return m.Uptime-b.lastUptime >= d.cfg.QuietPeriod || b.lastUptime-m.Uptime >= newBoot
+	}
+	return m.Received.Sub(b.lastSeen) >= d.cfg.QuietPeriod
+}
+
+// newBoot is how far a line's kernel time may be behind its incident's
+// latest and still be of the same boot (lines of one boot can come out
+// of order by the ring buffer and the backstop socket, by far less).
+const newBoot = time.Minute
+
+// quietGrace is how much longer than QuietPeriod, by the collector's
+// clock, Tick waits before closing a quiet incident: a line up to
+// QuietPeriod after the last by the kernel's clock but delayed on its way
+// still joins it (startsNext), on every collector.
+const quietGrace = time.Second
+
 // closeOldest closes the least recently heard incident to make room, then
 // adds m.
 func (d *Detector) closeOldest(m netconsole.Message) []Incident {
@@ -315,7 +348,7 @@ func (d *Detector) closeOldest(m netconsole.Message) []Incident {
 func (d *Detector) Tick(now time.Time) []Incident {
 	var out []Incident
 	for addr, b := range d.open {
-		quiet := now.Sub(b.lastSeen) >= d.cfg.QuietPeriod
+		quiet := now.Sub(b.lastSeen) >= d.cfg.QuietPeriod+quietGrace
 		settled := b.fatal && !b.panicAt.IsZero() && now.Sub(b.panicAt) >= d.cfg.SettleTime
 		if quiet || settled {
 			out = append(out, d.close(addr)...)
@@ -398,6 +431,9 @@ const (
 
 func (b *building) add(m netconsole.Message, trig pattern.Pattern, isTrigger bool, maxLines int) {
 	b.lastSeen = m.Received
+	if m.HasUptime && (!b.hasUptime || m.Uptime > b.lastUptime) {
+		b.lastUptime, b.hasUptime = m.Uptime, true
+	}
 	kept := len(b.msgs) < maxLines
 	if kept {
 		before := cap(b.msgs)
@@ -510,7 +546,7 @@ func (b *building) incident() Incident {
 	if inc.Module == "" {
 		inc.Module = traceModule
 	}
-	inc.ID = incidentID(b.source, cause, reason)
+	inc.ID = incidentID(b.source, idTrigger(trigs))
 	return inc
 }
 
@@ -636,25 +672,35 @@ func moduleOf(text string) string {
 	return ""
 }
 
-// incidentID hashes what every collector that heard the incident agrees
-// on: the source, and the cause and reason lines with their kernel times
-// (which tell one boot's panic from the next's). A line without a kernel
-// time brings its receive time to the minute instead.
-func incidentID(src netip.Addr, cause, reason *netconsole.Message) string {
+// incidentID hashes what every collector that heard the incident shares,
+// whatever lines it lost and whatever its clock: the source, and the
+// first trigger (see idTrigger) with its kernel time, which tells one
+// boot's failure from the next's (two boots printing the same first
+// trigger at the same microsecond of uptime are one). Not the panic line
+// nor the end marker, which one collector may have lost, nor the lines
+// after. A first trigger without a kernel time (the basic format without
+// printk.time) brings the hour it was received instead: collectors
+// either side of an hour disagree, so turn printk.time on.
+func incidentID(src netip.Addr, first *netconsole.Message) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n", src)
-	for _, m := range []*netconsole.Message{cause, reason} {
-		if m == nil {
-			fmt.Fprint(h, "-\n")
-			continue
-		}
-		when := m.Uptime.String()
-		if !m.HasUptime {
-			when = m.Received.UTC().Truncate(time.Minute).Format(time.RFC3339)
-		}
-		// The panic line's text, also for the end marker that repeats
-		// it: a collector that lost one of them agrees on the text.
-		fmt.Fprintf(h, "%s %s\n", when, panicReason(m.Text))
+	when := "uptime " + strconv.FormatInt(first.Uptime.Microseconds(), 10)
+	if !first.HasUptime {
+		when = "received " + first.Received.UTC().Truncate(time.Hour).Format(time.RFC3339)
 	}
+	fmt.Fprintf(h, "%s %s\n", when, first.Text)
 	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// idTrigger returns the trigger an incident's id is made of: the first in
+// kernel order (trigs is sorted so), skipping the end marker, which comes
+// after the lines that matter and which a collector may lose, unless the
+// incident has no other.
+func idTrigger(trigs []trigger) *netconsole.Message {
+	for i := range trigs {
+		if !strings.HasPrefix(trigs[i].msg.Text, panicEndPrefix) {
+			return &trigs[i].msg
+		}
+	}
+	return &trigs[0].msg
 }

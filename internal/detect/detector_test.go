@@ -142,12 +142,13 @@ func TestUnconfirmedHungTask(t *testing.T) {
 
 func TestClosing(t *testing.T) {
 	d := detect.New(detect.Config{QuietPeriod: 5 * time.Second, SettleTime: 2 * time.Second})
-	// A non-fatal report closes after the quiet period.
+	// A non-fatal report closes after the quiet period, and a second's
+	// grace for lines delayed on their way.
 	feed(d, node, t0, "Oops: 0000 [#1] SMP", "CPU: 0 PID: 5 Comm: kworker/0:1 Tainted: G")
-	if got := d.Tick(t0.Add(4 * time.Second)); len(got) != 0 {
+	if got := d.Tick(t0.Add(5500 * time.Millisecond)); len(got) != 0 {
 		t.Errorf("closed before the quiet period: %+v", got)
 	}
-	got := d.Tick(t0.Add(6 * time.Second))
+	got := d.Tick(t0.Add(7 * time.Second))
 	if len(got) != 1 || got[0].Fatal || got[0].Task != "kworker/0:1" {
 		t.Fatalf("after the quiet period: %+v", got)
 	}
