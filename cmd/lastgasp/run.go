@@ -88,7 +88,7 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "address to serve /metrics, /healthz and /readyz on (e.g. :9466; default off)")
 	fs.StringVar(&c.feedAddr, "feed-addr", "127.0.0.1:9467", "address to serve /feed on, for lastgasp tail: every forwarded kernel line, unauthenticated, so keep it on loopback (\"\": off)")
 	fs.StringVar(&c.journalDir, "journal", "", "directory of the incident journal: incidents are kept there until finished, and resumed after a crash (default: none)")
-	fs.StringVar(&c.patternsFile, "patterns", "", "patterns file (YAML: replace, patterns[{prefix, kind}]), reloaded on SIGHUP or when it changes (default: the built-in table)")
+	fs.StringVar(&c.patternsFile, "patterns", "", "patterns file (YAML: replace, patterns[{prefix, kind, confirm}]), reloaded on SIGHUP or when it changes (default: the built-in table)")
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 20*time.Second, "on SIGTERM, how long to let cleanups in flight finish (the rest stay in the journal)")
 	fs.BoolVar(&c.backstop, "backstop", true, "xdp mode with --forward drop: also read the netconsole port(s) with a socket, which gets the lines the program passes up (ring buffer full, IP fragments)")
 	ringBytes := fs.Uint("ring-buffer-bytes", loader.DefaultRingBufSize, "size of the XDP program's ring buffer: a power of two, at least 4096 (a pinned ring buffer keeps the size it was made with)")

@@ -397,9 +397,10 @@ func (d *Detector) close(addr netip.Addr) []Incident {
 	return []Incident{inc}
 }
 
-// trigger reports whether text is a trigger line, and its pattern. A
-// hung-task prefix ("INFO: task ") must be confirmed by "blocked for more
-// than": other "INFO: task" lines are not failures.
+// trigger reports whether m is a trigger line, and its pattern: a line
+// the table matches and its pattern confirms (Pattern.Confirm), or the
+// kernel's panic line or end marker, which are recognised whatever the
+// table (a patterns file's) says.
 //
 // Only the kernel's own lines trigger: an extended record whose facility
 // is not the kernel's (a process writing /dev/kmsg, which the kernel
@@ -408,14 +409,18 @@ func (d *Detector) close(addr netip.Addr) []Incident {
 func (d *Detector) trigger(m netconsole.Message) (pattern.Pattern, bool) {
 	text := m.Text
 	p, ok := d.cfg.Patterns.MatchText([]byte(text))
-	if !ok {
+	switch {
+	case !ok && dying(text):
+		// The kernel's dying words, whatever the table says.
+		p = pattern.Pattern{Prefix: pattern.PanicPrefix, Kind: pattern.KindPanic}
+	case !ok:
 		return p, false
 	}
 	if m.Facility > 0 {
 		d.counters.NotKernel++
 		return p, false
 	}
-	if p.Kind == pattern.KindHungTask && !strings.Contains(text, "blocked for more than") {
+	if !p.Confirmed(text) {
 		d.counters.Unconfirmed++
 		return p, false
 	}
@@ -425,12 +430,21 @@ func (d *Detector) trigger(m netconsole.Message) (pattern.Pattern, bool) {
 
 // The two lines that say the kernel is dying.
 const (
-	panicPrefix    = "Kernel panic - not syncing"
-	panicEndPrefix = "---[ end Kernel panic"
+	panicPrefix    = pattern.PanicPrefix
+	panicEndPrefix = pattern.PanicEndPrefix
 )
 
+// dying reports whether text is one of them.
+func dying(text string) bool {
+	return strings.HasPrefix(text, panicPrefix) || strings.HasPrefix(text, panicEndPrefix)
+}
+
 func (b *building) add(m netconsole.Message, trig pattern.Pattern, isTrigger bool, maxLines int) {
-	b.lastSeen = m.Received
+	if m.Received.After(b.lastSeen) {
+		// Never back: a cut line given up on comes with the time its
+		// first part was received.
+		b.lastSeen = m.Received
+	}
 	if m.HasUptime && (!b.hasUptime || m.Uptime > b.lastUptime) {
 		b.lastUptime, b.hasUptime = m.Uptime, true
 	}
@@ -520,7 +534,7 @@ func (b *building) incident() Incident {
 	}
 	if reason != nil {
 		inc.Reason = panicReason(reason.Text)
-		if k, ok := kindOfPanic(inc.Reason); ok {
+		if k, ok := pattern.KindOfPanic(inc.Reason); ok {
 			inc.Kind = k
 		}
 	}
@@ -584,37 +598,6 @@ func panicReason(text string) string {
 		return strings.TrimSuffix(strings.TrimSpace(s), " ]---")
 	}
 	return text
-}
-
-// kindOfPanic reads the kind of failure from a panic line's stated reason,
-// where the kernel names one.
-func kindOfPanic(reason string) (pattern.Kind, bool) {
-	why, ok := strings.CutPrefix(reason, panicPrefix+": ")
-	if !ok {
-		return "", false
-	}
-	for _, r := range panicReasons {
-		if strings.Contains(why, r.contains) {
-			return r.kind, true
-		}
-	}
-	return "", false
-}
-
-// panicReasons are the reasons the kernel gives when a report turns into
-// a panic (softlockup_panic, hung_task_panic, panic_on_oom, ...).
-var panicReasons = []struct {
-	contains string
-	kind     pattern.Kind
-}{
-	{"softlockup: hung tasks", pattern.KindSoftLockup},
-	{"hung_task: blocked tasks", pattern.KindHungTask},
-	{"Hard LOCKUP", pattern.KindHardLockup},
-	{"Out of memory", pattern.KindOOM},
-	{"System is deadlocked on memory", pattern.KindOOM},
-	{"RCU Stall", pattern.KindRCUStall},
-	{"achine check", pattern.KindMCE},
-	{"sysrq triggered crash", pattern.KindSysrq},
 }
 
 // Where the kernel names a task or a module.

@@ -132,6 +132,38 @@ func TestKinds(t *testing.T) {
 	}
 }
 
+// TestPanicWhateverTheTable: a table without the panic line's pattern (a
+// patterns file's, replacing the built-in one) still sees the kernel die.
+func TestPanicWhateverTheTable(t *testing.T) {
+	tab, err := pattern.NewTable([]pattern.Pattern{{ID: 1, Prefix: "Oops: ", Kind: pattern.KindOops}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := detect.New(detect.Config{Patterns: tab})
+	got := append(feed(d, node, t0, "Kernel panic - not syncing: Fatal exception"), d.Flush()...)
+	got = append(got, feed(d, netip.MustParseAddrPort("10.99.0.3:6665"), t0, "Oops: 0000 [#1]", "---[ end Kernel panic - not syncing: Fatal exception ]---")...)
+	if len(got) != 2 || !got[0].Fatal || !got[1].Fatal || got[1].Kind != pattern.KindOops {
+		t.Errorf("%+v", got)
+	}
+}
+
+// TestLastSeenForward: a line received earlier than the incident's latest
+// (a cut line given up on, emitted with the time its first part came)
+// does not move the incident's last-seen time back, nor close it early.
+func TestLastSeenForward(t *testing.T) {
+	d := detect.New(detect.Config{})
+	feed(d, node, t0, "Oops: 0000 [#1]")
+	late := netconsole.Message{Source: node, Received: t0.Add(-9 * time.Second), Level: -1, Facility: -1, Text: "a cut line, given up on"}
+	d.Add(late)
+	if got := d.Tick(t0.Add(3 * time.Second)); len(got) != 0 {
+		t.Fatalf("closed 3 s after its last line: %+v", got)
+	}
+	got := d.Flush()
+	if len(got) != 1 || !got[0].Last.Equal(t0) || !got[0].First.Equal(late.Received) {
+		t.Errorf("%+v", got)
+	}
+}
+
 func TestUnconfirmedHungTask(t *testing.T) {
 	d := detect.New(detect.Config{})
 	got := append(feed(d, node, t0, "INFO: task foo:1 can be anything else"), d.Flush()...)
