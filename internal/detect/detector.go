@@ -94,8 +94,11 @@ type Counters struct {
 
 // Detector assembles incidents. It is not safe for concurrent use.
 type Detector struct {
-	cfg   Config
-	open  map[netip.Addr]*building
+	cfg  Config
+	open map[netip.Addr]*building
+	// dying are the open incidents that are fatal: Tick closes them
+	// SettleTime after their panic line.
+	dying map[netip.Addr]*building
 	byAge *list.List // the open incidents, least recently heard first
 	// openBytes is what the open incidents' lines take (see MaxOpenBytes).
 	openBytes int
@@ -141,7 +144,8 @@ func New(cfg Config) *Detector {
 	// NewLRU fails only for a size below 1: these are constants.
 	recent, _ := simplelru.NewLRU[string, struct{}](4096, nil)
 	dead, _ := simplelru.NewLRU[netip.Addr, time.Time](4096, nil)
-	d := &Detector{cfg: cfg, open: map[netip.Addr]*building{}, byAge: list.New(), recent: recent, dead: dead}
+	d := &Detector{cfg: cfg, open: map[netip.Addr]*building{}, dying: map[netip.Addr]*building{},
+		byAge: list.New(), recent: recent, dead: dead}
 	d.strays, _ = simplelru.NewLRU(maxStraySources, func(_ netip.Addr, kept []netconsole.Message) {
 		d.strayBytes -= strayCost(kept)
 	})
@@ -247,6 +251,9 @@ func (d *Detector) Add(m netconsole.Message) []Incident {
 		b.add(m, trig, isTrigger, d.cfg.MaxLines)
 		d.openBytes += b.bytes - before
 	}
+	if b.fatal {
+		d.dying[addr] = b
+	}
 	if b.ended {
 		out = append(out, d.close(addr)...)
 	}
@@ -344,13 +351,21 @@ func (d *Detector) closeOldest(m netconsole.Message) []Incident {
 }
 
 // Tick closes the incidents whose time is up at now: quiet for
-// QuietPeriod, or fatal and settled.
+// QuietPeriod (and quietGrace), or fatal and settled. It looks only at
+// those that can be due: the least recently heard, from the front of the
+// list by age until one is not quiet, and the fatal ones; not at every
+// open incident (a flood of forged triggers opens tens of thousands).
 func (d *Detector) Tick(now time.Time) []Incident {
 	var out []Incident
-	for addr, b := range d.open {
-		quiet := now.Sub(b.lastSeen) >= d.cfg.QuietPeriod+quietGrace
-		settled := b.fatal && !b.panicAt.IsZero() && now.Sub(b.panicAt) >= d.cfg.SettleTime
-		if quiet || settled {
+	for e := d.byAge.Front(); e != nil; e = d.byAge.Front() {
+		b := e.Value.(*building)
+		if now.Sub(b.lastSeen) < d.cfg.QuietPeriod+quietGrace {
+			break
+		}
+		out = append(out, d.close(b.source)...)
+	}
+	for addr, b := range d.dying {
+		if now.Sub(b.panicAt) >= d.cfg.SettleTime {
 			out = append(out, d.close(addr)...)
 		}
 	}
@@ -382,6 +397,7 @@ func sortIncidents(in []Incident) {
 func (d *Detector) close(addr netip.Addr) []Incident {
 	b := d.open[addr]
 	delete(d.open, addr)
+	delete(d.dying, addr)
 	d.byAge.Remove(b.elem)
 	d.openBytes -= b.bytes
 	inc := b.incident()
