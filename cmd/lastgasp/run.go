@@ -12,7 +12,10 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/resource"
+
 	"github.com/lastgasp/lastgasp/internal/cleanup"
+	"github.com/lastgasp/lastgasp/internal/detect"
 	"github.com/lastgasp/lastgasp/internal/liveness"
 	"github.com/lastgasp/lastgasp/internal/pattern"
 	"github.com/lastgasp/lastgasp/loader"
@@ -50,6 +53,7 @@ type runConfig struct {
 	shutdownGrace time.Duration  // how long SIGTERM waits for cleanups in flight
 	backstop      bool           // xdp drop mode: a socket takes what the program passes
 	ringBytes     uint32         // the ring buffer's size
+	memoryBudget  int            // bytes decoding and assembling may hold
 }
 
 // parseRun parses and checks the flags; a wrong value is one line on
@@ -84,10 +88,11 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "address to serve /metrics, /healthz and /readyz on (e.g. :9466; default off)")
 	fs.StringVar(&c.feedAddr, "feed-addr", "127.0.0.1:9467", "address to serve /feed on, for lastgasp tail: every forwarded kernel line, unauthenticated, so keep it on loopback (\"\": off)")
 	fs.StringVar(&c.journalDir, "journal", "", "directory of the incident journal: incidents are kept there until finished, and resumed after a crash (default: none)")
-	fs.StringVar(&c.patternsFile, "patterns", "", "patterns file (YAML: replace, patterns[{prefix, kind}]), reloaded on SIGHUP or when it changes (default: the built-in table)")
+	fs.StringVar(&c.patternsFile, "patterns", "", "patterns file (YAML: replace, patterns[{prefix, kind, confirm}]), reloaded on SIGHUP or when it changes (default: the built-in table)")
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 20*time.Second, "on SIGTERM, how long to let cleanups in flight finish (the rest stay in the journal)")
 	fs.BoolVar(&c.backstop, "backstop", true, "xdp mode with --forward drop: also read the netconsole port(s) with a socket, which gets the lines the program passes up (ring buffer full, IP fragments)")
 	ringBytes := fs.Uint("ring-buffer-bytes", loader.DefaultRingBufSize, "size of the XDP program's ring buffer: a power of two, at least 4096 (a pinned ring buffer keeps the size it was made with)")
+	memoryBudget := fs.String("memory-budget", resource.NewQuantity(detect.DefaultMemoryBudget, resource.BinarySI).String(), "memory that decoding and assembling incidents may hold (a quantity: 128Mi), below GOMEMLIMIT with room for the cluster caches; a flood of forged lines is dropped and counted past it")
 	configFile := fs.String("config", "", "config file (YAML): keys are these flags' names; the command line wins")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -151,6 +156,11 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 		}
 		c.allowed = append(c.allowed, p.Masked())
 	}
+	q, err := resource.ParseQuantity(*memoryBudget)
+	if err != nil || q.Value() < 8<<20 || q.Value() > 1<<40 {
+		return c, fmt.Errorf("--memory-budget %q: want a quantity from 8Mi to 1Ti", *memoryBudget)
+	}
+	c.memoryBudget = int(q.Value())
 	c.forwardPass, c.confirm = *forward == "pass", *confirm == "tcp"
 	c.ringBytes = uint32(*ringBytes)
 	return c, nil

@@ -37,6 +37,8 @@ func TestRunBadFlags(t *testing.T) {
 		{"run", "--mode", "socket", "--kube-api-qps", "0"},
 		{"run", "--mode", "socket", "extra"},
 		{"run", "--mode", "socket", "--pod-action", "evict"},
+		{"run", "--mode", "socket", "--memory-budget", "1Mi"},
+		{"run", "--mode", "socket", "--memory-budget", "lots"},
 	} {
 		code, stdout, stderr := invoke(args...)
 		if code != exitUsage || stdout != "" || strings.Count(strings.TrimSpace(stderr), "\n") != 0 || !strings.HasPrefix(stderr, "lastgasp run: ") {

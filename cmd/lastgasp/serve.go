@@ -169,6 +169,7 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 		"patterns", len(c.patterns.Patterns()), "report_only", d.cluster == nil, "dry_run", c.dryRun, "journal", c.journalDir)
 	err = collector.Run(readOn(ctx, detect.DefaultSettleTime, log), collector.Config{
 		Source: d.spooled(dp, replay), Patterns: c.patterns, Reload: reload, Logger: log,
+		Allowed: c.allowed, MemoryBudget: c.memoryBudget,
 		Aggregate: d.logFlood, OnLine: d.line, Sink: d.take, Plan: d.plan, Snapshot: d.snapshot,
 	})
 

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/lastgasp/lastgasp/internal/detect"
@@ -56,6 +57,13 @@ type Config struct {
 	// burst of each kind a minute, the rest counted in one line. The
 	// incident's finish is logged apart, and the metrics count each.
 	Aggregate *logagg.Aggregator
+	// Allowed, if not empty, are the only source networks whose lines
+	// are taken (--allow); others are dropped where they enter, before
+	// the feed sees them, and counted (the decoder's NotAllowed).
+	Allowed []netip.Prefix
+	// MemoryBudget bounds, in bytes, what decoding and assembling hold
+	// (see detect.Budget). Default detect.DefaultMemoryBudget.
+	MemoryBudget int
 	// Reload, if set, brings new pattern tables (a reloaded patterns
 	// file) for the detector; the data path is given them by the caller.
 	Reload <-chan *pattern.Table
@@ -81,7 +89,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Aggregate != nil {
 		logIncident = cfg.Aggregate.Log
 	}
-	asm := detect.NewAssembler(netconsole.Config{}, detect.Config{Patterns: cfg.Patterns})
+	dc, tc := detect.Budget(cfg.MemoryBudget)
+	dc.Allowed = cfg.Allowed
+	tc.Patterns = cfg.Patterns
+	asm := detect.NewAssembler(dc, tc)
 	report := func(incs []detect.Incident) {
 		for _, inc := range incs {
 			logIncident("incident "+string(inc.Kind), slog.LevelInfo, "incident",
@@ -130,7 +141,7 @@ func Run(ctx context.Context, cfg Config) error {
 				}
 				return nil
 			}
-			if cfg.OnLine != nil {
+			if cfg.OnLine != nil && asm.Decoder.Allows(l.Source.Addr()) {
 				cfg.OnLine(l)
 			}
 			report(asm.Line(l))

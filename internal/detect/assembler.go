@@ -21,6 +21,28 @@ type Assembler struct {
 // every open incident, too much work for every line of a flood.
 const tickEvery = 100 * time.Millisecond
 
+// DefaultMemoryBudget is the default of the one memory setting that bounds
+// a decoder and a detector together (lastgasp run --memory-budget): with
+// GOMEMLIMIT 400MiB in a 512Mi pod it leaves the rest of the heap to the
+// cluster side (informer caches of Nodes and Pods, client-go).
+const DefaultMemoryBudget = 128 << 20
+
+// Budget divides one memory budget, in bytes, among the bounds of a
+// decoder and a detector, each of which counts what it really holds: an
+// eighth for records in reassembly and lines waiting for their
+// continuation, an eighth for the duplicate windows, five eighths for
+// the open incidents, a sixteenth for strays; the last sixteenth covers
+// what is bounded by count (the ids and sources of recent incidents,
+// about 1 MiB) and the counts' rounding. Budget(DefaultMemoryBudget) is
+// what zero configurations get.
+func Budget(total int) (netconsole.Config, Config) {
+	if total <= 0 {
+		total = DefaultMemoryBudget
+	}
+	return netconsole.Config{MaxPendingBytes: total / 8, MaxDedupBytes: total / 8},
+		Config{MaxOpenBytes: total / 8 * 5, MaxStrayBytes: total / 16}
+}
+
 // NewAssembler returns an Assembler with a decoder and a detector of the
 // given configurations.
 func NewAssembler(dc netconsole.Config, cfg Config) *Assembler {

@@ -11,8 +11,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
-	"k8s.io/utils/lru"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 
 	"github.com/lastgasp/lastgasp/internal/netconsole"
 	"github.com/lastgasp/lastgasp/internal/pattern"
@@ -22,8 +23,10 @@ import (
 type Config struct {
 	// Patterns is the trigger table. Default pattern.Default().
 	Patterns *pattern.Table
-	// QuietPeriod closes an incident whose source has sent nothing for
-	// this long. Default 5s.
+	// QuietPeriod ends an incident: a line this long after its latest
+	// by the kernel's clock (where both have one) starts the next, and
+	// Tick closes an incident whose source has sent nothing for this
+	// long and a second's grace. Default 5s.
 	QuietPeriod time.Duration
 	// SettleTime closes a fatal incident this long after its panic line,
 	// so that the trace printed after the panic is part of it. Default 2s.
@@ -33,17 +36,28 @@ type Config struct {
 	// MaxOpen bounds the incidents open at once (one per source); past it
 	// the least recently heard is closed early. Default 100,000.
 	MaxOpen int
-	// MaxOpenBytes bounds the memory the open incidents' lines take
-	// (their text plus msgOverhead each); past it the least recently
-	// heard are closed early. Without it a flood of triggers from
-	// spoofed sources could hold MaxOpen × MaxLines lines. Default
-	// 256 MiB.
+	// MaxOpenBytes bounds what the open incidents hold, as the heap
+	// holds it (their lines, triggers and bookkeeping); past it the least
+	// recently heard are closed early. Without it a flood of triggers
+	// from spoofed sources could hold MaxOpen × MaxLines lines. Default
+	// DefaultMaxOpenBytes.
 	MaxOpenBytes int
+	// MaxStrayBytes bounds what the lines of no incident held a while
+	// (see Strays) take; past it the least recently heard source's are
+	// forgotten. Default DefaultMaxStrayBytes.
+	MaxStrayBytes int
 }
 
 // DefaultSettleTime is how long a fatal incident stays open after its
 // panic line, by default.
 const DefaultSettleTime = 2 * time.Second
+
+// The default bounds: with the decoder's defaults, DefaultMemoryBudget in
+// all (see Budget).
+const (
+	DefaultMaxOpenBytes  = 80 << 20
+	DefaultMaxStrayBytes = 8 << 20
+)
 
 func (c Config) withDefaults() Config {
 	if c.Patterns == nil {
@@ -62,7 +76,10 @@ func (c Config) withDefaults() Config {
 		c.MaxOpen = 100_000
 	}
 	if c.MaxOpenBytes <= 0 {
-		c.MaxOpenBytes = 256 << 20
+		c.MaxOpenBytes = DefaultMaxOpenBytes
+	}
+	if c.MaxStrayBytes <= 0 {
+		c.MaxStrayBytes = DefaultMaxStrayBytes
 	}
 	return c
 }
@@ -72,6 +89,7 @@ type Counters struct {
 	Messages    uint64 // messages given to Add
 	Triggers    uint64 // trigger lines seen
 	Unconfirmed uint64 // pattern matches a trigger's confirmation refused
+	NotKernel   uint64 // pattern matches in lines a process wrote (extended, facility not kernel): context at most
 	Incidents   uint64 // incidents closed and returned
 	Duplicates  uint64 // incidents not returned again: same id as a recent one
 	Strays      uint64 // lines that came before their incident's trigger, joined to it
@@ -80,15 +98,20 @@ type Counters struct {
 
 // Detector assembles incidents. It is not safe for concurrent use.
 type Detector struct {
-	cfg   Config
-	open  map[netip.Addr]*building
+	cfg  Config
+	open map[netip.Addr]*building
+	// dying are the open incidents that are fatal: Tick closes them
+	// SettleTime after their panic line.
+	dying map[netip.Addr]*building
 	byAge *list.List // the open incidents, least recently heard first
 	// openBytes is what the open incidents' lines take (see MaxOpenBytes).
 	openBytes int
-	recent    *lru.Cache // ids of incidents returned lately
-	dead      *lru.Cache // source -> when its last fatal incident closed
-	strays    *lru.Cache // source -> []netconsole.Message: lines of no incident, lately
-	counters  Counters
+	recent    *simplelru.LRU[string, struct{}]                 // ids of incidents returned lately
+	dead      *simplelru.LRU[netip.Addr, time.Time]            // when each source's last fatal incident closed
+	strays    *simplelru.LRU[netip.Addr, []netconsole.Message] // lines of no incident, lately
+	// strayBytes is what strays hold (see MaxStrayBytes).
+	strayBytes int
+	counters   Counters
 }
 
 // Strays are lines that belong to no open incident when they arrive.
@@ -99,10 +122,20 @@ type Detector struct {
 // latest strays of each source wait a little, and an incident opened
 // after them takes those the kernel logged after its trigger.
 const (
-	maxStraySources    = 256              // sources whose strays are kept (least recent forgotten)
+	maxStraySources    = 65536            // sources whose strays are kept (least recent forgotten; MaxStrayBytes bounds them first)
 	maxStraysPerSource = 32               // the latest lines kept a source (more than the 20 context lines)
 	strayWindow        = 10 * time.Second // how long a stray waits (the program's burst timeout)
+	strayOverhead      = 160              // a source's LRU entry and slice header
 )
+
+// strayCost is what a source's kept strays hold.
+func strayCost(kept []netconsole.Message) int {
+	n := strayOverhead + (cap(kept)-len(kept))*msgSlot
+	for _, m := range kept {
+		n += msgSize(m)
+	}
+	return n
+}
 
 // lateMarker is how long after a fatal incident closed a lone end-of-panic
 // marker from the same source is taken as that panic's last word, not a
@@ -112,8 +145,15 @@ const lateMarker = time.Minute
 // New returns a Detector with cfg.
 func New(cfg Config) *Detector {
 	cfg = cfg.withDefaults()
-	return &Detector{cfg: cfg, open: map[netip.Addr]*building{}, byAge: list.New(),
-		recent: lru.New(4096), dead: lru.New(4096), strays: lru.New(maxStraySources)}
+	// NewLRU fails only for a size below 1: these are constants.
+	recent, _ := simplelru.NewLRU[string, struct{}](4096, nil)
+	dead, _ := simplelru.NewLRU[netip.Addr, time.Time](4096, nil)
+	d := &Detector{cfg: cfg, open: map[netip.Addr]*building{}, dying: map[netip.Addr]*building{},
+		byAge: list.New(), recent: recent, dead: dead}
+	d.strays, _ = simplelru.NewLRU(maxStraySources, func(_ netip.Addr, kept []netconsole.Message) {
+		d.strayBytes -= strayCost(kept)
+	})
+	return d
 }
 
 // Counters returns what the detector has done so far.
@@ -134,26 +174,46 @@ type building struct {
 	panicAt  time.Time // when the first panic line was received
 	ended    bool      // the end marker arrived: close now
 	lastSeen time.Time
+	// lastUptime is the latest kernel time of its lines, if any had one:
+	// a line QuietPeriod or more after it, by the kernel's clock, starts
+	// the next incident.
+	lastUptime time.Duration
+	hasUptime  bool
 }
 
-// msgOverhead is what a kept message costs beyond its strings: the
-// Message struct, its slot in msgs, a dictionary's map header.
-const msgOverhead = 256
+// msgSlot is what a message takes in a slice; msgSize adds what it points
+// to: its strings (each rounded up to the allocator's 16 bytes) and its
+// dictionary (a map of a few entries: about 300 bytes, and its strings).
+const msgSlot = int(unsafe.Sizeof(netconsole.Message{}))
 
-// msgSize is what a kept message costs, as MaxOpenBytes counts it.
+// msgSize is what a kept message holds, as MaxOpenBytes counts it.
 func msgSize(m netconsole.Message) int {
-	n := msgOverhead + len(m.Text) + len(m.Caller) + len(m.Release)
-	for k, v := range m.Dict {
-		n += len(k) + len(v) + 32
+	n := msgSlot + strSize(m.Text) + strSize(m.Caller) + strSize(m.Release)
+	if m.Dict != nil {
+		n += 300
+		for k, v := range m.Dict {
+			n += strSize(k) + strSize(v)
+		}
 	}
 	return n
 }
+
+// strSize is what a string's bytes take on the heap.
+func strSize(s string) int { return (len(s) + 15) &^ 15 }
 
 // trigger is a trigger line and its pattern's kind.
 type trigger struct {
 	msg  netconsole.Message
 	kind pattern.Kind
 }
+
+// trigSlot is what a trigger takes in a slice (its strings are the
+// message's, counted once in msgs).
+const trigSlot = int(unsafe.Sizeof(trigger{}))
+
+// buildingOverhead is what an open incident holds beyond its messages and
+// triggers: the struct, its list element and map entry.
+const buildingOverhead = int(unsafe.Sizeof(building{})) + 48 + 64
 
 // maxTriggers bounds the trigger lines an incident keeps (a storm of
 // WARNs should not grow it without end).
@@ -165,36 +225,41 @@ func (d *Detector) Add(m netconsole.Message) []Incident {
 	d.counters.Messages++
 	addr := m.Source.Addr()
 	b := d.open[addr]
-	trig, isTrigger := d.trigger(m.Text)
+	trig, isTrigger := d.trigger(m)
+	var out []Incident
+	if b != nil && d.startsNext(b, m) {
+		out, b = d.close(addr), nil
+	}
 	if b == nil {
 		if !isTrigger {
 			d.keepStray(addr, m)
-			return nil // not part of any incident, yet
+			return out // not part of any incident, yet
 		}
 		if strings.HasPrefix(m.Text, panicEndPrefix) {
-			if closed, ok := d.dead.Get(addr); ok && m.Received.Sub(closed.(time.Time)) < lateMarker {
-				return nil // the end of a panic already reported
+			if closed, ok := d.dead.Get(addr); ok && m.Received.Sub(closed) < lateMarker {
+				return out // the end of a panic already reported
 			}
 		}
 		if len(d.open) >= d.cfg.MaxOpen {
-			return d.closeOldest(m)
+			return append(out, d.closeOldest(m)...)
 		}
-		b = &building{source: addr}
+		b = &building{source: addr, bytes: buildingOverhead}
 		d.open[addr] = b
 		b.elem = d.byAge.PushBack(b)
-		before := b.bytes
 		b.add(m, trig, isTrigger, d.cfg.MaxLines)
 		d.adoptStrays(b, m)
-		d.openBytes += b.bytes - before
+		d.openBytes += b.bytes
 	} else {
 		d.byAge.MoveToBack(b.elem)
 		before := b.bytes
 		b.add(m, trig, isTrigger, d.cfg.MaxLines)
 		d.openBytes += b.bytes - before
 	}
-	var out []Incident
+	if b.fatal {
+		d.dying[addr] = b
+	}
 	if b.ended {
-		out = d.close(addr)
+		out = append(out, d.close(addr)...)
 	}
 	// Over the memory budget: the least recently heard go first (never
 	// the one just added to, which is the most recent).
@@ -207,27 +272,35 @@ func (d *Detector) Add(m netconsole.Message) []Incident {
 
 // keepStray keeps a line of no incident for a while.
 func (d *Detector) keepStray(addr netip.Addr, m netconsole.Message) {
-	var kept []netconsole.Message
-	if v, ok := d.strays.Get(addr); ok {
-		kept = v.([]netconsole.Message)
+	kept, _ := d.strays.Get(addr)
+	before := 0
+	if kept != nil {
+		before = strayCost(kept)
 	}
 	if len(kept) >= maxStraysPerSource {
 		kept = append(kept[:0:0], kept[1:]...) // the oldest goes
 	}
-	d.strays.Add(addr, append(kept, m))
+	kept = append(kept, m)
+	d.strays.Add(addr, kept) // may forget the least recent (the callback uncounts it)
+	d.strayBytes += strayCost(kept) - before
+	// Over the budget: the least recently heard go first (never this
+	// source's, the most recent).
+	for d.strayBytes > d.cfg.MaxStrayBytes && d.strays.Len() > 1 {
+		d.strays.RemoveOldest()
+	}
 }
 
 // adoptStrays gives a new incident, opened by trigger, its source's
 // strays that the kernel logged after the trigger and that arrived
 // within strayWindow of it.
 func (d *Detector) adoptStrays(b *building, trigger netconsole.Message) {
-	v, ok := d.strays.Get(b.source)
+	kept, ok := d.strays.Get(b.source)
 	if !ok {
 		return
 	}
 	d.strays.Remove(b.source)
 	lastSeen := b.lastSeen
-	for _, m := range v.([]netconsole.Message) {
+	for _, m := range kept {
 		if trigger.Received.Sub(m.Received) > strayWindow || !loggedAfter(m, trigger) {
 			continue
 		}
@@ -250,6 +323,29 @@ func loggedAfter(m, t netconsole.Message) bool {
 	return true
 }
 
+// startsNext reports whether m, from b's source, comes after b's quiet
+// period and so starts the next incident. The kernel's clock decides when
+// both have a kernel time (a new boot's lower one too), so that every
+// collector splits alike whatever the network delays and whenever its
+// quiet-close tick runs; else the times the lines were received.
+func (d *Detector) startsNext(b *building, m netconsole.Message) bool {
+	if m.HasUptime && b.hasUptime {
+		return m.Uptime-b.lastUptime >= d.cfg.QuietPeriod || b.lastUptime-m.Uptime >= newBoot
+	}
+	return m.Received.Sub(b.lastSeen) >= d.cfg.QuietPeriod
+}
+
+// newBoot is how far a line's kernel time may be behind its incident's
+// latest and still be of the same boot (lines of one boot can come out
+// of order by the ring buffer and the backstop socket, by far less).
+const newBoot = time.Minute
+
+// quietGrace is how much longer than QuietPeriod, by the collector's
+// clock, Tick waits before closing a quiet incident: a line up to
+// QuietPeriod after the last by the kernel's clock but delayed on its way
+// still joins it (startsNext), on every collector.
+const quietGrace = time.Second
+
 // closeOldest closes the least recently heard incident to make room, then
 // adds m.
 func (d *Detector) closeOldest(m netconsole.Message) []Incident {
@@ -259,13 +355,21 @@ func (d *Detector) closeOldest(m netconsole.Message) []Incident {
 }
 
 // Tick closes the incidents whose time is up at now: quiet for
-// QuietPeriod, or fatal and settled.
+// QuietPeriod (and quietGrace), or fatal and settled. It looks only at
+// those that can be due: the least recently heard, from the front of the
+// list by age until one is not quiet, and the fatal ones; not at every
+// open incident (a flood of forged triggers opens tens of thousands).
 func (d *Detector) Tick(now time.Time) []Incident {
 	var out []Incident
-	for addr, b := range d.open {
-		quiet := now.Sub(b.lastSeen) >= d.cfg.QuietPeriod
-		settled := b.fatal && !b.panicAt.IsZero() && now.Sub(b.panicAt) >= d.cfg.SettleTime
-		if quiet || settled {
+	for e := d.byAge.Front(); e != nil; e = d.byAge.Front() {
+		b := e.Value.(*building)
+		if now.Sub(b.lastSeen) < d.cfg.QuietPeriod+quietGrace {
+			break
+		}
+		out = append(out, d.close(b.source)...)
+	}
+	for addr, b := range d.dying {
+		if now.Sub(b.panicAt) >= d.cfg.SettleTime {
 			out = append(out, d.close(addr)...)
 		}
 	}
@@ -297,6 +401,7 @@ func sortIncidents(in []Incident) {
 func (d *Detector) close(addr netip.Addr) []Incident {
 	b := d.open[addr]
 	delete(d.open, addr)
+	delete(d.dying, addr)
 	d.byAge.Remove(b.elem)
 	d.openBytes -= b.bytes
 	inc := b.incident()
@@ -312,15 +417,30 @@ func (d *Detector) close(addr netip.Addr) []Incident {
 	return []Incident{inc}
 }
 
-// trigger reports whether text is a trigger line, and its pattern. A
-// hung-task prefix ("INFO: task ") must be confirmed by "blocked for more
-// than": other "INFO: task" lines are not failures.
-func (d *Detector) trigger(text string) (pattern.Pattern, bool) {
+// trigger reports whether m is a trigger line, and its pattern: a line
+// the table matches and its pattern confirms (Pattern.Confirm), or the
+// kernel's panic line or end marker, which are recognised whatever the
+// table (a patterns file's) says.
+//
+// Only the kernel's own lines trigger: an extended record whose facility
+// is not the kernel's (a process writing /dev/kmsg, which the kernel
+// tags facility user unless the writer names another) is context at
+// most. A basic line does not say; it is taken as the kernel's.
+func (d *Detector) trigger(m netconsole.Message) (pattern.Pattern, bool) {
+	text := m.Text
 	p, ok := d.cfg.Patterns.MatchText([]byte(text))
-	if !ok {
+	switch {
+	case !ok && dying(text):
+		// The kernel's dying words, whatever the table says.
+		p = pattern.Pattern{Prefix: pattern.PanicPrefix, Kind: pattern.KindPanic}
+	case !ok:
 		return p, false
 	}
-	if p.Kind == pattern.KindHungTask && !strings.Contains(text, "blocked for more than") {
+	if m.Facility > 0 {
+		d.counters.NotKernel++
+		return p, false
+	}
+	if !p.Confirmed(text) {
 		d.counters.Unconfirmed++
 		return p, false
 	}
@@ -330,15 +450,29 @@ func (d *Detector) trigger(text string) (pattern.Pattern, bool) {
 
 // The two lines that say the kernel is dying.
 const (
-	panicPrefix    = "Kernel panic - not syncing"
-	panicEndPrefix = "---[ end Kernel panic"
+	panicPrefix    = pattern.PanicPrefix
+	panicEndPrefix = pattern.PanicEndPrefix
 )
 
+// dying reports whether text is one of them.
+func dying(text string) bool {
+	return strings.HasPrefix(text, panicPrefix) || strings.HasPrefix(text, panicEndPrefix)
+}
+
 func (b *building) add(m netconsole.Message, trig pattern.Pattern, isTrigger bool, maxLines int) {
-	b.lastSeen = m.Received
-	if len(b.msgs) < maxLines {
+	if m.Received.After(b.lastSeen) {
+		// Never back: a cut line given up on comes with the time its
+		// first part was received.
+		b.lastSeen = m.Received
+	}
+	if m.HasUptime && (!b.hasUptime || m.Uptime > b.lastUptime) {
+		b.lastUptime, b.hasUptime = m.Uptime, true
+	}
+	kept := len(b.msgs) < maxLines
+	if kept {
+		before := cap(b.msgs)
 		b.msgs = append(b.msgs, m)
-		b.bytes += msgSize(m)
+		b.bytes += (cap(b.msgs)-before)*msgSlot + msgSize(m) - msgSlot
 	} else {
 		b.dropped++
 	}
@@ -349,7 +483,12 @@ func (b *building) add(m netconsole.Message, trig pattern.Pattern, isTrigger boo
 	// reason and the id, which collectors must agree on.
 	dying := strings.HasPrefix(m.Text, panicPrefix) || strings.HasPrefix(m.Text, panicEndPrefix)
 	if len(b.triggers) < maxTriggers || dying {
+		before := cap(b.triggers)
 		b.triggers = append(b.triggers, trigger{msg: m, kind: trig.Kind})
+		b.bytes += (cap(b.triggers) - before) * trigSlot
+		if !kept { // its strings are held by the trigger alone
+			b.bytes += msgSize(m) - msgSlot
+		}
 	}
 	switch {
 	case strings.HasPrefix(m.Text, panicPrefix):
@@ -415,7 +554,7 @@ func (b *building) incident() Incident {
 	}
 	if reason != nil {
 		inc.Reason = panicReason(reason.Text)
-		if k, ok := kindOfPanic(inc.Reason); ok {
+		if k, ok := pattern.KindOfPanic(inc.Reason); ok {
 			inc.Kind = k
 		}
 	}
@@ -441,7 +580,7 @@ func (b *building) incident() Incident {
 	if inc.Module == "" {
 		inc.Module = traceModule
 	}
-	inc.ID = incidentID(b.source, cause, reason)
+	inc.ID = incidentID(b.source, idTrigger(trigs))
 	return inc
 }
 
@@ -479,37 +618,6 @@ func panicReason(text string) string {
 		return strings.TrimSuffix(strings.TrimSpace(s), " ]---")
 	}
 	return text
-}
-
-// kindOfPanic reads the kind of failure from a panic line's stated reason,
-// where the kernel names one.
-func kindOfPanic(reason string) (pattern.Kind, bool) {
-	why, ok := strings.CutPrefix(reason, panicPrefix+": ")
-	if !ok {
-		return "", false
-	}
-	for _, r := range panicReasons {
-		if strings.Contains(why, r.contains) {
-			return r.kind, true
-		}
-	}
-	return "", false
-}
-
-// panicReasons are the reasons the kernel gives when a report turns into
-// a panic (softlockup_panic, hung_task_panic, panic_on_oom, ...).
-var panicReasons = []struct {
-	contains string
-	kind     pattern.Kind
-}{
-	{"softlockup: hung tasks", pattern.KindSoftLockup},
-	{"hung_task: blocked tasks", pattern.KindHungTask},
-	{"Hard LOCKUP", pattern.KindHardLockup},
-	{"Out of memory", pattern.KindOOM},
-	{"System is deadlocked on memory", pattern.KindOOM},
-	{"RCU Stall", pattern.KindRCUStall},
-	{"achine check", pattern.KindMCE},
-	{"sysrq triggered crash", pattern.KindSysrq},
 }
 
 // Where the kernel names a task or a module.
@@ -567,25 +675,35 @@ func moduleOf(text string) string {
 	return ""
 }
 
-// incidentID hashes what every collector that heard the incident agrees
-// on: the source, and the cause and reason lines with their kernel times
-// (which tell one boot's panic from the next's). A line without a kernel
-// time brings its receive time to the minute instead.
-func incidentID(src netip.Addr, cause, reason *netconsole.Message) string {
+// incidentID hashes what every collector that heard the incident shares,
+// whatever lines it lost and whatever its clock: the source, and the
+// first trigger (see idTrigger) with its kernel time, which tells one
+// boot's failure from the next's (two boots printing the same first
+// trigger at the same microsecond of uptime are one). Not the panic line
+// nor the end marker, which one collector may have lost, nor the lines
+// after. A first trigger without a kernel time (the basic format without
+// printk.time) brings the hour it was received instead: collectors
+// either side of an hour disagree, so turn printk.time on.
+func incidentID(src netip.Addr, first *netconsole.Message) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n", src)
-	for _, m := range []*netconsole.Message{cause, reason} {
-		if m == nil {
-			fmt.Fprint(h, "-\n")
-			continue
-		}
-		when := m.Uptime.String()
-		if !m.HasUptime {
-			when = m.Received.UTC().Truncate(time.Minute).Format(time.RFC3339)
-		}
-		// The panic line's text, also for the end marker that repeats
-		// it: a collector that lost one of them agrees on the text.
-		fmt.Fprintf(h, "%s %s\n", when, panicReason(m.Text))
+	when := "uptime " + strconv.FormatInt(first.Uptime.Microseconds(), 10)
+	if !first.HasUptime {
+		when = "received " + first.Received.UTC().Truncate(time.Hour).Format(time.RFC3339)
 	}
+	fmt.Fprintf(h, "%s %s\n", when, first.Text)
 	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// idTrigger returns the trigger an incident's id is made of: the first in
+// kernel order (trigs is sorted so), skipping the end marker, which comes
+// after the lines that matter and which a collector may lose, unless the
+// incident has no other.
+func idTrigger(trigs []trigger) *netconsole.Message {
+	for i := range trigs {
+		if !strings.HasPrefix(trigs[i].msg.Text, panicEndPrefix) {
+			return &trigs[i].msg
+		}
+	}
+	return &trigs[0].msg
 }

@@ -132,6 +132,38 @@ func TestKinds(t *testing.T) {
 	}
 }
 
+// TestPanicWhateverTheTable: a table without the panic line's pattern (a
+// patterns file's, replacing the built-in one) still sees the kernel die.
+func TestPanicWhateverTheTable(t *testing.T) {
+	tab, err := pattern.NewTable([]pattern.Pattern{{ID: 1, Prefix: "Oops: ", Kind: pattern.KindOops}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := detect.New(detect.Config{Patterns: tab})
+	got := append(feed(d, node, t0, "Kernel panic - not syncing: Fatal exception"), d.Flush()...)
+	got = append(got, feed(d, netip.MustParseAddrPort("10.99.0.3:6665"), t0, "Oops: 0000 [#1]", "---[ end Kernel panic - not syncing: Fatal exception ]---")...)
+	if len(got) != 2 || !got[0].Fatal || !got[1].Fatal || got[1].Kind != pattern.KindOops {
+		t.Errorf("%+v", got)
+	}
+}
+
+// TestLastSeenForward: a line received earlier than the incident's latest
+// (a cut line given up on, emitted with the time its first part came)
+// does not move the incident's last-seen time back, nor close it early.
+func TestLastSeenForward(t *testing.T) {
+	d := detect.New(detect.Config{})
+	feed(d, node, t0, "Oops: 0000 [#1]")
+	late := netconsole.Message{Source: node, Received: t0.Add(-9 * time.Second), Level: -1, Facility: -1, Text: "a cut line, given up on"}
+	d.Add(late)
+	if got := d.Tick(t0.Add(3 * time.Second)); len(got) != 0 {
+		t.Fatalf("closed 3 s after its last line: %+v", got)
+	}
+	got := d.Flush()
+	if len(got) != 1 || !got[0].Last.Equal(t0) || !got[0].First.Equal(late.Received) {
+		t.Errorf("%+v", got)
+	}
+}
+
 func TestUnconfirmedHungTask(t *testing.T) {
 	d := detect.New(detect.Config{})
 	got := append(feed(d, node, t0, "INFO: task foo:1 can be anything else"), d.Flush()...)
@@ -142,12 +174,13 @@ func TestUnconfirmedHungTask(t *testing.T) {
 
 func TestClosing(t *testing.T) {
 	d := detect.New(detect.Config{QuietPeriod: 5 * time.Second, SettleTime: 2 * time.Second})
-	// A non-fatal report closes after the quiet period.
+	// A non-fatal report closes after the quiet period, and a second's
+	// grace for lines delayed on their way.
 	feed(d, node, t0, "Oops: 0000 [#1] SMP", "CPU: 0 PID: 5 Comm: kworker/0:1 Tainted: G")
-	if got := d.Tick(t0.Add(4 * time.Second)); len(got) != 0 {
+	if got := d.Tick(t0.Add(5500 * time.Millisecond)); len(got) != 0 {
 		t.Errorf("closed before the quiet period: %+v", got)
 	}
-	got := d.Tick(t0.Add(6 * time.Second))
+	got := d.Tick(t0.Add(7 * time.Second))
 	if len(got) != 1 || got[0].Fatal || got[0].Task != "kworker/0:1" {
 		t.Fatalf("after the quiet period: %+v", got)
 	}
@@ -369,5 +402,35 @@ func TestMemoryBound(t *testing.T) {
 	}
 	if got := len(closed) + len(open); got != 200 {
 		t.Errorf("%d incidents in all, want 200: none lost", got)
+	}
+}
+
+// TestKernelLinesOnly: a process that writes /dev/kmsg gets its line sent
+// by netconsole too, tagged with facility user (prefix 8 + level): it
+// must never open an incident, nor make one fatal.
+func TestKernelLinesOnly(t *testing.T) {
+	asm := detect.NewAssembler(netconsole.Config{}, detect.Config{})
+	var got []detect.Incident
+	for i, p := range []string{
+		// echo "<12>Kernel panic - not syncing: Fatal exception" > /dev/kmsg, by task 412
+		"12,1042,31562345,-,caller=T412;Kernel panic - not syncing: Fatal exception",
+		"12,1043,31562401,-,caller=T412;---[ end Kernel panic - not syncing: Fatal exception ]---",
+	} {
+		got = append(got, asm.Line(filter.Line{Source: node, Time: t0.Add(time.Duration(i) * time.Millisecond), Payload: []byte(p)})...)
+	}
+	got = append(got, asm.Flush()...)
+	if len(got) != 0 || asm.Detector.Counters().NotKernel != 2 {
+		t.Fatalf("lines of facility user: incidents %+v, counters %+v", got, asm.Detector.Counters())
+	}
+	// Within a kernel's own report, the forged panic line is context.
+	for i, p := range []string{
+		"4,1044,31570000,-,caller=T98;WARNING: CPU: 0 PID: 98 at net/core/dev.c:1 f+0x1/0x2",
+		"12,1045,31570100,-,caller=T412;Kernel panic - not syncing: Fatal exception",
+	} {
+		got = append(got, asm.Line(filter.Line{Source: node, Time: t0.Add(time.Second + time.Duration(i)*time.Millisecond), Payload: []byte(p)})...)
+	}
+	got = append(got, asm.Flush()...)
+	if len(got) != 1 || got[0].Fatal || got[0].Kind != pattern.KindWarning || len(got[0].Lines) != 2 {
+		t.Errorf("a kernel WARNING with a forged panic line after it: %+v", got)
 	}
 }

@@ -6,7 +6,9 @@
 // gathers the source's following lines. It closes when the kernel is
 // clearly dead and has had a moment to say its last (SettleTime after the
 // "Kernel panic - not syncing" line, or at once on "---[ end Kernel
-// panic"), or when the source has been quiet for QuietPeriod.
+// panic"), or when the source has been quiet for QuietPeriod; a line
+// QuietPeriod after the incident's latest by the kernel's clock starts the
+// next one, on every collector alike.
 //
 // The detector speaks its own small types, not Kubernetes objects: the
 // cleanup controller translates.
@@ -22,9 +24,10 @@ import (
 // Incident is one failure of one node's kernel.
 type Incident struct {
 	// ID identifies the incident whoever assembled it: a hash of the
-	// source, the cause line and the reason line with their kernel
-	// times, so that two collectors, or one restarted, name the same
-	// incident the same.
+	// source and its first trigger (the end marker only if there is no
+	// other) with its kernel time, which tells the boot, so that two
+	// collectors, or one restarted, name the same incident the same
+	// whatever lines each lost after it and whatever their clocks.
 	ID string `json:"id"`
 	// Source is the address the node's netconsole sent from.
 	Source netip.Addr `json:"source"`

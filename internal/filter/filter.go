@@ -14,7 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"k8s.io/utils/lru"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 
 	"github.com/lastgasp/lastgasp/bpf"
 	"github.com/lastgasp/lastgasp/internal/pattern"
@@ -100,8 +100,8 @@ type Filter struct {
 	// patterns is the table in use: SetPatterns may swap it from another
 	// goroutine (a reload).
 	patterns atomic.Pointer[pattern.Table]
-	// bursts maps a source address (netip.Addr) to *burst.
-	bursts *lru.Cache
+	// bursts holds each source's open burst.
+	bursts *simplelru.LRU[netip.Addr, *burst]
 	// lastMatch is the time of the latest match from any source: no
 	// burst can be open BurstTimeout after it.
 	lastMatch time.Time
@@ -123,7 +123,9 @@ func New(cfg Config) *Filter {
 	if cfg.MaxSources <= 0 {
 		cfg.MaxSources = int(bpf.LastgaspLimitsBURSTS_MAX)
 	}
-	f := &Filter{cfg: cfg, bursts: lru.New(cfg.MaxSources)}
+	// NewLRU fails only for a size below 1, which the defaults rule out.
+	bursts, _ := simplelru.NewLRU[netip.Addr, *burst](cfg.MaxSources, nil)
+	f := &Filter{cfg: cfg, bursts: bursts}
 	f.patterns.Store(cfg.Patterns)
 	return f
 }
@@ -172,11 +174,10 @@ func (f *Filter) takeContext(addr netip.Addr, now time.Time) bool {
 	if f.cfg.ContextLines == 0 || !now.Before(f.lastMatch.Add(f.cfg.BurstTimeout)) {
 		return false
 	}
-	v, ok := f.bursts.Get(addr)
+	b, ok := f.bursts.Get(addr)
 	if !ok {
 		return false
 	}
-	b := v.(*burst)
 	if !now.Before(b.expires) || b.remaining <= 0 {
 		return false
 	}

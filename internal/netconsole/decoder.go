@@ -2,14 +2,16 @@ package netconsole
 
 import (
 	"bytes"
+	"container/list"
 	"hash/maphash"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
-	"k8s.io/utils/lru"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
 // Config bounds a Decoder's memory and time. Zero fields take defaults.
@@ -24,17 +26,34 @@ type Config struct {
 	// MaxPendingPerSource is how many records one source may have in
 	// reassembly at once. Default 16.
 	MaxPendingPerSource int
-	// MaxPendingBytes bounds the bytes held for reassembly across all
-	// sources. Default 16 MiB.
+	// MaxPendingBytes bounds what records in reassembly and lines
+	// waiting for their continuation hold, across all sources, as the
+	// heap holds it (buffers and bookkeeping). Default 16 MiB.
 	MaxPendingBytes int
 	// DedupWindow is how many recent messages per source are remembered
 	// to drop duplicates. Default 256.
 	DedupWindow int
 	// MaxSources is how many sources' duplicate windows are remembered
-	// (least recently heard forgotten first). Default 10,000: at about
-	// 40 bytes a message remembered, at most about 100 MiB.
+	// (least recently heard forgotten first). Default 100,000.
 	MaxSources int
+	// MaxDedupBytes bounds what the duplicate windows hold, as the heap
+	// holds it: past it the least recently heard source's window is
+	// forgotten. Default 16 MiB (a full window takes about 2 KiB, a
+	// source heard once about 200 bytes).
+	MaxDedupBytes int
+	// Allowed, if not empty, are the only networks lines are taken from
+	// (lastgasp run --allow): a datagram from any other source is
+	// dropped before anything of it is kept, and counted NotAllowed.
+	Allowed []netip.Prefix
 }
+
+// DefaultMaxPendingBytes and DefaultMaxDedupBytes are the defaults of
+// MaxPendingBytes and MaxDedupBytes: an eighth each of the default memory
+// budget (package detect's DefaultMemoryBudget).
+const (
+	DefaultMaxPendingBytes = 16 << 20
+	DefaultMaxDedupBytes   = 16 << 20
+)
 
 func (c Config) withDefaults() Config {
 	if c.FragmentTimeout <= 0 {
@@ -47,13 +66,16 @@ func (c Config) withDefaults() Config {
 		c.MaxPendingPerSource = 16
 	}
 	if c.MaxPendingBytes <= 0 {
-		c.MaxPendingBytes = 16 << 20
+		c.MaxPendingBytes = DefaultMaxPendingBytes
+	}
+	if c.MaxDedupBytes <= 0 {
+		c.MaxDedupBytes = DefaultMaxDedupBytes
 	}
 	if c.DedupWindow <= 0 {
 		c.DedupWindow = 256
 	}
 	if c.MaxSources <= 0 {
-		c.MaxSources = 10_000
+		c.MaxSources = 100_000
 	}
 	return c
 }
@@ -61,6 +83,7 @@ func (c Config) withDefaults() Config {
 // Counters count what a Decoder did.
 type Counters struct {
 	Datagrams        uint64 // datagrams given to Decode
+	NotAllowed       uint64 // datagrams dropped: their source is outside Config.Allowed
 	Messages         uint64 // messages returned
 	Duplicates       uint64 // messages dropped as already seen
 	Malformed        uint64 // datagrams with nothing to decode (empty, a header without text)
@@ -78,21 +101,27 @@ type Decoder struct {
 	counters Counters
 	seed     maphash.Seed
 
-	// seen maps a source address to its *window of recent messages.
-	seen *lru.Cache
+	// seen maps a source address to its window of recent messages;
+	// dedupBytes is what the windows hold (see MaxDedupBytes).
+	seen       *simplelru.LRU[netip.Addr, *window]
+	dedupBytes int
 
 	// Records in reassembly: by source and sequence number, in arrival
-	// order for expiry, with their count per source and bytes in all.
+	// order for expiry, with their count per source and bytes in all
+	// (pendingBytes counts the waiting lines below too). A record leaves
+	// the list the moment it is completed or dropped, so nothing that
+	// waits keeps alive what came after it.
 	pending      map[fragKey]*partial
-	order        []*partial
+	order        list.List // of *partial
 	perSource    map[netip.Addr]int
 	pendingBytes int
 
 	// Basic lines cut short by the end of a datagram (netconsole sends at
 	// most 1000 bytes a datagram, and a pr_cont line in pieces), by
-	// source, waiting for the datagram that continues them.
+	// source, waiting for the datagram that continues them; in arrival
+	// order for expiry, each removed from the list when it is taken.
 	tails     map[netip.Addr]*tail
-	tailOrder []*tail // in arrival order, for expiry
+	tailOrder list.List // of *tail
 }
 
 // tail is the unfinished last line of a source's basic datagram.
@@ -100,25 +129,44 @@ type tail struct {
 	src  netip.AddrPort
 	text []byte
 	at   time.Time
-	done bool // continued, replaced or given up: skip it in tailOrder
+	elem *list.Element // in tailOrder
 }
 
-// tailOverhead is what a waiting line costs beyond its text (map entry,
-// struct, list slot), charged against MaxPendingBytes so that many tiny
+// tailOverhead is what a waiting line costs beyond its text: the struct
+// (96 bytes), its list element (48), its map entry (about 48 with the
+// map's spare room), charged against MaxPendingBytes so that many tiny
 // lines from many sources cannot grow without bound.
-const tailOverhead = 128
+const tailOverhead = 192
 
 // NewDecoder returns a Decoder bounded by cfg.
 func NewDecoder(cfg Config) *Decoder {
 	cfg = cfg.withDefaults()
-	return &Decoder{
+	d := &Decoder{
 		cfg:       cfg,
 		seed:      maphash.MakeSeed(),
-		seen:      lru.New(cfg.MaxSources),
 		pending:   map[fragKey]*partial{},
 		perSource: map[netip.Addr]int{},
 		tails:     map[netip.Addr]*tail{},
 	}
+	// NewLRU fails only for a size below 1, which withDefaults rules out.
+	d.seen, _ = simplelru.NewLRU(cfg.MaxSources, func(_ netip.Addr, w *window) {
+		d.dedupBytes -= w.cost()
+	})
+	return d
+}
+
+// Allows reports whether lines from addr are taken (see Config.Allowed).
+func (d *Decoder) Allows(addr netip.Addr) bool {
+	if len(d.cfg.Allowed) == 0 {
+		return true
+	}
+	addr = addr.Unmap()
+	for _, p := range d.cfg.Allowed {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }
 
 // Counters returns what the decoder has done so far.
@@ -131,6 +179,10 @@ func (d *Decoder) Decode(src netip.AddrPort, payload []byte, received time.Time)
 	d.counters.Datagrams++
 	out := d.Expire(received)
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	if !d.Allows(src.Addr()) {
+		d.counters.NotAllowed++
+		return out
+	}
 	payload = bytes.TrimRight(payload, "\x00")
 
 	if h, body, ok := parseExtendedHeader(payload); ok {
@@ -179,9 +231,9 @@ func (d *Decoder) basic(src netip.AddrPort, payload []byte, received time.Time) 
 		lines = lines[:len(lines)-1]
 		if len(last) < d.cfg.MaxRecordBytes && d.pendingBytes+len(last)+tailOverhead <= d.cfg.MaxPendingBytes {
 			t := &tail{src: src, text: bytes.Clone(last), at: received}
+			t.elem = d.tailOrder.PushBack(t)
 			d.tails[addr] = t
-			d.tailOrder = append(d.tailOrder, t)
-			d.pendingBytes += len(last) + tailOverhead
+			d.pendingBytes += tailCost(t)
 		} else {
 			lines = append(lines, last) // too long to wait for: take it as it is
 		}
@@ -212,13 +264,18 @@ func startsWithUptime(p []byte) bool {
 	return ok
 }
 
+// dropTail forgets the source's waiting line (the caller uses its text).
 func (d *Decoder) dropTail(addr netip.Addr) {
 	if t := d.tails[addr]; t != nil {
-		d.pendingBytes -= len(t.text) + tailOverhead
-		t.done = true
+		d.pendingBytes -= tailCost(t)
+		d.tailOrder.Remove(t.elem)
+		t.elem = nil
 		delete(d.tails, addr)
 	}
 }
+
+// tailCost is what a waiting line holds: its text's buffer and the rest.
+func tailCost(t *tail) int { return cap(t.text) + tailOverhead }
 
 // keep appends m to out unless it is a duplicate.
 func (d *Decoder) keep(out []Message, m Message) []Message {
@@ -425,11 +482,20 @@ func (d *Decoder) validText(b []byte) string {
 }
 
 // window remembers a source's recent messages, by hash, oldest first out.
+// It grows as the source is heard, up to DedupWindow hashes, and is
+// searched from end to end: 256 comparisons cost less than a map's
+// memory (a map of 256 keys took 5 KiB a source).
 type window struct {
 	ring []uint64
 	next int
-	set  map[uint64]struct{}
 }
+
+// windowOverhead is what a window holds beyond its hashes: the struct (32
+// bytes) and its LRU entry (list element, map slot: about 130).
+const windowOverhead = 160
+
+// cost is what the window holds.
+func (w *window) cost() int { return cap(w.ring)*8 + windowOverhead }
 
 // duplicate reports whether m was seen recently from its source, and
 // remembers it. Messages are told apart by sequence number, kernel time
@@ -449,23 +515,28 @@ func (d *Decoder) duplicate(m Message) bool {
 	key := h.Sum64()
 
 	addr := m.Source.Addr()
-	v, ok := d.seen.Get(addr)
+	w, ok := d.seen.Get(addr)
 	if !ok {
-		v = &window{ring: make([]uint64, 0, d.cfg.DedupWindow), set: map[uint64]struct{}{}}
-		d.seen.Add(addr, v)
+		w = &window{}
+		d.seen.Add(addr, w) // may forget the least recent (the callback uncounts it)
+		d.dedupBytes += w.cost()
 	}
-	w := v.(*window)
-	if _, dup := w.set[key]; dup {
+	if slices.Contains(w.ring, key) {
 		return true
 	}
 	if len(w.ring) < d.cfg.DedupWindow {
+		before := w.cost()
 		w.ring = append(w.ring, key)
+		d.dedupBytes += w.cost() - before
 	} else {
-		delete(w.set, w.ring[w.next])
 		w.ring[w.next] = key
 		w.next = (w.next + 1) % len(w.ring)
 	}
-	w.set[key] = struct{}{}
+	// Over the budget: the least recently heard go first (never this
+	// source's, the most recent).
+	for d.dedupBytes > d.cfg.MaxDedupBytes && d.seen.Len() > 1 {
+		d.seen.RemoveOldest()
+	}
 	return false
 }
 

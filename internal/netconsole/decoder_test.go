@@ -255,7 +255,7 @@ func TestFragments(t *testing.T) {
 		other := netip.MustParseAddrPort("10.99.0.3:6665")
 		d.Decode(other, []byte("4,4,1,-,ncfrag=0/4000;x"), t0)
 		d.Decode(netip.MustParseAddrPort("10.99.0.4:6665"), []byte("4,4,1,-,ncfrag=0/4000;x"), t0) // over MaxPendingBytes
-		if c := d.Counters(); c.FragmentsRefused != 7 || d.pendingBytes != 4200 {
+		if c, want := d.Counters(), 2*partialCost(100)+partialCost(4000); c.FragmentsRefused != 7 || d.pendingBytes != want {
 			t.Errorf("counters %+v, %d bytes pending", c, d.pendingBytes)
 		}
 	})
@@ -267,7 +267,7 @@ func TestFragments(t *testing.T) {
 		if msgs := d.Decode(node, []byte(frags[2]), t0.Add(1500*time.Millisecond)); len(msgs) != 0 {
 			t.Errorf("a record completed after its timeout: %+v", msgs)
 		}
-		if c := d.Counters(); c.FragmentsExpired != 1 || d.pendingBytes != len(body) {
+		if c := d.Counters(); c.FragmentsExpired != 1 || d.pendingBytes != partialCost(len(body)) {
 			t.Errorf("counters %+v, %d bytes pending (the last fragment starts a new record)", c, d.pendingBytes)
 		}
 		d.Expire(t0.Add(time.Hour))
@@ -323,22 +323,42 @@ func FuzzDecode(f *testing.F) {
 
 func utf8Valid(s string) bool { return strings.ToValidUTF8(s, "") == s }
 
-// TestBuffersReleased: a completed record's buffers are released at once,
-// even while an older incomplete record keeps it in the expiry list; a
-// waiting line is charged its text and an overhead.
+// TestBuffersReleased: a completed record leaves reassembly at once, even
+// behind an older incomplete record; a record is charged its buffers and
+// an overhead, a waiting line its text and an overhead.
 func TestBuffersReleased(t *testing.T) {
 	d := NewDecoder(Config{})
 	d.Decode(node, []byte("4,1,1,-,ncfrag=0/100;stuck"), t0) // never completed
 	for seq := 2; seq < 50; seq++ {
 		d.Decode(node, []byte(fmt.Sprintf("4,%d,1,-,ncfrag=0/2;ab", seq)), t0)
 	}
-	for _, p := range d.order[1:] {
-		if !p.done || p.body != nil || p.filled != nil {
-			t.Fatalf("completed record %d still holds its buffers", p.key.seq)
-		}
+	if d.order.Len() != 1 || len(d.pending) != 1 {
+		t.Fatalf("%d records in the expiry list, %d pending: want only the stuck one", d.order.Len(), len(d.pending))
 	}
 	d.Decode(netip.MustParseAddrPort("10.99.0.9:6665"), []byte("x"), t0)
-	if want := 100 + 1 + tailOverhead; d.pendingBytes != want {
+	if want := partialCost(100) + tailCost(d.tails[netip.MustParseAddr("10.99.0.9")]); d.pendingBytes != want {
 		t.Errorf("%d bytes pending, want %d", d.pendingBytes, want)
+	}
+}
+
+// TestAllowed: with --allow, a datagram from outside the allowed networks
+// is dropped where it enters and counted, whatever it holds; IPv4-mapped
+// IPv6 sources are judged as IPv4.
+func TestAllowed(t *testing.T) {
+	d := NewDecoder(Config{Allowed: []netip.Prefix{netip.MustParsePrefix("10.99.0.0/24")}})
+	panicLine := []byte("0,1,100,-;Kernel panic - not syncing: Fatal exception")
+	if got := d.Decode(node, panicLine, t0); len(got) != 1 {
+		t.Errorf("from an allowed source: %+v", got)
+	}
+	for _, src := range []string{"10.98.0.2:6665", "[::ffff:192.0.2.1]:6665", "[fd00::1]:6665"} {
+		if got := d.Decode(netip.MustParseAddrPort(src), panicLine, t0); len(got) != 0 {
+			t.Errorf("from %s, not allowed: %+v", src, got)
+		}
+	}
+	if got := d.Decode(netip.MustParseAddrPort("[::ffff:10.99.0.3]:6665"), panicLine, t0); len(got) != 1 {
+		t.Errorf("from an allowed IPv4-mapped source: %+v", got)
+	}
+	if c := d.Counters(); c.NotAllowed != 3 || c.Messages != 2 {
+		t.Errorf("counters %+v", c)
 	}
 }

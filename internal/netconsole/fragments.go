@@ -1,6 +1,7 @@
 package netconsole
 
 import (
+	"container/list"
 	"net/netip"
 	"time"
 )
@@ -14,12 +15,21 @@ type fragKey struct {
 // partial is a record in reassembly.
 type partial struct {
 	key    fragKey
-	first  time.Time // when its first fragment arrived
-	body   []byte    // the record's body, total bytes long
-	filled []bool    // which bytes of body have arrived
-	have   int       // how many of them
-	done   bool      // completed or dropped: skip it in order
+	first  time.Time     // when its first fragment arrived
+	body   []byte        // the record's body, total bytes long
+	filled []uint64      // which bytes of body have arrived, a bit each
+	have   int           // how many of them
+	elem   *list.Element // in Decoder.order
 }
+
+// partialOverhead is what a record in reassembly holds beyond its buffers:
+// the struct (120 bytes), its list element (48), its map entries (pending
+// and perSource, about 100 with the maps' spare room).
+const partialOverhead = 272
+
+// partialCost is what a record of total bytes holds while reassembled:
+// its body, its bitmap of bytes arrived, and the rest.
+func partialCost(total int) int { return total + (total+63)/64*8 + partialOverhead }
 
 // reassemble adds one fragment (h.fragOff, h.fragTotal, chunk) to its
 // record, and returns the whole body once every byte of it has arrived.
@@ -37,15 +47,15 @@ func (d *Decoder) reassemble(addr netip.Addr, h header, chunk []byte, now time.T
 	key := fragKey{addr: addr, seq: h.seq}
 	p := d.pending[key]
 	if p == nil {
-		if d.perSource[addr] >= d.cfg.MaxPendingPerSource || d.pendingBytes+total > d.cfg.MaxPendingBytes {
+		if d.perSource[addr] >= d.cfg.MaxPendingPerSource || d.pendingBytes+partialCost(total) > d.cfg.MaxPendingBytes {
 			d.counters.FragmentsRefused++
 			return nil, false
 		}
-		p = &partial{key: key, first: now, body: make([]byte, total), filled: make([]bool, total)}
+		p = &partial{key: key, first: now, body: make([]byte, total), filled: make([]uint64, (total+63)/64)}
+		p.elem = d.order.PushBack(p)
 		d.pending[key] = p
-		d.order = append(d.order, p)
 		d.perSource[addr]++
-		d.pendingBytes += total
+		d.pendingBytes += partialCost(total)
 	}
 	if len(p.body) != total {
 		d.counters.FragmentsRefused++
@@ -53,8 +63,8 @@ func (d *Decoder) reassemble(addr netip.Addr, h header, chunk []byte, now time.T
 	}
 	copy(p.body[off:], chunk)
 	for i := off; i < off+len(chunk); i++ {
-		if !p.filled[i] {
-			p.filled[i] = true
+		if w, bit := i/64, uint64(1)<<(i%64); p.filled[w]&bit == 0 {
+			p.filled[w] |= bit
 			p.have++
 		}
 	}
@@ -67,13 +77,13 @@ func (d *Decoder) reassemble(addr netip.Addr, h header, chunk []byte, now time.T
 	return body, true
 }
 
-// forget drops a record from reassembly. Its buffers are released at once:
-// the expiry list may hold the record a while longer.
+// forget drops a record from reassembly, and from the expiry list: nothing
+// of it stays.
 func (d *Decoder) forget(p *partial) {
-	p.done = true
+	d.order.Remove(p.elem)
 	delete(d.pending, p.key)
-	d.pendingBytes -= len(p.body)
-	p.body, p.filled = nil, nil
+	d.pendingBytes -= partialCost(len(p.body))
+	p.body, p.filled, p.elem = nil, nil, nil
 	if d.perSource[p.key.addr]--; d.perSource[p.key.addr] <= 0 {
 		delete(d.perSource, p.key.addr)
 	}
@@ -85,19 +95,14 @@ func (d *Decoder) forget(p *partial) {
 // with each datagram's time (and keeps what it returns); a caller with no
 // traffic should call it now and then.
 func (d *Decoder) Expire(now time.Time) []Message {
-	i := 0
-	for ; i < len(d.order); i++ {
-		p := d.order[i]
-		if p.done {
-			continue
-		}
+	for e := d.order.Front(); e != nil; e = d.order.Front() {
+		p := e.Value.(*partial)
 		if now.Sub(p.first) < d.cfg.FragmentTimeout {
 			break
 		}
 		d.forget(p)
 		d.counters.FragmentsExpired++
 	}
-	d.order = d.order[i:]
 
 	return d.takeTails(func(t *tail) bool { return now.Sub(t.at) >= d.cfg.FragmentTimeout })
 }
@@ -110,21 +115,16 @@ func (d *Decoder) Flush() []Message {
 
 // takeTails decodes, as they are, the unfinished lines that are due,
 // oldest first, stopping at the first that is not (the list is in arrival
-// order); those continued or replaced since are skipped.
+// order, and holds only lines still waiting).
 func (d *Decoder) takeTails(due func(*tail) bool) []Message {
 	var out []Message
-	j := 0
-	for ; j < len(d.tailOrder); j++ {
-		t := d.tailOrder[j]
-		if t.done {
-			continue
-		}
+	for e := d.tailOrder.Front(); e != nil; e = d.tailOrder.Front() {
+		t := e.Value.(*tail)
 		if !due(t) {
 			break
 		}
 		d.dropTail(t.src.Addr())
 		out = d.emitBasic(out, t.src, t.text, t.at)
 	}
-	d.tailOrder = d.tailOrder[j:]
 	return out
 }

@@ -24,7 +24,17 @@ import (
 // A pattern opens an incident and names its kind; it cannot make one
 // fatal. Only the kernel's own "Kernel panic - not syncing" line (or its
 // end marker) does that, so a patterns file cannot turn a report into a
-// node deletion.
+// node deletion; nor can it drop them: a table that replaces the built-in
+// one keeps those two patterns, so that the data path forwards them.
+//
+// A pattern may name a confirmation: text that must also appear in the
+// line (the built-in hung-task pattern "INFO: task " confirms with
+// "blocked for more than"):
+//
+//	patterns:
+//	  - prefix: "nvme nvme0: "
+//	    kind: mce
+//	    confirm: "controller is down"
 type File struct {
 	// Replace drops the built-in table.
 	Replace bool `json:"replace"`
@@ -34,8 +44,9 @@ type File struct {
 
 // FilePattern is one pattern of a File.
 type FilePattern struct {
-	Prefix string `json:"prefix"`
-	Kind   Kind   `json:"kind"`
+	Prefix  string `json:"prefix"`
+	Kind    Kind   `json:"kind"`
+	Confirm string `json:"confirm,omitempty"`
 }
 
 // kinds are the kinds a pattern may have.
@@ -76,6 +87,9 @@ func ParseFile(data []byte) (*Table, error) {
 	if err := yaml.UnmarshalStrict(data, &f); err != nil {
 		return nil, err
 	}
+	if f.Replace && len(f.Patterns) == 0 {
+		return nil, fmt.Errorf("replace: true and no patterns: the detector would fire only on panics")
+	}
 	var ps []Pattern
 	if !f.Replace {
 		ps = Default().Patterns()
@@ -91,14 +105,19 @@ func ParseFile(data []byte) (*Table, error) {
 		}
 		seen[fp.Prefix] = true
 		if j := slices.IndexFunc(ps, func(p Pattern) bool { return p.Prefix == fp.Prefix }); j >= 0 {
-			ps[j].Kind = fp.Kind // a built-in pattern, re-kinded
+			ps[j].Kind, ps[j].Confirm = fp.Kind, fp.Confirm // a built-in pattern, re-kinded
 			continue
 		}
-		ps = append(ps, Pattern{ID: next, Prefix: fp.Prefix, Kind: fp.Kind})
+		ps = append(ps, Pattern{ID: next, Prefix: fp.Prefix, Kind: fp.Kind, Confirm: fp.Confirm})
 		next++
 	}
-	if len(ps) == 0 {
-		return nil, fmt.Errorf("no patterns: the detector would never fire")
+	// The kernel's dying words stay, with their built-in ids, whatever
+	// the file replaced.
+	for i, d := range defaults[:2] {
+		if !slices.ContainsFunc(ps, func(p Pattern) bool { return p.Prefix == d.Prefix }) {
+			d.ID = uint32(i + 1)
+			ps = append(ps, d)
+		}
 	}
 	return NewTable(ps)
 }

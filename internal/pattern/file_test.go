@@ -34,11 +34,36 @@ func TestParseFile(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(tab.Patterns()) != 1 {
-			t.Errorf("%d patterns", len(tab.Patterns()))
+		if len(tab.Patterns()) != 2 {
+			t.Errorf("%d patterns, want the file's and the end marker's", len(tab.Patterns()))
 		}
 		if _, ok := tab.Match([]byte("Oops: 0000 [#1]")); ok {
 			t.Error("a replaced built-in pattern still matches")
+		}
+	})
+	t.Run("keeps the panic line", func(t *testing.T) {
+		tab, err := pattern.ParseFile([]byte("replace: true\npatterns:\n  - {prefix: \"Oops: \", kind: oops}\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for id, line := range map[uint32]string{1: "Kernel panic - not syncing: Fatal exception", 2: "---[ end Kernel panic - not syncing: Fatal exception ]---"} {
+			if p, ok := tab.Match([]byte(line)); !ok || p.ID != id || p.Kind != pattern.KindPanic {
+				t.Errorf("%q: %+v %v, want the built-in pattern %d", line, p, ok, id)
+			}
+		}
+	})
+	t.Run("confirms", func(t *testing.T) {
+		tab, err := pattern.ParseFile([]byte("patterns:\n  - prefix: \"nvme nvme0: \"\n    kind: mce\n    confirm: controller is down\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, ok := tab.Match([]byte("nvme nvme0: I/O 12 QID 3 timeout, aborting"))
+		if !ok || p.Confirmed("nvme nvme0: I/O 12 QID 3 timeout, aborting") || !p.Confirmed("nvme nvme0: controller is down; will reset") {
+			t.Errorf("%+v %v: want a match confirmed only by its confirmation", p, ok)
+		}
+		p, _ = tab.Match([]byte("INFO: task x:1 blocked for more than 120 seconds."))
+		if p.Confirm != "blocked for more than" {
+			t.Errorf("the built-in hung-task confirmation: %+v", p)
 		}
 	})
 	for name, bad := range map[string]string{

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/lastgasp/lastgasp/bpf"
 )
@@ -58,13 +59,22 @@ type Pattern struct {
 	Prefix string
 	// Kind is the failure the line announces.
 	Kind Kind
+	// Confirm, if set, must also appear in the line for it to be a
+	// trigger: the prefix alone says too little (the data path forwards
+	// on the prefix; the detector checks the rest).
+	Confirm string
+}
+
+// Confirmed reports whether a line this pattern matched is a trigger.
+func (p Pattern) Confirmed(text string) bool {
+	return p.Confirm == "" || strings.Contains(text, p.Confirm)
 }
 
 // defaults is the built-in table. Order is significant only for IDs, which
 // are assigned 1, 2, ... in this order by Default.
 var defaults = []Pattern{
-	{Prefix: "Kernel panic - not syncing", Kind: KindPanic},
-	{Prefix: "---[ end Kernel panic", Kind: KindPanic},
+	{Prefix: PanicPrefix, Kind: KindPanic}, // first two: ParseFile keeps them
+	{Prefix: PanicEndPrefix, Kind: KindPanic},
 	{Prefix: "sysrq: Trigger a crash", Kind: KindSysrq},
 	{Prefix: "Oops: ", Kind: KindOops},
 	{Prefix: "BUG: kernel NULL pointer dereference", Kind: KindOops},
@@ -79,11 +89,56 @@ var defaults = []Pattern{
 	{Prefix: "NMI watchdog: Watchdog detected hard LOCKUP", Kind: KindHardLockup},
 	{Prefix: "rcu: INFO: rcu_", Kind: KindRCUStall},
 	{Prefix: "INFO: rcu_", Kind: KindRCUStall},
-	{Prefix: "INFO: task ", Kind: KindHungTask},
+	{Prefix: "INFO: task ", Kind: KindHungTask, Confirm: "blocked for more than"}, // other "INFO: task" lines are no failure
 	{Prefix: "Out of memory", Kind: KindOOM},
 	{Prefix: "mce: ", Kind: KindMCE},
 	{Prefix: "Machine check", Kind: KindMCE},
 	{Prefix: "WARNING: CPU: ", Kind: KindWarning},
+}
+
+// The kernel's own words that it is dying: a table always has them (see
+// ParseFile), and the detector recognises them whatever a table says.
+const (
+	PanicPrefix    = "Kernel panic - not syncing"
+	PanicEndPrefix = "---[ end Kernel panic"
+)
+
+// PanicReason maps a reason the kernel states in its panic line to the
+// kind of failure it names.
+type PanicReason struct {
+	// Contains is looked for in the panic line's reason, after
+	// "Kernel panic - not syncing: ".
+	Contains string
+	Kind     Kind
+}
+
+// panicReasons are the reasons the kernel gives when a report turns into
+// a panic (softlockup_panic, hung_task_panic, panic_on_oom, ...), first
+// found wins.
+var panicReasons = []PanicReason{
+	{"softlockup: hung tasks", KindSoftLockup},
+	{"hung_task: blocked tasks", KindHungTask},
+	{"Hard LOCKUP", KindHardLockup},
+	{"Out of memory", KindOOM},
+	{"System is deadlocked on memory", KindOOM},
+	{"RCU Stall", KindRCUStall},
+	{"achine check", KindMCE},
+	{"sysrq triggered crash", KindSysrq},
+}
+
+// KindOfPanic reads the kind of failure from a panic line, where the
+// kernel's stated reason names one.
+func KindOfPanic(line string) (Kind, bool) {
+	why, ok := strings.CutPrefix(line, PanicPrefix+": ")
+	if !ok {
+		return "", false
+	}
+	for _, r := range panicReasons {
+		if strings.Contains(why, r.Contains) {
+			return r.Kind, true
+		}
+	}
+	return "", false
 }
 
 // Table is a validated set of patterns, ready to match. It is immutable.
