@@ -252,5 +252,5 @@ func (d *daemon) plan(inc detect.Incident) string {
 
 // decoderCounters and detectorCounters are the assembler's last
 // published counters, for scrapes.
-func (d *daemon) decoderCounters() any  { return d.assembled.Load().decoder }
-func (d *daemon) detectorCounters() any { return d.assembled.Load().detector }
+func (d *daemon) decoderCounters() netconsole.Counters { return d.assembled.Load().decoder }
+func (d *daemon) detectorCounters() detect.Counters    { return d.assembled.Load().detector }

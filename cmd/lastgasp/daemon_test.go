@@ -323,7 +323,7 @@ func TestDaemonRestart(t *testing.T) {
 	}
 	scrapeFor(t, pair.Collector.Netns.Do, "127.0.0.1:9466",
 		`lastgasp_journal_unfinished_incidents 0`,
-		`lastgasp_journal_events_total{event="resumed"} 1`,
+		`lastgasp_journal_resumed_incidents_total 1`,
 		`lastgasp_incidents_finished_total{outcome="cleaned up"} 2`,
 		`lastgasp_first_packet_to_node_deleted_seconds_count 2`)
 
@@ -455,7 +455,7 @@ func TestDaemonPatternReload(t *testing.T) {
 
 	// The built-in table: the custom line is not matched.
 	send("[  100.000000] lastgasp-test: going down")
-	metrics(`lastgasp_xdp_events_total{event="netconsole"} 1`, `lastgasp_xdp_events_total{event="matched"} 0`)
+	metrics(`lastgasp_xdp_netconsole_datagrams_total 1`, `lastgasp_xdp_matched_lines_total 0`)
 
 	// SIGHUP: the new pattern matches, in the kernel, and the detector
 	// gives the incident its kind.
@@ -477,7 +477,7 @@ func TestDaemonPatternReload(t *testing.T) {
 	send("[  102.000000] lastgasp-test: going down")
 	send("[  103.000000] lastgasp-test: other failure")
 	send("[  103.000100] Kernel panic - not syncing: test two")
-	metrics(`lastgasp_xdp_events_total{event="netconsole"} 6`, `lastgasp_xdp_events_total{event="matched"} 4`)
+	metrics(`lastgasp_xdp_netconsole_datagrams_total 6`, `lastgasp_xdp_matched_lines_total 4`)
 	checkIncident(2, "lastgasp-test: other failure")
 
 	// A broken file: refused, and the table in use still works.
@@ -573,7 +573,7 @@ func TestDaemonBackstop(t *testing.T) {
 	if inc["fatal"] != true || inc["kind"] != "panic" || inc["reason"] != long[len("[  200.000000] "):] {
 		t.Errorf("incident from a fragmented datagram: %v", inc)
 	}
-	metrics(`lastgasp_xdp_events_total{event="fragments"} 2`, `lastgasp_xdp_events_total{event="netconsole"} 0`)
+	metrics(`lastgasp_xdp_fragment_packets_total 2`, `lastgasp_xdp_netconsole_datagrams_total 0`)
 
 	d.cmd.Process.Signal(syscall.SIGSTOP)
 	replay(t, conn, dst, "sysrq-ext-v4.pcap")
@@ -585,13 +585,13 @@ func TestDaemonBackstop(t *testing.T) {
 		t.Errorf("incident through the ring buffer and the backstop: %v", inc)
 	}
 	body := get(t, pair.Collector.Netns.Do, "http://127.0.0.1:9466/metrics")
-	if !strings.Contains(body, `lastgasp_socket_events_total{event="drops"} 0`) || !strings.Contains(body, `lastgasp_socket_events_total{event="datagrams"} 20`) {
+	if !strings.Contains(body, `lastgasp_socket_dropped_datagrams_total 0`) || !strings.Contains(body, `lastgasp_socket_datagrams_total 20`) {
 		t.Errorf("the backstop socket: want the 19 overflowed lines and the fragmented one, none dropped:\n%s", grepLastgasp(body))
 	}
-	if !strings.Contains(body, `lastgasp_decoder_events_total{event="duplicates"} 0`) {
+	if !strings.Contains(body, `lastgasp_decoder_duplicate_messages_total 0`) {
 		t.Errorf("lines seen twice:\n%s", grepLastgasp(body))
 	}
-	if strings.Contains(body, `lastgasp_xdp_events_total{event="ringbuf_full"} 0`+"\n") {
+	if strings.Contains(body, `lastgasp_xdp_ringbuf_full_lines_total 0`+"\n") {
 		t.Errorf("the ring buffer never overflowed: the backstop was not tested\n%s", grepLastgasp(body))
 	}
 	if code := d.stop(t, 10*time.Second); code != exitOK {

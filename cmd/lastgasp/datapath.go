@@ -134,7 +134,7 @@ func (s *sockets) SetPatterns(t *pattern.Table) {
 }
 
 // Counters sums the sockets' counters.
-func (s *sockets) Counters() any {
+func (s *sockets) Counters() udpreceiver.Counters {
 	var sum udpreceiver.Counters
 	for _, rx := range s.rx {
 		c := rx.Counters()
@@ -209,7 +209,7 @@ func (x *xdpPath) SetPatterns(t *pattern.Table) error {
 }
 
 // Counters reads the program's per-CPU counters, summed.
-func (x *xdpPath) Counters() (any, error) { return x.prog.Counters() }
+func (x *xdpPath) Counters() (loader.Counters, error) { return x.prog.Counters() }
 
 // Close closes the reader and the program.
 func (x *xdpPath) Close() {

@@ -139,8 +139,8 @@ func TestRunSocketReportOnly(t *testing.T) {
 		t.Errorf("incident %v", inc)
 	}
 	direct := func(fn func() error) error { return fn() }
-	scrapeFor(t, direct, r.metricsAddr, `lastgasp_incidents_total{fatal="true",kind="sysrq"} 1`, `lastgasp_decoder_events_total{event="messages"} 22`,
-		`lastgasp_socket_events_total{event="matched"} 2`, `lastgasp_socket_events_total{event="context"} 20`, `lastgasp_socket_events_total{event="drops"} 0`)
+	scrapeFor(t, direct, r.metricsAddr, `lastgasp_incidents_total{fatal="true",kind="sysrq"} 1`, `lastgasp_decoder_messages_total 22`,
+		`lastgasp_socket_matched_lines_total 2`, `lastgasp_socket_context_lines_total 20`, `lastgasp_socket_dropped_datagrams_total 0`)
 	for _, path := range []string{"/healthz", "/readyz"} {
 		if body := get(t, direct, "http://"+r.metricsAddr+path); body != "ok\n" {
 			t.Errorf("%s: %q", path, body)
@@ -164,7 +164,7 @@ func TestRunXDPReportOnly(t *testing.T) {
 	}
 	// The metrics are served in the collector's namespace.
 	scrapeFor(t, pair.Collector.Netns.Do, "127.0.0.1:9466",
-		`lastgasp_xdp_events_total{event="matched"} 3`, `lastgasp_xdp_events_total{event="netconsole"} 418`,
+		`lastgasp_xdp_matched_lines_total 3`, `lastgasp_xdp_netconsole_datagrams_total 418`,
 		`lastgasp_incidents_total{fatal="true",kind="oops"} 1`, `lastgasp_ringbuf_malformed_records_total 0`)
 	c.stop(t)
 }

@@ -86,11 +86,14 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 		FeedWatchers: d.feed.Watchers,
 	}
 	if d.journal != nil {
-		src.Journal, src.JournalUnfinished = func() any { return d.journal.Stats() }, d.journal.Unfinished
+		src.Journal, src.JournalUnfinished = d.journal.Stats, d.journal.Unfinished
 		src.NotReady = d.journal.Writable
 	}
+	if d.spool != nil {
+		src.Spool = d.spool.Stats
+	}
 	if d.cluster != nil {
-		src.Cleanup = func() any { return d.cluster.ctrl.Stats() }
+		src.Cleanup = d.cluster.ctrl.Stats
 	}
 	d.metrics = metrics.New(src)
 

@@ -6,8 +6,6 @@ package metrics
 
 import (
 	"net/http"
-	"reflect"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -15,7 +13,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/lastgasp/lastgasp/internal/cleanup"
 	"github.com/lastgasp/lastgasp/internal/detect"
+	"github.com/lastgasp/lastgasp/internal/journal"
+	"github.com/lastgasp/lastgasp/internal/netconsole"
+	"github.com/lastgasp/lastgasp/internal/spool"
+	"github.com/lastgasp/lastgasp/internal/udpreceiver"
+	"github.com/lastgasp/lastgasp/loader"
 )
 
 // Sources are the counters a scrape reads; nil fields are left out.
@@ -23,14 +27,16 @@ type Sources struct {
 	// DataPath is where lines come from.
 	DataPath DataPath
 	// Decoder and Detector return the assembler's counters.
-	Decoder  func() any
-	Detector func() any
-	// Cleanup returns the cleanup controller's stats (*cleanup.Stats).
-	Cleanup func() any
-	// Journal returns the journal's stats (journal.Stats), and
-	// JournalUnfinished how many incidents it holds unfinished.
-	Journal           func() any
+	Decoder  func() netconsole.Counters
+	Detector func() detect.Counters
+	// Cleanup returns the cleanup controller's stats.
+	Cleanup func() *cleanup.Stats
+	// Journal returns the journal's stats, and JournalUnfinished how many
+	// incidents it holds unfinished.
+	Journal           func() journal.Stats
 	JournalUnfinished func() int
+	// Spool returns the spool's stats.
+	Spool func() spool.Stats
 	// FeedWatchers returns how many lastgasp tail watchers are connected.
 	FeedWatchers func() int
 	// NotReady, if set, returns why the collector cannot do its job now
@@ -40,13 +46,14 @@ type Sources struct {
 
 // DataPath are the data path's counters; nil fields are left out.
 type DataPath struct {
-	// XDP returns the XDP program's counters (xdp mode).
-	XDP func() (any, error)
+	// XDP returns the XDP program's counters, summed over CPUs (xdp
+	// mode).
+	XDP func() (loader.Counters, error)
 	// RingMalformed returns how many ring buffer records were refused.
 	RingMalformed func() uint64
-	// Sockets returns the UDP sockets' counters, summed
-	// (udpreceiver.Counters: socket mode, or xdp mode's backstop).
-	Sockets func() any
+	// Sockets returns the UDP sockets' counters, summed (socket mode, or
+	// xdp mode's backstop).
+	Sockets func() udpreceiver.Counters
 }
 
 // Metrics is the collector's registry.
@@ -142,25 +149,122 @@ func (m *Metrics) Handler() http.Handler {
 	return mux
 }
 
-// The families a scrape reads, one label "event" a counter field.
+// counter is one counter family read from a source's counters of type T:
+// its name and help are written here, never derived from a field's name,
+// so a renamed field renames no metric.
+type counter[T any] struct {
+	desc  *prometheus.Desc
+	value func(*T) uint64
+}
+
+// def is one family's definition: its name, help, and how its value is
+// read from the source's counters.
+type def[T any] struct {
+	name, help string
+	value      func(*T) uint64
+}
+
+// counters makes the families of one source.
+func counters[T any](defs ...def[T]) []counter[T] {
+	out := make([]counter[T], len(defs))
+	for i, d := range defs {
+		out[i] = counter[T]{desc: prometheus.NewDesc(d.name, d.help, nil, nil), value: d.value}
+	}
+	return out
+}
+
+// The families, one a meaning, by source.
 var (
-	xdpDesc      = prometheus.NewDesc("lastgasp_xdp_events_total", "XDP program counters (bpf/lastgasp.h struct packet_counters), summed over CPUs.", []string{"event"}, nil)
+	xdpCounters = counters(
+		def[loader.Counters]{"lastgasp_xdp_packets_total", "Packets the XDP program saw.", func(c *loader.Counters) uint64 { return c.Packets }},
+		def[loader.Counters]{"lastgasp_xdp_passed_packets_total", "Packets the XDP program passed to the kernel's stack (XDP_PASS).", func(c *loader.Counters) uint64 { return c.Passed }},
+		def[loader.Counters]{"lastgasp_xdp_dropped_packets_total", "Packets the XDP program dropped (XDP_DROP): netconsole lines judged and not needed, or forwarded.", func(c *loader.Counters) uint64 { return c.Dropped }},
+		def[loader.Counters]{"lastgasp_xdp_malformed_packets_total", "Packets with truncated or invalid headers (passed).", func(c *loader.Counters) uint64 { return c.Malformed }},
+		def[loader.Counters]{"lastgasp_xdp_fragment_packets_total", "IP fragments: no UDP header to judge (passed, to the backstop socket).", func(c *loader.Counters) uint64 { return c.Fragments }},
+		def[loader.Counters]{"lastgasp_xdp_netconsole_datagrams_total", "UDP datagrams to a netconsole port.", func(c *loader.Counters) uint64 { return c.Netconsole }},
+		def[loader.Counters]{"lastgasp_xdp_matched_lines_total", "Lines that matched a pattern, forwarded to the ring buffer.", func(c *loader.Counters) uint64 { return c.Matched }},
+		def[loader.Counters]{"lastgasp_xdp_context_lines_total", "Lines forwarded to the ring buffer as a burst's context.", func(c *loader.Counters) uint64 { return c.Context }},
+		def[loader.Counters]{"lastgasp_xdp_ringbuf_full_lines_total", "Lines to forward that found the ring buffer full (passed, to the backstop socket).", func(c *loader.Counters) uint64 { return c.RingbufFull }},
+		def[loader.Counters]{"lastgasp_xdp_truncated_lines_total", "Forwarded lines cut to the ring buffer record's payload.", func(c *loader.Counters) uint64 { return c.Truncated }},
+		def[loader.Counters]{"lastgasp_xdp_bursts_total", "Context bursts opened or extended by a match.", func(c *loader.Counters) uint64 { return c.Bursts }},
+	)
+	socketCounters = counters(
+		def[udpreceiver.Counters]{"lastgasp_socket_datagrams_total", "Datagrams read by the UDP sockets (socket mode, or xdp mode's backstop).", func(c *udpreceiver.Counters) uint64 { return c.Datagrams }},
+		def[udpreceiver.Counters]{"lastgasp_socket_matched_lines_total", "Lines the sockets forwarded as a pattern match.", func(c *udpreceiver.Counters) uint64 { return c.Matched }},
+		def[udpreceiver.Counters]{"lastgasp_socket_context_lines_total", "Lines the sockets forwarded as a burst's context.", func(c *udpreceiver.Counters) uint64 { return c.Context }},
+		def[udpreceiver.Counters]{"lastgasp_socket_truncated_lines_total", "Datagrams longer than a forwarded line may be, cut.", func(c *udpreceiver.Counters) uint64 { return c.Truncated }},
+		def[udpreceiver.Counters]{"lastgasp_socket_dropped_datagrams_total", "Datagrams the kernel dropped before the sockets could read them (a full buffer): lost lines.", func(c *udpreceiver.Counters) uint64 { return c.Drops }},
+	)
+	decoderCounters = counters(
+		def[netconsole.Counters]{"lastgasp_decoder_datagrams_total", "Datagrams given to the netconsole decoder.", func(c *netconsole.Counters) uint64 { return c.Datagrams }},
+		def[netconsole.Counters]{"lastgasp_decoder_not_allowed_datagrams_total", "Datagrams dropped where they enter: their source is outside --allow.", func(c *netconsole.Counters) uint64 { return c.NotAllowed }},
+		def[netconsole.Counters]{"lastgasp_decoder_messages_total", "Kernel messages decoded.", func(c *netconsole.Counters) uint64 { return c.Messages }},
+		def[netconsole.Counters]{"lastgasp_decoder_duplicate_messages_total", "Messages dropped as already seen.", func(c *netconsole.Counters) uint64 { return c.Duplicates }},
+		def[netconsole.Counters]{"lastgasp_decoder_malformed_datagrams_total", "Datagrams with nothing to decode (empty, a header without text).", func(c *netconsole.Counters) uint64 { return c.Malformed }},
+		def[netconsole.Counters]{"lastgasp_decoder_invalid_utf8_messages_total", "Messages whose text was not valid UTF-8 (kept, repaired).", func(c *netconsole.Counters) uint64 { return c.InvalidUTF8 }},
+		def[netconsole.Counters]{"lastgasp_decoder_fragments_total", "Extended-format fragments received.", func(c *netconsole.Counters) uint64 { return c.Fragments }},
+		def[netconsole.Counters]{"lastgasp_decoder_reassembled_records_total", "Records completed from fragments.", func(c *netconsole.Counters) uint64 { return c.Reassembled }},
+		def[netconsole.Counters]{"lastgasp_decoder_expired_fragment_records_total", "Records whose fragments never all came, dropped after the fragment timeout.", func(c *netconsole.Counters) uint64 { return c.FragmentsExpired }},
+		def[netconsole.Counters]{"lastgasp_decoder_refused_fragments_total", "Fragments refused: impossible offsets or lengths, or over a bound.", func(c *netconsole.Counters) uint64 { return c.FragmentsRefused }},
+		def[netconsole.Counters]{"lastgasp_decoder_joined_lines_total", "Basic-format lines continued from the previous datagram.", func(c *netconsole.Counters) uint64 { return c.Joined }},
+	)
+	detectorCounters = counters(
+		def[detect.Counters]{"lastgasp_detector_messages_total", "Messages given to the incident detector.", func(c *detect.Counters) uint64 { return c.Messages }},
+		def[detect.Counters]{"lastgasp_detector_triggers_total", "Trigger lines seen (a pattern matched, confirmed, a kernel line).", func(c *detect.Counters) uint64 { return c.Triggers }},
+		def[detect.Counters]{"lastgasp_detector_unconfirmed_triggers_total", "Pattern matches a trigger's confirmation refused.", func(c *detect.Counters) uint64 { return c.Unconfirmed }},
+		def[detect.Counters]{"lastgasp_detector_not_kernel_triggers_total", "Pattern matches in lines a process wrote to /dev/kmsg (extended format, facility not kernel): context at most.", func(c *detect.Counters) uint64 { return c.NotKernel }},
+		def[detect.Counters]{"lastgasp_detector_closed_incidents_total", "Incidents the detector closed and returned.", func(c *detect.Counters) uint64 { return c.Incidents }},
+		def[detect.Counters]{"lastgasp_detector_duplicate_incidents_total", "Incidents not returned again: the same id as a recent one.", func(c *detect.Counters) uint64 { return c.Duplicates }},
+		def[detect.Counters]{"lastgasp_detector_stray_lines_total", "Lines that came before their incident's trigger, joined to it.", func(c *detect.Counters) uint64 { return c.Strays }},
+		def[detect.Counters]{"lastgasp_detector_closed_early_incidents_total", "Incidents closed before their time to make room (the memory budget, the open bound).", func(c *detect.Counters) uint64 { return c.ClosedEarly }},
+	)
+	journalCounters = counters(
+		def[journal.Stats]{"lastgasp_journal_corrupt_records_total", "Journal records found unreadable at start-up (torn by a crash, or damaged): skipped.", func(c *journal.Stats) uint64 { return c.Corrupt }},
+		def[journal.Stats]{"lastgasp_journal_resumed_incidents_total", "Unfinished incidents the journal handed back at start-up.", func(c *journal.Stats) uint64 { return c.Resumed }},
+		def[journal.Stats]{"lastgasp_journal_rotations_total", "Journal segment rotations, start-up included.", func(c *journal.Stats) uint64 { return c.Rotations }},
+		def[journal.Stats]{"lastgasp_journal_write_errors_total", "Journal records that could not be written or synced.", func(c *journal.Stats) uint64 { return c.WriteErrors }},
+	)
+	spoolCounters = counters(
+		def[spool.Stats]{"lastgasp_spool_written_lines_total", "Forwarded lines written to the spool before they were assembled.", func(c *spool.Stats) uint64 { return c.Written }},
+		def[spool.Stats]{"lastgasp_spool_replayed_lines_total", "Lines replayed from the spool at start-up.", func(c *spool.Stats) uint64 { return c.Replayed }},
+		def[spool.Stats]{"lastgasp_spool_torn_segments_total", "Spool segments whose end was unreadable at start-up (a frame torn by a kill, or damage).", func(c *spool.Stats) uint64 { return c.Torn }},
+		def[spool.Stats]{"lastgasp_spool_removed_segments_total", "Spool segments removed once their lines were safe in the journal.", func(c *spool.Stats) uint64 { return c.Removed }},
+		def[spool.Stats]{"lastgasp_spool_evicted_lines_total", "Lines evicted from the spool past its bound before they were safe (only a crash would lose them).", func(c *spool.Stats) uint64 { return c.Evicted }},
+		def[spool.Stats]{"lastgasp_spool_write_errors_total", "Lines that could not be written to the spool.", func(c *spool.Stats) uint64 { return c.WriteErrors }},
+	)
+	cleanupCounters = counters(
+		def[cleanup.Stats]{"lastgasp_cleanup_not_allowed_incidents_total", "Incidents refused: their source is outside --allow.", func(c *cleanup.Stats) uint64 { return c.NotAllowed.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_unknown_source_incidents_total", "Incidents refused: their source is no node's.", func(c *cleanup.Stats) uint64 { return c.UnknownSource.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_ambiguous_incidents_total", "Fatal incidents refused: several nodes claim their source.", func(c *cleanup.Stats) uint64 { return c.Ambiguous.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_nonfatal_incidents_total", "Non-fatal incidents reported on their node.", func(c *cleanup.Stats) uint64 { return c.NonFatal.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_alive_incidents_total", "Panics refused: the node was alive.", func(c *cleanup.Stats) uint64 { return c.Unconfirmed.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_capped_cleanups_total", "Node cleanups delayed by the deletion cap.", func(c *cleanup.Stats) uint64 { return c.Capped.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_failed_pods_total", "Pods given their final status (phase Failed, DisruptionTarget).", func(c *cleanup.Stats) uint64 { return c.PodsFailed.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_deleted_pods_total", "Pods this collector deleted.", func(c *cleanup.Stats) uint64 { return c.PodsDeleted.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_deleted_nodes_total", "Nodes this collector deleted.", func(c *cleanup.Stats) uint64 { return c.NodesDeleted.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_events_total", "Kubernetes Events recorded.", func(c *cleanup.Stats) uint64 { return c.Events.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_event_errors_total", "Kubernetes Events that could not be recorded (logged; the cleanup goes on).", func(c *cleanup.Stats) uint64 { return c.EventErrors.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_api_errors_total", "API calls that failed and were retried.", func(c *cleanup.Stats) uint64 { return c.APIErrors.Load() }},
+	)
+
 	ringDesc     = prometheus.NewDesc("lastgasp_ringbuf_malformed_records_total", "Ring buffer records that could not be decoded.", nil, nil)
-	decoderDesc  = prometheus.NewDesc("lastgasp_decoder_events_total", "netconsole decoder counters.", []string{"event"}, nil)
-	detectorDesc = prometheus.NewDesc("lastgasp_detector_events_total", "Incident detector counters.", []string{"event"}, nil)
-	journalDesc  = prometheus.NewDesc("lastgasp_journal_events_total", "Journal counters: corrupt records skipped at start-up, incidents resumed, rotations, write errors.", []string{"event"}, nil)
-	socketDesc   = prometheus.NewDesc("lastgasp_socket_events_total", "UDP socket data path counters (socket mode, or the backstop socket in xdp mode): datagrams read, matched, context, truncated, drops (lost to a full socket buffer).", []string{"event"}, nil)
 	feedDesc     = prometheus.NewDesc("lastgasp_feed_watchers", "lastgasp tail watchers connected to /feed.", nil, nil)
 	openDesc     = prometheus.NewDesc("lastgasp_journal_unfinished_incidents", "Incidents taken on and not yet finished with.", nil, nil)
-	cleanupDesc  = prometheus.NewDesc("lastgasp_cleanup_events_total", "Cleanup controller counters: refusals (not_allowed, unknown_source, ambiguous, unconfirmed, capped), actions, API errors.", []string{"event"}, nil)
-	errorDesc    = prometheus.NewDesc("lastgasp_scrape_errors_total", "Counters that could not be read at this scrape.", []string{"source"}, nil)
+	scrapeFailed = prometheus.NewDesc("lastgasp_scrape_failed", "1 when a source's counters could not be read at this scrape.", []string{"source"}, nil)
 )
 
 // scrape is a prometheus.Collector reading the sources' counters.
 type scrape struct{ src Sources }
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{xdpDesc, ringDesc, decoderDesc, detectorDesc, cleanupDesc, journalDesc, openDesc, feedDesc, socketDesc, errorDesc} {
+	describe(ch, xdpCounters)
+	describe(ch, socketCounters)
+	describe(ch, decoderCounters)
+	describe(ch, detectorCounters)
+	describe(ch, journalCounters)
+	describe(ch, spoolCounters)
+	describe(ch, cleanupCounters)
+	for _, d := range []*prometheus.Desc{ringDesc, feedDesc, openDesc, scrapeFailed} {
 		ch <- d
 	}
 }
@@ -169,28 +273,36 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	if s.src.DataPath.XDP != nil {
 		c, err := s.src.DataPath.XDP()
 		if err != nil {
-			ch <- prometheus.MustNewConstMetric(errorDesc, prometheus.GaugeValue, 1, "xdp")
+			ch <- prometheus.MustNewConstMetric(scrapeFailed, prometheus.GaugeValue, 1, "xdp")
 		} else {
-			emit(ch, xdpDesc, c)
+			collect(ch, xdpCounters, &c)
 		}
 	}
 	if s.src.DataPath.RingMalformed != nil {
 		ch <- prometheus.MustNewConstMetric(ringDesc, prometheus.CounterValue, float64(s.src.DataPath.RingMalformed()))
 	}
+	if s.src.DataPath.Sockets != nil {
+		c := s.src.DataPath.Sockets()
+		collect(ch, socketCounters, &c)
+	}
 	if s.src.Decoder != nil {
-		emit(ch, decoderDesc, s.src.Decoder())
+		c := s.src.Decoder()
+		collect(ch, decoderCounters, &c)
 	}
 	if s.src.Detector != nil {
-		emit(ch, detectorDesc, s.src.Detector())
-	}
-	if s.src.Cleanup != nil {
-		emit(ch, cleanupDesc, s.src.Cleanup())
+		c := s.src.Detector()
+		collect(ch, detectorCounters, &c)
 	}
 	if s.src.Journal != nil {
-		emit(ch, journalDesc, s.src.Journal())
+		c := s.src.Journal()
+		collect(ch, journalCounters, &c)
 	}
-	if s.src.DataPath.Sockets != nil {
-		emit(ch, socketDesc, s.src.DataPath.Sockets())
+	if s.src.Spool != nil {
+		c := s.src.Spool()
+		collect(ch, spoolCounters, &c)
+	}
+	if s.src.Cleanup != nil {
+		collect(ch, cleanupCounters, s.src.Cleanup())
 	}
 	if s.src.FeedWatchers != nil {
 		ch <- prometheus.MustNewConstMetric(feedDesc, prometheus.GaugeValue, float64(s.src.FeedWatchers()))
@@ -200,46 +312,14 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// emit sends one counter per unsigned integer field of a struct (or of
-// the struct a pointer points to; atomic.Uint64 fields included), its
-// label the field's name in snake case.
-func emit(ch chan<- prometheus.Metric, desc *prometheus.Desc, counters any) {
-	v := reflect.ValueOf(counters)
-	if v.Kind() == reflect.Pointer {
-		v = v.Elem()
-	}
-	if v.Kind() != reflect.Struct {
-		return
-	}
-	for i := range v.NumField() {
-		f, name := v.Field(i), v.Type().Field(i).Name
-		if !v.Type().Field(i).IsExported() {
-			continue
-		}
-		var n uint64
-		switch {
-		case f.Kind() == reflect.Uint64:
-			n = f.Uint()
-		case f.Type() == reflect.TypeFor[atomic.Uint64]():
-			n = f.Addr().Interface().(*atomic.Uint64).Load()
-		default:
-			continue
-		}
-		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(n), snake(name))
+func describe[T any](ch chan<- *prometheus.Desc, cs []counter[T]) {
+	for _, c := range cs {
+		ch <- c.desc
 	}
 }
 
-// snake turns a Go field name into a label: RingbufFull -> ringbuf_full.
-func snake(name string) string {
-	var b strings.Builder
-	for i, r := range name {
-		if r >= 'A' && r <= 'Z' {
-			if i > 0 {
-				b.WriteByte('_')
-			}
-			r += 'a' - 'A'
-		}
-		b.WriteRune(r)
+func collect[T any](ch chan<- prometheus.Metric, cs []counter[T], v *T) {
+	for _, c := range cs {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(c.value(v)))
 	}
-	return b.String()
 }

@@ -1,0 +1,85 @@
+package metrics
+
+import (
+	"reflect"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// covers checks that every counter field of T is read by exactly one
+// family: a counter added to a package and forgotten here fails, as does
+// a family that reads the wrong field. (Reflection is the test's only:
+// the families' names are written out, never derived from fields.)
+func covers[T any](t *testing.T, cs []counter[T]) {
+	t.Helper()
+	typ := reflect.TypeFor[T]()
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		var v T
+		field := reflect.ValueOf(&v).Elem().Field(i)
+		const mark = 0x5eed
+		switch {
+		case f.Type.Kind() == reflect.Uint64:
+			field.SetUint(mark)
+		case f.Type == reflect.TypeFor[atomic.Uint64]():
+			field.Addr().Interface().(*atomic.Uint64).Store(mark)
+		default:
+			continue
+		}
+		var readers []string
+		for _, c := range cs {
+			if c.value(&v) == mark {
+				readers = append(readers, c.desc.String())
+			}
+		}
+		if len(readers) != 1 {
+			t.Errorf("%s.%s is read by %d families, want 1: %v", typ, f.Name, len(readers), readers)
+		}
+	}
+}
+
+func TestEveryCounterHasOneFamily(t *testing.T) {
+	covers(t, xdpCounters)
+	covers(t, socketCounters)
+	covers(t, decoderCounters)
+	covers(t, detectorCounters)
+	covers(t, journalCounters)
+	covers(t, spoolCounters)
+	covers(t, cleanupCounters)
+}
+
+// Names follow Prometheus's conventions: lastgasp_, snake case, counters
+// end in _total; each family is one meaning, named once.
+func TestNames(t *testing.T) {
+	var descs []string
+	for _, d := range [][]string{
+		names(xdpCounters), names(socketCounters), names(decoderCounters), names(detectorCounters),
+		names(journalCounters), names(spoolCounters), names(cleanupCounters),
+	} {
+		descs = append(descs, d...)
+	}
+	valid := regexp.MustCompile(`^lastgasp_[a-z0-9]+(_[a-z0-9]+)*_total$`)
+	seen := map[string]bool{}
+	for _, n := range descs {
+		if !valid.MatchString(n) {
+			t.Errorf("%q is not a counter's name by the conventions", n)
+		}
+		if seen[n] {
+			t.Errorf("%q is named twice", n)
+		}
+		seen[n] = true
+	}
+}
+
+func names[T any](cs []counter[T]) []string {
+	var out []string
+	for _, c := range cs {
+		// Desc{fqName: "lastgasp_...", help: ...}
+		s := c.desc.String()
+		s = s[strings.Index(s, `fqName: "`)+len(`fqName: "`):]
+		out = append(out, s[:strings.Index(s, `"`)])
+	}
+	return out
+}
