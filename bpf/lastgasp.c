@@ -190,6 +190,28 @@ __attribute__((noinline)) __u32 find_text(const struct head_buf *head, __u32 n)
 }
 
 /*
+ * copy_size - @n, which the caller knows is 1..@max, in a form in which
+ * the verifier sees it too. @max is a power of two.
+ *
+ * bpf_xdp_load_bytes takes no empty copy (ARG_CONST_SIZE): the verifier
+ * must know the size's minimum is at least 1. It does not relate two
+ * unknown values (text < l->len), and a verifier before about 6.8 does not
+ * raise a minimum of 0 to 1 on a "!= 0" test either: Debian's 6.1 rejected
+ * the program ("R3 min value is outside of the allowed memory range", size
+ * 0). ((n - 1) & (max - 1)) + 1 is n for n in 1..max, and every verifier
+ * computes its range as 1..max. barrier_var keeps the compiler, which can
+ * see that the mask changes nothing, from folding it away.
+ */
+static __always_inline __u32 copy_size(__u32 n, __u32 max)
+{
+	n -= 1;
+	barrier_var(n);
+	return (n & (max - 1)) + 1;
+}
+_Static_assert((PATTERN_MAX_LEN & (PATTERN_MAX_LEN - 1)) == 0, "PATTERN_MAX_LEN: a power of two");
+_Static_assert((RECORD_PAYLOAD_LEN & (RECORD_PAYLOAD_LEN - 1)) == 0, "RECORD_PAYLOAD_LEN: a power of two");
+
+/*
  * match_line - id of the longest pattern that prefixes the line's text.
  * Return: the pattern id, or 0 for no match (or an empty text).
  */
@@ -204,7 +226,7 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 	n = l->len < HEADER_SCAN_LEN ? l->len : HEADER_SCAN_LEN;
 	if (n == 0)
 		return 0; /* an empty datagram has no text */
-	if (bpf_xdp_load_bytes(ctx, l->off, head.b, n) < 0)
+	if (bpf_xdp_load_bytes(ctx, l->off, head.b, copy_size(n, HEAD_BUF_LEN)) < 0)
 		return 0; /* cannot happen: the UDP length was checked */
 	text = find_text(&head, n);
 	if (text >= l->len)
@@ -212,13 +234,8 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 	klen = l->len - text;
 	if (klen > PATTERN_MAX_LEN)
 		klen = PATTERN_MAX_LEN;
-	/* klen is 1..PATTERN_MAX_LEN, but a verifier that does not relate two
-	 * unknown values (text, l->len) cannot see that it is not 0, and the
-	 * helper takes no empty copy: say it again, where the compiler cannot
-	 * fold it away. */
-	barrier_var(klen);
-	if (klen == 0 || klen > PATTERN_MAX_LEN)
-		return 0;
+	/* 1..PATTERN_MAX_LEN, since text < l->len; shown to the verifier. */
+	klen = copy_size(klen, PATTERN_MAX_LEN);
 	if (bpf_xdp_load_bytes(ctx, l->off + text, key.data, klen) < 0)
 		return 0; /* cannot happen, as above */
 	key.prefixlen = klen * 8;
@@ -299,7 +316,8 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet_counters *c
 		flags |= RECORD_TRUNCATED;
 		cnt->truncated++;
 	}
-	if (n > 0 && bpf_xdp_load_bytes(ctx, l->off, rec->payload, n) < 0) {
+	if (n > 0 && bpf_xdp_load_bytes(ctx, l->off, rec->payload,
+					copy_size(n, RECORD_PAYLOAD_LEN)) < 0) {
 		/* cannot happen: the UDP length was checked */
 		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
 		return -1;
