@@ -390,9 +390,9 @@ static __always_inline int judge(struct xdp_md *ctx, struct packet_counters *cnt
 		return XDP_PASS; /* frame ends inside its Ethernet/VLAN headers */
 	}
 	if (proto == bpf_htons(ETH_P_IP)) {
-		res = parse_iphdr(&nh, data, data_end, l.src.addr, &l3_end);
+		res = parse_iphdr(ctx, &nh, data, data_end, l.src.addr, &l3_end);
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		res = parse_ip6hdr(&nh, data, data_end, l.src.addr, &l3_end);
+		res = parse_ip6hdr(ctx, &nh, data, data_end, l.src.addr, &l3_end);
 		l.flags = RECORD_IPV6;
 	} else {
 		return XDP_PASS; /* not IP: not ours */
@@ -427,7 +427,16 @@ static __always_inline int judge(struct xdp_md *ctx, struct packet_counters *cnt
 	return judge_line(ctx, cnt, &l);
 }
 
-SEC("xdp")
+/*
+ * xdp.frags: the program takes multi-buffer frames. Drivers refuse native
+ * XDP to a program without it when the MTU does not fit one buffer (veth,
+ * mlx5, ice, i40e at a jumbo MTU), and ModeAuto would then fall back to
+ * generic XDP. The program reads the payload with bpf_xdp_load_bytes,
+ * which reads across fragments, and checks declared lengths against the
+ * whole frame (pkt_has); headers are read in the first buffer. Linux 5.18
+ * or later, as bpf_xdp_load_bytes already requires.
+ */
+SEC("xdp.frags")
 int lastgasp_xdp(struct xdp_md *ctx)
 {
 	__u32 zero = 0;
