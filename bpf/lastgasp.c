@@ -104,7 +104,7 @@ struct line {
 /* The header window is read into a buffer of this size (a power of two, so
  * that masking an index keeps every read inside it, whatever the verifier
  * knows of the index). */
-#define HEAD_BUF_LEN 128
+#define HEAD_BUF_LEN 256
 _Static_assert(HEAD_BUF_LEN >= HEADER_SCAN_LEN, "header window too small");
 
 /* The header window, as find_text receives it: a struct, so that the
@@ -131,6 +131,9 @@ static __always_inline __u8 head_at(const struct head_buf *head, __u32 i)
  * caller id of CONFIG_PRINTK_CALLER), then one space, are skipped. A '['
  * without its ']' in reach is text.
  * Anything else: the text starts at 0.
+ * A payload that starts with a digit and has neither ';' nor ' ' in all
+ * of its first HEADER_SCAN_LEN bytes is a header too long to find the end
+ * of (or no header at all: we cannot tell): TEXT_UNKNOWN.
  * The Go matcher (package pattern) implements the same rules; a
  * differential fuzz test holds the two together.
  *
@@ -141,9 +144,10 @@ static __always_inline __u8 head_at(const struct head_buf *head, __u32 i)
  * carried through the key length, the trie lookup, the burst and the ring
  * buffer code after it: about 560,000 instructions verified of the
  * kernel's 1,000,000 (TestVerifierBudget). The call costs a few ns.
- * Return: the offset, <= @n; 0 if @head is NULL (a global function's
- * pointer argument may be NULL as far as the verifier knows).
+ * Return: the offset, <= @n, or TEXT_UNKNOWN; 0 if @head is NULL (a global
+ * function's pointer argument may be NULL as far as the verifier knows).
  */
+#define TEXT_UNKNOWN 0xffffffffU
 __attribute__((noinline)) __u32 find_text(const struct head_buf *head, __u32 n)
 {
 	__u32 off = 0;
@@ -162,9 +166,9 @@ __attribute__((noinline)) __u32 find_text(const struct head_buf *head, __u32 n)
 			if (c == ';')
 				return i + 1;
 			if (c == ' ')
-				break;
+				return 0;
 		}
-		return 0;
+		return n == HEADER_SCAN_LEN ? TEXT_UNKNOWN : 0;
 	}
 
 	for (int group = 0; group < 2; group++) {
@@ -213,10 +217,12 @@ _Static_assert((RECORD_PAYLOAD_LEN & (RECORD_PAYLOAD_LEN - 1)) == 0, "RECORD_PAY
 
 /*
  * match_line - id of the longest pattern that prefixes the line's text.
- * Return: the pattern id, or 0 for no match (or an empty text).
+ * @unknown: set when the text cannot be found (find_text's TEXT_UNKNOWN).
+ * Return: the pattern id, or 0 for no match (or an empty text, or an
+ * unknown one).
  */
 static __always_inline __u32 match_line(struct xdp_md *ctx,
-					const struct line *l)
+					const struct line *l, int *unknown)
 {
 	struct head_buf head;
 	struct pattern_key key = {};
@@ -229,6 +235,10 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 	if (bpf_xdp_load_bytes(ctx, l->off, head.b, copy_size(n, HEAD_BUF_LEN)) < 0)
 		return 0; /* cannot happen: the UDP length was checked */
 	text = find_text(&head, n);
+	if (text == TEXT_UNKNOWN) {
+		*unknown = 1;
+		return 0;
+	}
 	if (text >= l->len)
 		return 0; /* a header with no text after it */
 	klen = l->len - text;
@@ -342,10 +352,13 @@ static __always_inline int judge_line(struct xdp_md *ctx, struct packet_counters
 {
 	int handled = forward_pass ? XDP_PASS : XDP_DROP;
 	__u64 now = bpf_ktime_get_coarse_ns();
-	__u32 id = match_line(ctx, l);
-	int last = 0;
+	int last = 0, unknown = 0;
+	__u32 id = match_line(ctx, l, &unknown);
 	__u64 wake;
 	__u8 flags;
+
+	if (unknown)
+		cnt->long_header++;
 
 	if (id) {
 		cnt->matched++;
@@ -365,6 +378,12 @@ static __always_inline int judge_line(struct xdp_md *ctx, struct packet_counters
 		if (last || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >=
 				    wake_bytes)
 			wake = BPF_RB_FORCE_WAKEUP;
+	} else if (unknown) {
+		/* A header too long for the window (or a line that only looks
+		 * like one): it may be a panic we cannot see. Passed up the
+		 * stack (the backstop socket, a syslog receiver), never
+		 * dropped; counted above. */
+		return XDP_PASS;
 	} else {
 		return handled; /* an ordinary line */
 	}
