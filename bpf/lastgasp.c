@@ -14,6 +14,8 @@
  *             yes ─ record MATCH, open the source's context burst
  *             no  ─ burst open for this source?  (LRU hash)
  *                     yes ─ record CONTEXT
+ *                     no, and the header had no end in the window
+ *                         (long_header) ─────────────────► XDP_PASS
  *           ─ verdict: XDP_DROP, or XDP_PASS if forward_pass is set
  *
  * Default verdict is XDP_PASS: what we do not understand goes up the stack.
@@ -119,6 +121,9 @@ static __always_inline __u8 head_at(const struct head_buf *head, __u32 i)
 	return head->b[i & (HEAD_BUF_LEN - 1)];
 }
 
+/* find_text's answer when the text cannot be found (never an offset). */
+#define TEXT_UNKNOWN 0xffffffffU
+
 /*
  * find_text - offset of the message text in a netconsole payload.
  * @head: the first @n bytes of the payload, n <= HEADER_SCAN_LEN.
@@ -147,7 +152,6 @@ static __always_inline __u8 head_at(const struct head_buf *head, __u32 i)
  * Return: the offset, <= @n, or TEXT_UNKNOWN; 0 if @head is NULL (a global
  * function's pointer argument may be NULL as far as the verifier knows).
  */
-#define TEXT_UNKNOWN 0xffffffffU
 __attribute__((noinline)) __u32 find_text(const struct head_buf *head, __u32 n)
 {
 	__u32 off = 0;
