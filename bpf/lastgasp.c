@@ -14,6 +14,8 @@
  *             yes ─ record MATCH, open the source's context burst
  *             no  ─ burst open for this source?  (LRU hash)
  *                     yes ─ record CONTEXT
+ *                     no, and the header had no end in the window
+ *                         (long_header) ─────────────────► XDP_PASS
  *           ─ verdict: XDP_DROP, or XDP_PASS if forward_pass is set
  *
  * Default verdict is XDP_PASS: what we do not understand goes up the stack.
@@ -104,13 +106,23 @@ struct line {
 /* The header window is read into a buffer of this size (a power of two, so
  * that masking an index keeps every read inside it, whatever the verifier
  * knows of the index). */
-#define HEAD_BUF_LEN 128
+#define HEAD_BUF_LEN 256
 _Static_assert(HEAD_BUF_LEN >= HEADER_SCAN_LEN, "header window too small");
 
-static __always_inline __u8 head_at(const __u8 *head, __u32 i)
+/* The header window, as find_text receives it: a struct, so that the
+ * function's BTF gives the verifier the size of the memory behind the
+ * pointer. */
+struct head_buf {
+	__u8 b[HEAD_BUF_LEN];
+};
+
+static __always_inline __u8 head_at(const struct head_buf *head, __u32 i)
 {
-	return head[i & (HEAD_BUF_LEN - 1)];
+	return head->b[i & (HEAD_BUF_LEN - 1)];
 }
+
+/* find_text's answer when the text cannot be found (never an offset). */
+#define TEXT_UNKNOWN 0xffffffffU
 
 /*
  * find_text - offset of the message text in a netconsole payload.
@@ -124,16 +136,32 @@ static __always_inline __u8 head_at(const __u8 *head, __u32 i)
  * caller id of CONFIG_PRINTK_CALLER), then one space, are skipped. A '['
  * without its ']' in reach is text.
  * Anything else: the text starts at 0.
+ * A payload that starts with a digit and has neither ';' nor ' ' in all
+ * of its first HEADER_SCAN_LEN bytes is a header too long to find the end
+ * of (or no header at all: we cannot tell): TEXT_UNKNOWN.
  * The Go matcher (package pattern) implements the same rules; a
  * differential fuzz test holds the two together.
+ *
+ * A global (non-static, never inlined) function, for the verifier's sake:
+ * it verifies a global function once, on its own, with @n unknown, and
+ * the caller sees only "a scalar" come back. Inlined, every offset the
+ * bracket scan can return (a pair of ']' positions) was a distinct state
+ * carried through the key length, the trie lookup, the burst and the ring
+ * buffer code after it: about 560,000 instructions verified of the
+ * kernel's 1,000,000 (TestVerifierBudget). The call costs a few ns.
+ * Return: the offset, <= @n, or TEXT_UNKNOWN; 0 if @head is NULL (a global
+ * function's pointer argument may be NULL as far as the verifier knows).
  */
-static __always_inline __u32 find_text(const __u8 *head, __u32 n)
+__attribute__((noinline)) __u32 find_text(const struct head_buf *head, __u32 n)
 {
 	__u32 off = 0;
-	__u8 c = head_at(head, 0);
+	__u8 c;
 
-	if (n == 0)
+	if (!head || n == 0)
 		return 0;
+	if (n > HEADER_SCAN_LEN)
+		n = HEADER_SCAN_LEN;
+	c = head_at(head, 0);
 	if (c >= '0' && c <= '9') {
 		for (__u32 i = 1; i < HEADER_SCAN_LEN; i++) {
 			if (i >= n)
@@ -142,9 +170,9 @@ static __always_inline __u32 find_text(const __u8 *head, __u32 n)
 			if (c == ';')
 				return i + 1;
 			if (c == ' ')
-				break;
+				return 0;
 		}
-		return 0;
+		return n == HEADER_SCAN_LEN ? TEXT_UNKNOWN : 0;
 	}
 
 	for (int group = 0; group < 2; group++) {
@@ -170,13 +198,37 @@ static __always_inline __u32 find_text(const __u8 *head, __u32 n)
 }
 
 /*
+ * copy_size - @n, which the caller knows is 1..@max, in a form in which
+ * the verifier sees it too. @max is a power of two.
+ *
+ * bpf_xdp_load_bytes takes no empty copy (ARG_CONST_SIZE): the verifier
+ * must know the size's minimum is at least 1. It does not relate two
+ * unknown values (text < l->len), and a verifier before about 6.8 does not
+ * raise a minimum of 0 to 1 on a "!= 0" test either: Debian's 6.1 rejected
+ * the program ("R3 min value is outside of the allowed memory range", size
+ * 0). ((n - 1) & (max - 1)) + 1 is n for n in 1..max, and every verifier
+ * computes its range as 1..max. barrier_var keeps the compiler, which can
+ * see that the mask changes nothing, from folding it away.
+ */
+static __always_inline __u32 copy_size(__u32 n, __u32 max)
+{
+	n -= 1;
+	barrier_var(n);
+	return (n & (max - 1)) + 1;
+}
+_Static_assert((PATTERN_MAX_LEN & (PATTERN_MAX_LEN - 1)) == 0, "PATTERN_MAX_LEN: a power of two");
+_Static_assert((RECORD_PAYLOAD_LEN & (RECORD_PAYLOAD_LEN - 1)) == 0, "RECORD_PAYLOAD_LEN: a power of two");
+
+/*
  * match_line - id of the longest pattern that prefixes the line's text.
- * Return: the pattern id, or 0 for no match (or an empty text).
+ * @unknown: set when the text cannot be found (find_text's TEXT_UNKNOWN).
+ * Return: the pattern id, or 0 for no match (or an empty text, or an
+ * unknown one).
  */
 static __always_inline __u32 match_line(struct xdp_md *ctx,
-					const struct line *l)
+					const struct line *l, int *unknown)
 {
-	__u8 head[HEAD_BUF_LEN];
+	struct head_buf head;
 	struct pattern_key key = {};
 	struct pattern_value *val;
 	__u32 n, text, klen;
@@ -184,14 +236,20 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 	n = l->len < HEADER_SCAN_LEN ? l->len : HEADER_SCAN_LEN;
 	if (n == 0)
 		return 0; /* an empty datagram has no text */
-	if (bpf_xdp_load_bytes(ctx, l->off, head, n) < 0)
+	if (bpf_xdp_load_bytes(ctx, l->off, head.b, copy_size(n, HEAD_BUF_LEN)) < 0)
 		return 0; /* cannot happen: the UDP length was checked */
-	text = find_text(head, n);
+	text = find_text(&head, n);
+	if (text == TEXT_UNKNOWN) {
+		*unknown = 1;
+		return 0;
+	}
 	if (text >= l->len)
 		return 0; /* a header with no text after it */
 	klen = l->len - text;
 	if (klen > PATTERN_MAX_LEN)
 		klen = PATTERN_MAX_LEN;
+	/* 1..PATTERN_MAX_LEN, since text < l->len; shown to the verifier. */
+	klen = copy_size(klen, PATTERN_MAX_LEN);
 	if (bpf_xdp_load_bytes(ctx, l->off + text, key.data, klen) < 0)
 		return 0; /* cannot happen, as above */
 	key.prefixlen = klen * 8;
@@ -272,7 +330,8 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet_counters *c
 		flags |= RECORD_TRUNCATED;
 		cnt->truncated++;
 	}
-	if (n > 0 && bpf_xdp_load_bytes(ctx, l->off, rec->payload, n) < 0) {
+	if (n > 0 && bpf_xdp_load_bytes(ctx, l->off, rec->payload,
+					copy_size(n, RECORD_PAYLOAD_LEN)) < 0) {
 		/* cannot happen: the UDP length was checked */
 		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
 		return -1;
@@ -297,10 +356,13 @@ static __always_inline int judge_line(struct xdp_md *ctx, struct packet_counters
 {
 	int handled = forward_pass ? XDP_PASS : XDP_DROP;
 	__u64 now = bpf_ktime_get_coarse_ns();
-	__u32 id = match_line(ctx, l);
-	int last = 0;
+	int last = 0, unknown = 0;
+	__u32 id = match_line(ctx, l, &unknown);
 	__u64 wake;
 	__u8 flags;
+
+	if (unknown)
+		cnt->long_header++;
 
 	if (id) {
 		cnt->matched++;
@@ -320,6 +382,12 @@ static __always_inline int judge_line(struct xdp_md *ctx, struct packet_counters
 		if (last || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >=
 				    wake_bytes)
 			wake = BPF_RB_FORCE_WAKEUP;
+	} else if (unknown) {
+		/* A header too long for the window (or a line that only looks
+		 * like one): it may be a panic we cannot see. Passed up the
+		 * stack (the backstop socket, a syslog receiver), never
+		 * dropped; counted above. */
+		return XDP_PASS;
 	} else {
 		return handled; /* an ordinary line */
 	}
@@ -345,9 +413,9 @@ static __always_inline int judge(struct xdp_md *ctx, struct packet_counters *cnt
 		return XDP_PASS; /* frame ends inside its Ethernet/VLAN headers */
 	}
 	if (proto == bpf_htons(ETH_P_IP)) {
-		res = parse_iphdr(&nh, data, data_end, l.src.addr, &l3_end);
+		res = parse_iphdr(ctx, &nh, data, data_end, l.src.addr, &l3_end);
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		res = parse_ip6hdr(&nh, data, data_end, l.src.addr, &l3_end);
+		res = parse_ip6hdr(ctx, &nh, data, data_end, l.src.addr, &l3_end);
 		l.flags = RECORD_IPV6;
 	} else {
 		return XDP_PASS; /* not IP: not ours */
@@ -382,7 +450,16 @@ static __always_inline int judge(struct xdp_md *ctx, struct packet_counters *cnt
 	return judge_line(ctx, cnt, &l);
 }
 
-SEC("xdp")
+/*
+ * xdp.frags: the program takes multi-buffer frames. Drivers refuse native
+ * XDP to a program without it when the MTU does not fit one buffer (veth,
+ * mlx5, ice, i40e at a jumbo MTU), and ModeAuto would then fall back to
+ * generic XDP. The program reads the payload with bpf_xdp_load_bytes,
+ * which reads across fragments, and checks declared lengths against the
+ * whole frame (pkt_has); headers are read in the first buffer. Linux 5.18
+ * or later, as bpf_xdp_load_bytes already requires.
+ */
+SEC("xdp.frags")
 int lastgasp_xdp(struct xdp_md *ctx)
 {
 	__u32 zero = 0;

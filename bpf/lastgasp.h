@@ -18,9 +18,14 @@ enum limits {
 	PATTERN_MAX_LEN = 64,
 	/* Bytes of payload searched for the end of the netconsole header:
 	 * the ';' of an extended header must fall inside this window. The
-	 * longest real header, "<level>,<seq>,<usec>,<flag>,caller=<id>,
-	 * ncfrag=<off>/<len>;" with 20-digit numbers, is about 80 bytes. */
-	HEADER_SCAN_LEN = 96,
+	 * longest header the kernel sends is netconsole's "release" prepend
+	 * (the kernel release, up to 64 bytes, and a ',') before
+	 * "<level>,<seq>,<usec>,<flag>,caller=<id>,ncfrag=<off>/<len>;"
+	 * (3 + 20 + 20 + 1 digits and flag, "caller=T" and 10 digits, 4 + 4
+	 * digits): 65 + 47 + 19 + 17 + 1 = 149 bytes. A payload that starts
+	 * like a header (a digit) and has neither ';' nor ' ' within the
+	 * window is counted in long_header and never dropped. */
+	HEADER_SCAN_LEN = 160,
 	/* Longest "[...]" group skipped before the text of a basic line: the
 	 * printk time "[12345678.123456]" or the caller id "[  T12345]". */
 	BRACKET_MAX_LEN = 32,
@@ -75,6 +80,9 @@ struct packet_counters {
 	__u64 ringbuf_full; /* lines to forward that found no room (passed) */
 	__u64 truncated;    /* forwarded lines cut to RECORD_PAYLOAD_LEN */
 	__u64 bursts;       /* context bursts opened or extended by a match */
+	__u64 long_header;  /* netconsole lines whose header does not end
+			     * within HEADER_SCAN_LEN: matched against
+			     * nothing, passed (unless forwarded as context) */
 };
 
 /* Key of the pattern table (BPF_MAP_TYPE_LPM_TRIE). prefixlen is in bits:

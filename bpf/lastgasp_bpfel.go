@@ -29,7 +29,7 @@ type LastgaspLimits uint32
 
 const (
 	LastgaspLimitsPATTERN_MAX_LEN    LastgaspLimits = 64
-	LastgaspLimitsHEADER_SCAN_LEN    LastgaspLimits = 96
+	LastgaspLimitsHEADER_SCAN_LEN    LastgaspLimits = 160
 	LastgaspLimitsBRACKET_MAX_LEN    LastgaspLimits = 32
 	LastgaspLimitsRECORD_PAYLOAD_LEN LastgaspLimits = 1024
 	LastgaspLimitsPORTS_MAX          LastgaspLimits = 64
@@ -51,6 +51,7 @@ type LastgaspPacketCounters struct {
 	RingbufFull uint64
 	Truncated   uint64
 	Bursts      uint64
+	LongHeader  uint64
 }
 
 type LastgaspPatternKey struct {

@@ -41,6 +41,24 @@ struct vlan_hdr {
 #define IP4_MF 0x2000
 #define IP4_OFFSET 0x1fff
 
+/*
+ * pkt_has - whether the first @end bytes of the frame exist.
+ * @linear: data_end - data, the bytes of the linear part.
+ *
+ * A program loaded as xdp.frags may see a multi-buffer frame (a jumbo
+ * frame on a NIC with a 9000-byte MTU): data_end then ends the first
+ * buffer, and the rest of the frame is in fragments, which
+ * bpf_xdp_get_buff_len counts and bpf_xdp_load_bytes reads. The headers
+ * are always read in the linear part (directly, bounds-checked against
+ * data_end); only the lengths they declare are checked against the whole
+ * frame. The helper is called only when the linear part is too short, so
+ * an ordinary frame pays nothing for it.
+ */
+static __always_inline int pkt_has(struct xdp_md *ctx, __u32 linear, __u32 end)
+{
+	return end <= linear || end <= (__u32)bpf_xdp_get_buff_len(ctx);
+}
+
 /* What a network-layer parser found. */
 enum parse_result {
 	PARSE_UDP,       /* cursor is at a UDP header */
@@ -96,14 +114,15 @@ static __always_inline void set_v4_mapped(__u8 out[16], __be32 a)
  * Checks, in this order: the 20 fixed bytes are in the packet; version is 4;
  * ihl (header length in 32-bit words) is at least 5; the whole header,
  * options included, is in the packet; tot_len covers the header and does
- * not reach past the packet (bytes after tot_len are Ethernet padding).
+ * not reach past the packet, fragments included (pkt_has; bytes after
+ * tot_len are Ethernet padding).
  * @saddr gets the IPv4-mapped source address, @l3_end the offset from @data
  * at which the datagram ends.
  * Return: PARSE_UDP (cursor at the UDP header), PARSE_OTHER, PARSE_FRAGMENT
  * (MF set or a non-zero offset) or PARSE_MALFORMED.
  */
-static __always_inline int parse_iphdr(struct hdr_cursor *nh, void *data,
-				       void *data_end, __u8 saddr[16],
+static __always_inline int parse_iphdr(struct xdp_md *ctx, struct hdr_cursor *nh,
+				       void *data, void *data_end, __u8 saddr[16],
 				       __u32 *l3_end)
 {
 	struct iphdr *iph = nh->pos;
@@ -118,7 +137,8 @@ static __always_inline int parse_iphdr(struct hdr_cursor *nh, void *data,
 		return PARSE_MALFORMED;
 	start = nh->pos - data;
 	tot_len = bpf_ntohs(iph->tot_len);
-	if (tot_len < hdr_len || start + tot_len > (__u32)(data_end - data))
+	if (tot_len < hdr_len ||
+	    !pkt_has(ctx, (__u32)(data_end - data), start + tot_len))
 		return PARSE_MALFORMED;
 
 	set_v4_mapped(saddr, iph->saddr);
@@ -142,15 +162,15 @@ static __always_inline int ipv6_is_ext(__u8 nexthdr)
  *
  * Checks: the 40 fixed bytes are in the packet; version is 6; payload_len
  * (0 only for jumbograms, which netconsole never sends) reaches no further
- * than the packet. Then walks at most IPV6_EXT_MAX extension headers:
+ * than the packet, fragments included (pkt_has). Then walks at most IPV6_EXT_MAX extension headers:
  * hop-by-hop, routing and destination options ((hdrlen + 1) * 8 bytes) and
  * authentication ((hdrlen + 2) * 4 bytes), each bounds-checked. A fragment
  * header ends the walk as PARSE_FRAGMENT; a chain longer than IPV6_EXT_MAX is
  * PARSE_MALFORMED (we cannot tell what it carries).
  * Return: as parse_iphdr.
  */
-static __always_inline int parse_ip6hdr(struct hdr_cursor *nh, void *data,
-					void *data_end, __u8 saddr[16],
+static __always_inline int parse_ip6hdr(struct xdp_md *ctx, struct hdr_cursor *nh,
+					void *data, void *data_end, __u8 saddr[16],
 					__u32 *l3_end)
 {
 	struct ipv6hdr *ip6 = nh->pos;
@@ -164,7 +184,8 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *nh, void *data,
 	start = nh->pos - data;
 	payload_len = bpf_ntohs(ip6->payload_len);
 	if (payload_len == 0 ||
-	    start + sizeof(*ip6) + payload_len > (__u32)(data_end - data))
+	    !pkt_has(ctx, (__u32)(data_end - data),
+		     start + sizeof(*ip6) + payload_len))
 		return PARSE_MALFORMED;
 
 	__builtin_memcpy(saddr, &ip6->saddr, 16);

@@ -92,6 +92,7 @@ func (h *harness) delta() loader.Counters {
 		RingbufFull: now.RingbufFull - h.last.RingbufFull,
 		Truncated:   now.Truncated - h.last.Truncated,
 		Bursts:      now.Bursts - h.last.Bursts,
+		LongHeader:  now.LongHeader - h.last.LongHeader,
 	}
 	h.last = now
 	return d
@@ -482,6 +483,51 @@ func TestLargePatternID(t *testing.T) {
 	} {
 		if _, lines := h.send(packettest.Line(text).Frame()); len(lines) != 1 || lines[0].PatternID != id {
 			t.Errorf("%q: forwarded %+v, want pattern %d", text, lines, id)
+		}
+	}
+}
+
+// TestLongHeaders checks the header window holds the longest header the
+// kernel sends (netconsole's release prepend of up to 64 bytes, then every
+// field at its longest), and that a payload that starts like a header but
+// has no end in the window is counted in long_header and passed, never
+// dropped; and that a burst still takes it as context.
+func TestLongHeaders(t *testing.T) {
+	h := newHarness(t, loader.Config{ContextLines: 2})
+	release := "6.1.0-" + strings.Repeat("r", 64-6)
+	longest := release + ",191,18446744073709551615,18446744073709551615,c,caller=T4294967295,ncfrag=1000/1000;"
+	if len(longest) != 149 {
+		t.Fatalf("the longest header is %d bytes, want 149", len(longest))
+	}
+	unknown := "4" + strings.Repeat(",", 200) + ";Kernel panic - not syncing: x\n"
+
+	for _, c := range []struct {
+		name    string
+		payload string
+		verdict uint32
+		flag    filter.Flag // 0: nothing forwarded
+		long    uint64
+	}{
+		{"long header, no end in the window", unknown, xdpPass, 0, 1},
+		{"short digits, no header", "12345\n", xdpDrop, 0, 0},
+		{"longest header", longest + "Kernel panic - not syncing: Fatal exception\n", xdpDrop, filter.Match, 0},
+		// A burst is open now (the match above): context, forwarded.
+		{"long header in a burst", "1" + strings.Repeat("x", 300), xdpDrop, filter.Context, 1},
+		{"ordinary line in a burst", longest + "RIP: 0010:x\n", xdpDrop, filter.Context, 0},
+	} {
+		h.delta()
+		verdict, lines := h.send(packettest.Line(c.payload).Frame())
+		d := h.delta()
+		got := filter.Flag(0)
+		if len(lines) == 1 {
+			got = lines[0].Flag
+		}
+		if verdict != c.verdict || len(lines) > 1 || got != c.flag || d.LongHeader != c.long {
+			t.Errorf("%s: verdict %d, %d lines (%v), long_header %d; want verdict %d, %v, long_header %d",
+				c.name, verdict, len(lines), got, d.LongHeader, c.verdict, c.flag, c.long)
+		}
+		if _, ok := pattern.Default().Match([]byte(c.payload)); ok != (c.flag == filter.Match) {
+			t.Errorf("%s: Go matcher says %v, kernel %v", c.name, ok, c.flag)
 		}
 	}
 }

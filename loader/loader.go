@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/lastgasp/lastgasp/bpf"
 	"github.com/lastgasp/lastgasp/internal/pattern"
@@ -51,7 +52,10 @@ type Config struct {
 	// PinPath, if set, is a directory on a bpffs where the maps and links
 	// are pinned, so that they outlive this process: a later Load with the
 	// same PinPath reuses them, and Attach takes over the attached program
-	// without a gap.
+	// without a gap. One Program at a time holds a PinPath: Load takes a
+	// lock on it (released by Close, or when the process exits) and fails
+	// with ErrPinPathInUse, before touching anything pinned, while
+	// another holds it.
 	PinPath string
 	// Logger receives what the loader does. Default slog.Default().
 	Logger *slog.Logger
@@ -106,6 +110,7 @@ type Program struct {
 	cfg      Config
 	log      *slog.Logger
 	attached []*Attachment
+	lock     *os.File // the pin directory, flocked; nil without PinPath
 }
 
 // Load loads the XDP program with cfg, and fills its port and pattern
@@ -134,10 +139,13 @@ func Load(cfg Config) (*Program, error) {
 	}
 	spec.Maps[bpf.LastgaspMapEvents].MaxEntries = cfg.RingBufSize
 
+	p := &Program{cfg: cfg, log: cfg.Logger}
 	var opts ebpf.CollectionOptions
 	if cfg.PinPath != "" {
-		if err := os.MkdirAll(cfg.PinPath, 0o700); err != nil {
-			return nil, fmt.Errorf("load XDP program: pin path: %w", err)
+		// The lock first: nothing pinned is opened, written or swapped
+		// while another Program holds the path.
+		if p.lock, err = lockPinPath(cfg.PinPath); err != nil {
+			return nil, fmt.Errorf("load XDP program: %w", err)
 		}
 		for _, name := range pinnedMaps {
 			spec.Maps[name].Pinning = ebpf.PinByName
@@ -145,19 +153,64 @@ func Load(cfg Config) (*Program, error) {
 		opts.Maps.PinPath = cfg.PinPath
 	}
 
-	p := &Program{cfg: cfg, log: cfg.Logger}
 	if err := spec.LoadAndAssign(&p.objs, &opts); err != nil {
+		p.unlock()
 		return nil, fmt.Errorf("load XDP program: %w", explain(err, cfg.PinPath))
 	}
 	if err := p.SetPorts(cfg.Ports); err != nil {
 		p.objs.Close()
+		p.unlock()
 		return nil, err
 	}
 	if err := p.SetPatterns(cfg.Patterns); err != nil {
 		p.objs.Close()
+		p.unlock()
 		return nil, err
 	}
 	return p, nil
+}
+
+// ErrPinPathInUse is returned (wrapped) by Load when another Program, in
+// this process or another, holds Config.PinPath.
+var ErrPinPathInUse = errors.New("pin path in use")
+
+// lockPinPath creates the pin directory if need be and takes an exclusive
+// flock(2) on it, without waiting. The lock belongs to the open file: the
+// kernel releases it when the file is closed, or when the process exits,
+// however it exits, so a crashed collector never leaves it behind. Two
+// collectors on one pin path would share its tables (each rewriting the
+// other's ports and patterns), swap the pinned links' program back and
+// forth, and both read the one ring buffer, each getting half the lines:
+// the second must fail before it touches any of them.
+func lockPinPath(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("pin path: %w", err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("pin path: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %s is held by another lastgasp (one collector a pin path: stop it first, or give this one another --pin-path)", ErrPinPathInUse, dir)
+		}
+		return nil, fmt.Errorf("lock pin path %s: %w", dir, err)
+	}
+	return f, nil
+}
+
+// unlock releases the pin path's lock, if held.
+func (p *Program) unlock() error {
+	if p.lock == nil {
+		return nil
+	}
+	err := p.lock.Close()
+	p.lock = nil
+	if err != nil {
+		return fmt.Errorf("release pin path lock: %w", err)
+	}
+	return nil
 }
 
 // pinnedMaps are the maps that outlive the process under Config.PinPath:
@@ -212,5 +265,6 @@ func (p *Program) Close() error {
 	}
 	p.attached = nil
 	errs = append(errs, p.objs.Close())
+	errs = append(errs, p.unlock()) // last: nothing of ours is open any more
 	return errors.Join(errs...)
 }

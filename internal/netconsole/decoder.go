@@ -298,8 +298,9 @@ type header struct {
 }
 
 // extendedScan is how far into a datagram the header's ';' may be: the
-// same window the XDP program searches (HEADER_SCAN_LEN).
-const extendedScan = 96
+// same window the XDP program searches (HEADER_SCAN_LEN in
+// bpf/lastgasp.h, room for netconsole's release prepend).
+const extendedScan = 160
 
 // parseExtendedHeader splits an extended record into header and body.
 // A datagram that does not start with a well-formed header is not

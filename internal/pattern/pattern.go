@@ -229,9 +229,25 @@ func (t *Table) ByID(id uint32) (Pattern, bool) {
 
 // Match returns the longest pattern that prefixes the message text of a
 // netconsole payload, as the XDP program would: the text is found by
-// TextStart and only its first MaxPrefixLen bytes are compared.
+// TextStart and only its first MaxPrefixLen bytes are compared. A payload
+// whose text cannot be found (LongHeader) matches nothing.
 func (t *Table) Match(payload []byte) (Pattern, bool) {
+	if LongHeader(payload) {
+		return Pattern{}, false
+	}
 	return t.MatchText(payload[TextStart(payload):])
+}
+
+// LongHeader reports whether a payload starts like an extended header (a
+// digit) and has neither ';' nor ' ' in all of its first HEADER_SCAN_LEN
+// bytes: a header too long to find the end of, or no header at all. The
+// XDP program matches such a line against nothing, counts it in
+// long_header and passes it (find_text's TEXT_UNKNOWN).
+func LongHeader(payload []byte) bool {
+	if len(payload) < headerScanLen || payload[0] < '0' || payload[0] > '9' {
+		return false
+	}
+	return bytes.IndexAny(payload[1:headerScanLen], "; ") < 0
 }
 
 // MatchText returns the longest pattern that prefixes a message text

@@ -55,7 +55,8 @@ func TestTextStart(t *testing.T) {
 		"[" + strings.Repeat(" ", 40) + "] text": 0,
 		"4,1,2,-;text":                           8,
 		"4,1,2,- ;text":                          0,
-		"4" + strings.Repeat(",", 100) + ";text": 0,
+		"4" + strings.Repeat(",", 100) + ";text": 102,
+		"4" + strings.Repeat(",", 200) + ";text": 0,
 		"x,1,2,-;text":                           0,
 	}
 	for in, want := range cases {

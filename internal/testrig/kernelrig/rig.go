@@ -349,6 +349,48 @@ func (r *Rig) Build(ctx context.Context) (*Artifacts, error) {
 	return a, nil
 }
 
+// appendFiles writes to path to a copy of the initramfs base followed by
+// a second gzipped newc archive holding files. The kernel unpacks
+// concatenated archives in order, a later one adding to (or replacing
+// files of) the earlier ones.
+func appendFiles(base, to string, files []File) error {
+	data, err := os.ReadFile(base)
+	if err != nil {
+		return fmt.Errorf("kernelrig: initramfs: %w", err)
+	}
+	out := bytes.NewBuffer(data)
+	var entries []cpioFile
+	dirs := map[string]bool{}
+	for _, f := range files {
+		name := strings.TrimPrefix(filepath.Clean(f.Name), "/")
+		for d := filepath.Dir(name); d != "." && !dirs[d]; d = filepath.Dir(d) {
+			dirs[d] = true
+			// Parents first: prepend, since the walk goes up.
+			entries = append([]cpioFile{{name: d, mode: unix.S_IFDIR | 0o755}}, entries...)
+		}
+		content, err := os.ReadFile(f.From)
+		if err != nil {
+			return fmt.Errorf("kernelrig: initramfs: %w", err)
+		}
+		perm := uint32(f.Mode.Perm())
+		if perm == 0 {
+			perm = 0o644
+		}
+		entries = append(entries, cpioFile{name: name, mode: unix.S_IFREG | perm, data: content})
+	}
+	zw := gzip.NewWriter(out)
+	if err := writeCpio(zw, entries); err != nil {
+		return fmt.Errorf("kernelrig: initramfs: %w", err)
+	}
+	if err := zw.Close(); err != nil {
+		return fmt.Errorf("kernelrig: initramfs: %w", err)
+	}
+	if err := os.WriteFile(to, out.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("kernelrig: initramfs: %w", err)
+	}
+	return nil
+}
+
 // run runs a command, returning an error that holds its output if it
 // fails.
 func run(ctx context.Context, dir, name string, args ...string) error {
@@ -413,9 +455,10 @@ type Scenario struct {
 	// Name names the run and its files (NAME.pcap, NAME.console.log).
 	Name string
 	// Mode is what the guest does after its noise lines: "none",
-	// "sysrq", "oom", or a crashmod mode ("panic", "null", "bug",
-	// "warn", "gpf", "softlockup", "hardlockup", "hung", "rcustall",
-	// "long"). See kernelrig/init and crashmod/crashmod.c.
+	// "sysrq", "oom", "script" (runs /script, one of Files), or a
+	// crashmod mode ("panic", "null", "bug", "warn", "gpf",
+	// "softlockup", "hardlockup", "hung", "rcustall", "long"). See
+	// kernelrig/init and crashmod/crashmod.c.
 	Mode string
 	// Extended selects netconsole's extended format ("+" target).
 	Extended bool
@@ -441,6 +484,22 @@ type Scenario struct {
 	// Timeout ends the run (qemu killed) if the guest has not ended it.
 	// Default 60s.
 	Timeout time.Duration
+	// Files are added to the initramfs for this run only (a second
+	// archive appended to the cached one, which the kernel unpacks over
+	// it): a program to run in the guest, its input, and with Mode
+	// "script", the script itself ("script"). Never cached.
+	Files []File
+}
+
+// File is a host file put into the guest's initramfs.
+type File struct {
+	// Name is its path in the guest, relative to /: "bin/lastgasp".
+	// Missing parent directories are created.
+	Name string
+	// From is the host file it is read from.
+	From string
+	// Mode is its permission bits. Default 0o644.
+	Mode os.FileMode
 }
 
 // netconsoleParam returns the netconsole= parameter for s.
@@ -524,6 +583,18 @@ func (r *Rig) Run(ctx context.Context, s Scenario, dir string) (*Result, error) 
 		Pcap:    filepath.Join(dir, s.Name+".pcap"),
 		Console: filepath.Join(dir, s.Name+".console.log"),
 	}
+	initramfs := a.Initramfs
+	if len(s.Files) > 0 {
+		tmp, err := os.MkdirTemp("", "kernelrig-files-")
+		if err != nil {
+			return nil, fmt.Errorf("kernelrig: %w", err)
+		}
+		defer os.RemoveAll(tmp)
+		initramfs = filepath.Join(tmp, "initramfs.cpio.gz")
+		if err := appendFiles(a.Initramfs, initramfs, s.Files); err != nil {
+			return nil, err
+		}
+	}
 
 	ns, cleanup, err := newTapNetns()
 	if err != nil {
@@ -551,7 +622,7 @@ func (r *Rig) Run(ctx context.Context, s Scenario, dir string) (*Result, error) 
 		"-display", "none", "-monitor", "none", "-no-reboot",
 		"-serial", "file:" + res.Console,
 		"-kernel", orDefault(r.Kernel, DefaultKernel),
-		"-initrd", a.Initramfs,
+		"-initrd", initramfs,
 		"-append", s.CommandLine(),
 		"-netdev", "tap,id=n0,ifname=" + tapName + ",script=no,downscript=no",
 		"-device", "virtio-net-pci,netdev=n0,mac=" + guestMAC + ",romfile=",
