@@ -52,13 +52,7 @@ type daemon struct {
 	// feed; assembled is the decoder's and detector's last counters, for
 	// scrapes. Both are written by one goroutine and read by others.
 	patterns  atomic.Pointer[pattern.Table]
-	assembled atomic.Pointer[assemblerCounters]
-}
-
-// assemblerCounters is a snapshot the collector publishes for scrapes.
-type assemblerCounters struct {
-	decoder  netconsole.Counters
-	detector detect.Counters
+	assembled atomic.Pointer[collector.Snapshot]
 }
 
 // spooled is the collector's data path with the spool in front: the
@@ -238,9 +232,7 @@ func (d *daemon) resume(unfinished []detect.Incident) {
 }
 
 // snapshot publishes the assembler's counters for scrapes.
-func (d *daemon) snapshot(dec netconsole.Counters, det detect.Counters) {
-	d.assembled.Store(&assemblerCounters{decoder: dec, detector: det})
-}
+func (d *daemon) snapshot(snap collector.Snapshot) { d.assembled.Store(&snap) }
 
 // plan says what will be done with an incident (the collector logs it).
 func (d *daemon) plan(inc detect.Incident) string {
@@ -252,5 +244,9 @@ func (d *daemon) plan(inc detect.Incident) string {
 
 // decoderCounters and detectorCounters are the assembler's last
 // published counters, for scrapes.
-func (d *daemon) decoderCounters() netconsole.Counters { return d.assembled.Load().decoder }
-func (d *daemon) detectorCounters() detect.Counters    { return d.assembled.Load().detector }
+func (d *daemon) decoderCounters() netconsole.Counters { return d.assembled.Load().Decoder }
+func (d *daemon) detectorCounters() detect.Counters    { return d.assembled.Load().Detector }
+func (d *daemon) openIncidents() int                   { return d.assembled.Load().OpenIncidents }
+
+// journalQueue is how many incidents wait to be journaled.
+func (d *daemon) journalQueue() int { return int(d.journaling.Load()) }

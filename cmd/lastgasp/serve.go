@@ -39,7 +39,7 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 	d := &daemon{log: log, logFlood: logagg.New(log, 0, 0), dryRun: c.dryRun}
 	go d.logFlood.Run(ctx)
 	d.patterns.Store(c.patterns)
-	d.assembled.Store(&assemblerCounters{})
+	d.assembled.Store(&collector.Snapshot{})
 
 	// 1. The journal: what a previous run took on and did not finish;
 	// and the spool beside it: the lines a previous run read and may not
@@ -80,20 +80,21 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 
 	// 4. The metrics, every source named here.
 	src := metrics.Sources{
-		DataPath:     dp.metricSources(),
-		Decoder:      d.decoderCounters,
-		Detector:     d.detectorCounters,
-		FeedWatchers: d.feed.Watchers,
+		DataPath:      dp.metricSources(),
+		Decoder:       d.decoderCounters,
+		Detector:      d.detectorCounters,
+		OpenIncidents: d.openIncidents,
+		FeedWatchers:  d.feed.Watchers,
 	}
 	if d.journal != nil {
-		src.Journal, src.JournalUnfinished = d.journal.Stats, d.journal.Unfinished
+		src.Journal, src.JournalUnfinished, src.JournalQueue = d.journal.Stats, d.journal.Unfinished, d.journalQueue
 		src.NotReady = d.journal.Writable
 	}
 	if d.spool != nil {
 		src.Spool = d.spool.Stats
 	}
 	if d.cluster != nil {
-		src.Cleanup = d.cluster.ctrl.Stats
+		src.Cleanup, src.CleanupPending = d.cluster.ctrl.Stats, d.cluster.ctrl.Pending
 	}
 	d.metrics = metrics.New(src)
 

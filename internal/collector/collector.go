@@ -47,9 +47,10 @@ type Config struct {
 	// OnLine, if set, sees every forwarded line before it is decoded
 	// (the feed).
 	OnLine func(filter.Line)
-	// Snapshot, if set, receives the decoder's and detector's counters
+	// Snapshot, if set, receives the decoder's and detector's counters,
+	// and how many incidents are open,
 	// every tick and at the end: a copy other goroutines may read.
-	Snapshot func(netconsole.Counters, detect.Counters)
+	Snapshot func(Snapshot)
 	// Logger receives what the collector does, and each incident, as far
 	// as Aggregate lets it.
 	Logger *slog.Logger
@@ -67,6 +68,14 @@ type Config struct {
 	// Reload, if set, brings new pattern tables (a reloaded patterns
 	// file) for the detector; the data path is given them by the caller.
 	Reload <-chan *pattern.Table
+}
+
+// Snapshot is what the collector publishes for scrapes, every tick and
+// at the end: a copy other goroutines may read.
+type Snapshot struct {
+	Decoder       netconsole.Counters
+	Detector      detect.Counters
+	OpenIncidents int
 }
 
 // tickEvery is how often open incidents are checked for closing when no
@@ -125,7 +134,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	snapshot := func() {
 		if cfg.Snapshot != nil {
-			cfg.Snapshot(asm.Decoder.Counters(), asm.Detector.Counters())
+			cfg.Snapshot(Snapshot{Decoder: asm.Decoder.Counters(), Detector: asm.Detector.Counters(), OpenIncidents: asm.Detector.Open()})
 		}
 	}
 	defer snapshot()

@@ -159,6 +159,9 @@ func New(cfg Config) *Detector {
 // Counters returns what the detector has done so far.
 func (d *Detector) Counters() Counters { return d.counters }
 
+// Open returns how many incidents are open (being assembled) now.
+func (d *Detector) Open() int { return len(d.open) }
+
 // SetPatterns replaces the trigger table, for incidents opened from now.
 func (d *Detector) SetPatterns(t *pattern.Table) { d.cfg.Patterns = t }
 

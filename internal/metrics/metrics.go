@@ -6,6 +6,8 @@ package metrics
 
 import (
 	"net/http"
+	"runtime"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -29,12 +31,18 @@ type Sources struct {
 	// Decoder and Detector return the assembler's counters.
 	Decoder  func() netconsole.Counters
 	Detector func() detect.Counters
-	// Cleanup returns the cleanup controller's stats.
-	Cleanup func() *cleanup.Stats
-	// Journal returns the journal's stats, and JournalUnfinished how many
-	// incidents it holds unfinished.
+	// OpenIncidents returns how many incidents are being assembled.
+	OpenIncidents func() int
+	// Cleanup returns the cleanup controller's stats, and CleanupPending
+	// how many incidents it has not finished.
+	Cleanup        func() *cleanup.Stats
+	CleanupPending func() int
+	// Journal returns the journal's stats, JournalUnfinished how many
+	// incidents it holds unfinished, and JournalQueue how many wait to be
+	// written.
 	Journal           func() journal.Stats
 	JournalUnfinished func() int
+	JournalQueue      func() int
 	// Spool returns the spool's stats.
 	Spool func() spool.Stats
 	// FeedWatchers returns how many lastgasp tail watchers are connected.
@@ -92,6 +100,7 @@ func New(src Sources) *Metrics {
 		Name: "lastgasp_pattern_reloads_total",
 		Help: "Patterns file reloads, by result (ok, or rejected: the table in use was kept).",
 	}, []string{"result"})
+	m.reg.MustRegister(buildInfo())
 	m.reg.MustRegister(m.incidents, m.finished, m.nodeDeleted, m.reloads, &scrape{src: src},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -248,11 +257,46 @@ var (
 		def[cleanup.Stats]{"lastgasp_cleanup_api_errors_total", "API calls that failed and were retried.", func(c *cleanup.Stats) uint64 { return c.APIErrors.Load() }},
 	)
 
-	ringDesc     = prometheus.NewDesc("lastgasp_ringbuf_malformed_records_total", "Ring buffer records that could not be decoded.", nil, nil)
-	feedDesc     = prometheus.NewDesc("lastgasp_feed_watchers", "lastgasp tail watchers connected to /feed.", nil, nil)
-	openDesc     = prometheus.NewDesc("lastgasp_journal_unfinished_incidents", "Incidents taken on and not yet finished with.", nil, nil)
+	ringDesc = prometheus.NewDesc("lastgasp_ringbuf_malformed_records_total", "Ring buffer records that could not be decoded.", nil, nil)
+	gauges   = []struct {
+		desc  *prometheus.Desc
+		value func(Sources) func() int
+	}{
+		{prometheus.NewDesc("lastgasp_feed_watchers", "lastgasp tail watchers connected to /feed.", nil, nil), func(s Sources) func() int { return s.FeedWatchers }},
+		{prometheus.NewDesc("lastgasp_journal_unfinished_incidents", "Incidents taken on and not yet finished with.", nil, nil), func(s Sources) func() int { return s.JournalUnfinished }},
+		{prometheus.NewDesc("lastgasp_journal_queue_depth", "Incidents assembled and waiting to be written to the journal.", nil, nil), func(s Sources) func() int { return s.JournalQueue }},
+		{prometheus.NewDesc("lastgasp_open_incidents", "Incidents being assembled: lines heard, not yet closed.", nil, nil), func(s Sources) func() int { return s.OpenIncidents }},
+		{prometheus.NewDesc("lastgasp_cleanup_pending_incidents", "Incidents the cleanup controller holds and has not finished (queued, confirming, waiting for the cap or the API server).", nil, nil), func(s Sources) func() int { return s.CleanupPending }},
+	}
 	scrapeFailed = prometheus.NewDesc("lastgasp_scrape_failed", "1 when a source's counters could not be read at this scrape.", []string{"source"}, nil)
 )
+
+// buildInfo is lastgasp_build_info: 1, labelled with what this binary is
+// (the module's version, the VCS revision it was built from, the Go
+// release), so dashboards can tell collectors of a rollout apart.
+func buildInfo() prometheus.Collector {
+	version, revision, goVersion := "unknown", "unknown", runtime.Version()
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		version = bi.Main.Version
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				revision = s.Value
+			case "vcs.modified":
+				if s.Value == "true" {
+					revision += "-modified"
+				}
+			}
+		}
+	}
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "lastgasp_build_info",
+		Help:        "1, labelled with the lastgasp binary's version, VCS revision and Go release.",
+		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": goVersion},
+	})
+	g.Set(1)
+	return g
+}
 
 // scrape is a prometheus.Collector reading the sources' counters.
 type scrape struct{ src Sources }
@@ -265,7 +309,10 @@ func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
 	describe(ch, journalCounters)
 	describe(ch, spoolCounters)
 	describe(ch, cleanupCounters)
-	for _, d := range []*prometheus.Desc{ringDesc, feedDesc, openDesc, scrapeFailed} {
+	for _, g := range gauges {
+		ch <- g.desc
+	}
+	for _, d := range []*prometheus.Desc{ringDesc, scrapeFailed} {
 		ch <- d
 	}
 }
@@ -305,11 +352,10 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 	if s.src.Cleanup != nil {
 		collect(ch, cleanupCounters, s.src.Cleanup())
 	}
-	if s.src.FeedWatchers != nil {
-		ch <- prometheus.MustNewConstMetric(feedDesc, prometheus.GaugeValue, float64(s.src.FeedWatchers()))
-	}
-	if s.src.JournalUnfinished != nil {
-		ch <- prometheus.MustNewConstMetric(openDesc, prometheus.GaugeValue, float64(s.src.JournalUnfinished()))
+	for _, g := range gauges {
+		if f := g.value(s.src); f != nil {
+			ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, float64(f()))
+		}
 	}
 }
 

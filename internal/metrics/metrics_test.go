@@ -1,11 +1,15 @@
 package metrics
 
 import (
+	"net/http/httptest"
 	"reflect"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/lastgasp/lastgasp/internal/netconsole"
 )
 
 // covers checks that every counter field of T is read by exactly one
@@ -82,4 +86,33 @@ func names[T any](cs []counter[T]) []string {
 		out = append(out, s[:strings.Index(s, `"`)])
 	}
 	return out
+}
+
+// A scrape serves build_info and the gauges of the sources given, and
+// leaves out those not given.
+func TestScrape(t *testing.T) {
+	m := New(Sources{
+		OpenIncidents: func() int { return 7 },
+		JournalQueue:  func() int { return 3 },
+		Decoder:       func() netconsole.Counters { return netconsole.Counters{Duplicates: 5} },
+	})
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body := rec.Body.String()
+	for _, want := range []string{
+		"lastgasp_open_incidents 7\n",
+		"lastgasp_journal_queue_depth 3\n",
+		"lastgasp_decoder_duplicate_messages_total 5\n",
+		`lastgasp_build_info{goversion="` + runtime.Version() + `"`,
+		"# HELP lastgasp_decoder_duplicate_messages_total Messages dropped as already seen.\n",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scrape lacks %q:\n%s", want, body)
+		}
+	}
+	for _, absent := range []string{"lastgasp_cleanup_pending_incidents", "lastgasp_xdp_packets_total", "lastgasp_feed_watchers"} {
+		if strings.Contains(body, absent+" ") {
+			t.Errorf("scrape has %s, whose source was not given", absent)
+		}
+	}
 }
