@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -15,7 +16,6 @@ import (
 	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
-	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -70,8 +70,15 @@ type collector struct {
 	index *nodeindex.Index
 }
 
-// start runs a collector until the test ends.
+// start runs a collector with 4 workers until the test ends.
 func start(t *testing.T, cs kubernetes.Interface, cfg cleanup.Config) *collector {
+	t.Helper()
+	return startWorkers(t, cs, cfg, 4)
+}
+
+// startWorkers runs a collector with the given number of workers until
+// the test ends.
+func startWorkers(t *testing.T, cs kubernetes.Interface, cfg cleanup.Config, workers int) *collector {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	factory := informers.NewSharedInformerFactory(cs, 0)
@@ -83,7 +90,7 @@ func start(t *testing.T, cs kubernetes.Interface, cfg cleanup.Config) *collector
 	c := cleanup.New(cfg)
 	factory.Start(ctx.Done())
 	done := make(chan struct{})
-	go func() { defer close(done); c.Run(ctx, 4) }()
+	go func() { defer close(done); c.Run(ctx, workers) }()
 	t.Cleanup(func() { cancel(); <-done; factory.Shutdown() })
 	if err := index.WaitForSync(ctx); err != nil {
 		t.Fatal(err)
@@ -563,23 +570,18 @@ func TestAPIServerOutage(t *testing.T) {
 	t.Logf("%d attempts failed during the outage", c.Stats().APIErrors.Load())
 }
 
-// TestSpoofedPanic: the node answers on its kubelet port, or its kubelet
-// renewed its Lease after the "panic": nothing is deleted, the node is
-// marked, the refusal counted. A node that answers nothing is deleted.
-func TestSpoofedPanic(t *testing.T) {
-	testnet.RequireRoot(t)
-	cs := client(t)
-	pair := testnet.NewPair(t)
-
-	// The live node: a listener on its "kubelet" port.
+// listen makes a "kubelet" listening on addr's port 10250 in ns, until
+// the test ends.
+func listen(t *testing.T, ns *testnet.Netns, addr netip.Addr) {
+	t.Helper()
 	var ln net.Listener
-	if err := pair.Node.Netns.Do(func() (err error) {
-		ln, err = net.Listen("tcp", net.JoinHostPort(pair.Node.IPv4.String(), "10250"))
+	if err := ns.Do(func() (err error) {
+		ln, err = net.Listen("tcp", net.JoinHostPort(addr.String(), "10250"))
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			conn, err := ln.Accept()
@@ -589,32 +591,84 @@ func TestSpoofedPanic(t *testing.T) {
 			conn.Close()
 		}
 	}()
+}
 
-	prober := &liveness.Prober{
+// prober probes from the collector's namespace of pair, with short
+// windows.
+func prober(cs kubernetes.Interface, pair *testnet.Pair) *liveness.Prober {
+	return &liveness.Prober{
 		Client:      cs,
 		Window:      1500 * time.Millisecond,
 		Attempt:     500 * time.Millisecond,
-		LeaseWindow: time.Second,
+		LeaseMargin: 500 * time.Millisecond,
 		Do:          pair.Collector.Netns.Do,
 	}
-	c := start(t, cs, cleanup.Config{Prober: prober})
+}
 
-	// An address in the collector's subnet that nobody holds: ARP goes
+// dropKubelet makes ns's firewall drop its kubelet port silently, as a
+// security group or a firewall between the collector and the node does.
+func dropKubelet(t *testing.T, ns *testnet.Netns) {
+	t.Helper()
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("skipped: needs nft (apt-get install nftables; make deps does)")
+	}
+	cmd := exec.Command("ip", "netns", "exec", ns.Name, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(`table inet lastgasp_test {
+	chain input {
+		type filter hook input priority 0; policy accept;
+		tcp dport 10250 drop
+	}
+}
+`)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+}
+
+// checkAlive checks that node was not deleted, was marked unconfirmed
+// with one Event, and that its pods were not touched.
+func checkAlive(t *testing.T, cs kubernetes.Interface, n *corev1.Node, ns string, pods []*corev1.Pod) {
+	t.Helper()
+	got, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("%s deleted: %v", n.Name, err)
+	}
+	if got.Annotations[cleanup.AnnotationUnconfirmed] == "" || got.Annotations[cleanup.AnnotationIncident] != "" {
+		t.Errorf("%s annotations %v", n.Name, got.Annotations)
+	}
+	if ev := clustertest.EventsFor(t, cs, "", n.UID); len(ev) == 0 || ev[0].Reason != cleanup.EventReasonKernelPanicUnconfirmed {
+		t.Errorf("%s events %+v", n.Name, ev)
+	}
+	t.Logf("%s: %s", n.Name, got.Annotations[cleanup.AnnotationUnconfirmedEvidence])
+	for _, p := range pods {
+		got, err := cs.CoreV1().Pods(ns).Get(context.Background(), p.Name, metav1.GetOptions{})
+		if err != nil || got.DeletionTimestamp != nil || got.Status.Phase != p.Status.Phase || got.Annotations[cleanup.AnnotationIncident] != "" {
+			t.Errorf("pod %s on the live node %s touched", p.Name, n.Name)
+		}
+	}
+}
+
+// TestSpoofedPanic: the node answers on its kubelet port, or its kubelet
+// renews its Lease (on a clock far behind) while its port is silent:
+// nothing is deleted, the node is marked, the refusal counted. A node
+// that answers nothing and whose Lease stays as it was is deleted.
+func TestSpoofedPanic(t *testing.T) {
+	testnet.RequireRoot(t)
+	cs := client(t)
+	pair := testnet.NewPair(t)
+	listen(t, pair.Node.Netns, pair.Node.IPv4) // the live node's kubelet
+	c := start(t, cs, cleanup.Config{Prober: prober(cs, pair)})
+
+	// Addresses in the collector's subnet that nobody holds: ARP goes
 	// unanswered, as for a panicked kernel.
 	deadAddr := pair.Node.IPv4.Next()
 	live := makeNode(t, cs, clustertest.InternalIP(pair.Node.IPv4.String()), nil)
 	leased := makeNode(t, cs, clustertest.InternalIP(deadAddr.Next().String()), nil)
 	dead := makeNode(t, cs, clustertest.InternalIP(deadAddr.String()), nil)
 	ns, pods := makePods(t, cs, live.Name, 2)
-
-	// The leased node's kubelet renewed its Lease just now.
-	now := metav1.NewMicroTime(time.Now().Add(5 * time.Second))
-	if _, err := cs.CoordinationV1().Leases(corev1.NamespaceNodeLease).Create(context.Background(), &coordinationv1.Lease{
-		ObjectMeta: metav1.ObjectMeta{Name: leased.Name},
-		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &leased.Name, RenewTime: &now},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	// The leased node's kubelet renews its Lease, on a clock a minute
+	// behind (its renewTime is always before the "panic").
+	clustertest.Kubelet(t, cs, leased.Name, -time.Minute)
 
 	c.enqueue(t, fatal(pair.Node.IPv4.String()), 2)
 	c.enqueue(t, fatal(deadAddr.Next().String()), 0)
@@ -622,27 +676,44 @@ func TestSpoofedPanic(t *testing.T) {
 
 	clustertest.Eventually(t, 30*time.Second, "dead node not deleted", nodeGone(cs, dead.Name))
 	clustertest.Eventually(t, 30*time.Second, "refusals not counted", func() bool { return c.Stats().Unconfirmed.Load() == 2 })
-	for _, n := range []*corev1.Node{live, leased} {
-		got, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
-		if err != nil {
-			t.Fatalf("%s deleted: %v", n.Name, err)
-		}
-		if got.Annotations[cleanup.AnnotationUnconfirmed] == "" || got.Annotations[cleanup.AnnotationIncident] != "" {
-			t.Errorf("%s annotations %v", n.Name, got.Annotations)
-		}
-		if ev := clustertest.EventsFor(t, cs, "", n.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonKernelPanicUnconfirmed {
-			t.Errorf("%s events %+v", n.Name, ev)
-		}
-		t.Logf("%s: %s", n.Name, got.Annotations[cleanup.AnnotationUnconfirmedEvidence])
-	}
-	for _, p := range pods {
-		got, err := cs.CoreV1().Pods(ns).Get(context.Background(), p.Name, metav1.GetOptions{})
-		if err != nil || got.DeletionTimestamp != nil || got.Status.Phase != p.Status.Phase {
-			t.Errorf("pod %s on the live node touched", p.Name)
-		}
-	}
+	checkAlive(t, cs, live, ns, pods)
+	checkAlive(t, cs, leased, "", nil)
 	out, _ := json.Marshal(map[string]uint64{"unconfirmed": c.Stats().Unconfirmed.Load(), "nodes_deleted": c.Stats().NodesDeleted.Load()})
 	t.Logf("stats %s", out)
+}
+
+// TestForgedPanicsNeverEndALiveNode: a live node whose kubelet port is
+// silently dropped between it and the collector (the common production
+// layout), its kubelet renewing its Lease every second (leaseDurationSeconds
+// 4) on a clock 30 s behind. 200 forged panics: none ends the node or a
+// pod; every one is refused as alive. (Before the Lease was judged on the
+// collector's clock, a renewTime behind the panic's time made it dead.)
+func TestForgedPanicsNeverEndALiveNode(t *testing.T) {
+	testnet.RequireRoot(t)
+	cs := client(t)
+	pair := testnet.NewPair(t)
+	dropKubelet(t, pair.Node.Netns)
+	var done outcomes
+	c := startWorkers(t, cs, cleanup.Config{Prober: prober(cs, pair), OnDone: done.record}, 16)
+	live := makeNode(t, cs, clustertest.InternalIP(pair.Node.IPv4.String()), nil)
+	ns, pods := makePods(t, cs, live.Name, 3)
+	clustertest.Kubelet(t, cs, live.Name, -30*time.Second)
+
+	const forgeries = 200
+	for i := range forgeries {
+		inc := fatal(pair.Node.IPv4.String())
+		inc.ID = fmt.Sprintf("forged%04d%s", i, inc.ID[10:])
+		c.enqueue(t, inc, 3)
+	}
+	clustertest.Eventually(t, 3*time.Minute, "forgeries not all finished", func() bool { return c.Pending() == 0 })
+	outcomes := map[cleanup.Outcome]int{}
+	for _, o := range done.get() {
+		outcomes[o]++
+	}
+	if outcomes[cleanup.OutcomeUnconfirmed] != forgeries || c.Stats().NodesDeleted.Load() != 0 || c.Stats().PodsDeleted.Load() != 0 {
+		t.Errorf("outcomes %v, %d nodes and %d pods deleted; want %d refused, none deleted", outcomes, c.Stats().NodesDeleted.Load(), c.Stats().PodsDeleted.Load(), forgeries)
+	}
+	checkAlive(t, cs, live, ns, pods)
 }
 
 // TestJobPodFailurePolicy proves the user-facing point with a real job

@@ -308,13 +308,12 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 	}
 
 	if c.cfg.Prober != nil && (node.UID != w.confirmedUID || time.Since(w.confirmedAt) > reconfirmAfter) {
-		since := inc.PanicAt
-		if since.IsZero() {
-			since = inc.First
-		}
-		v, err := c.cfg.Prober.Confirm(ctx, node, inc.Source, since)
+		v, err := c.cfg.Prober.Confirm(ctx, node, inc.Source)
 		if err != nil {
 			return "", 0, err
+		}
+		if v.Undecided {
+			return "", 0, fmt.Errorf("node not confirmed dead: %s", v.Evidence)
 		}
 		if !v.Dead {
 			c.stats.Unconfirmed.Add(1)
