@@ -278,8 +278,9 @@ func (c *Controller) taint(ctx context.Context, node *corev1.Node) error {
 	return err
 }
 
-// reportUnconfirmed marks a live node that a panic was claimed for.
-func (c *Controller) reportUnconfirmed(ctx context.Context, log *slog.Logger, node *corev1.Node, inc detect.Incident, evidence string) error {
+// reportUnconfirmed marks a node that a panic was claimed for and that was
+// found alive, or could not be told dead.
+func (c *Controller) reportUnconfirmed(ctx context.Context, log *slog.Logger, node *corev1.Node, inc detect.Incident, alive bool, evidence string) error {
 	err := c.write(log, "annotate node", func() error {
 		return ignoreGone(c.annotateNode(ctx, node, map[string]string{
 			AnnotationUnconfirmed:         inc.ID,
@@ -290,6 +291,9 @@ func (c *Controller) reportUnconfirmed(ctx context.Context, log *slog.Logger, no
 		return err
 	}
 	msg := clip(fmt.Sprintf("a kernel panic was reported from %s but the node is alive (%s); nothing was deleted: %s", inc.Source, evidence, inc.Reason))
+	if !alive {
+		msg = clip(fmt.Sprintf("a kernel panic was reported from %s but could not be confirmed (%s); nothing was deleted: %s", inc.Source, evidence, inc.Reason))
+	}
 	c.event(ctx, log, nodeRef(node), inc.ID, EventReasonKernelPanicUnconfirmed, msg)
 	return nil
 }
@@ -324,11 +328,15 @@ type Stats struct {
 	Ambiguous     atomic.Uint64 // fatal incidents refused: several nodes claim the source
 	NonFatal      atomic.Uint64 // non-fatal incidents reported on a node
 	Unconfirmed   atomic.Uint64 // panics refused: the node was alive
-	Capped        atomic.Uint64 // node cleanups delayed by the deletion cap
-	PodsFailed    atomic.Uint64 // pod statuses set
-	PodsDeleted   atomic.Uint64 // pods this controller deleted
-	NodesDeleted  atomic.Uint64 // nodes this controller deleted
-	Events        atomic.Uint64 // Events created
-	EventErrors   atomic.Uint64 // Events that could not be recorded (logged; the cleanup goes on)
-	APIErrors     atomic.Uint64 // attempts that failed and were retried
+	Undecided     atomic.Uint64 // panics finished unconfirmed: neither dead nor alive could be proved
+	// UndecidedRetries counts confirmations that proved nothing and
+	// were tried again later (not API errors).
+	UndecidedRetries atomic.Uint64
+	Capped           atomic.Uint64 // node cleanups delayed by the deletion cap
+	PodsFailed       atomic.Uint64 // pod statuses set
+	PodsDeleted      atomic.Uint64 // pods this controller deleted
+	NodesDeleted     atomic.Uint64 // nodes this controller deleted
+	Events           atomic.Uint64 // Events created
+	EventErrors      atomic.Uint64 // Events that could not be recorded (logged; the cleanup goes on)
+	APIErrors        atomic.Uint64 // attempts that failed and were retried
 }

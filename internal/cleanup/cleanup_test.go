@@ -625,9 +625,9 @@ func dropKubelet(t *testing.T, ns *testnet.Netns) {
 	}
 }
 
-// checkAlive checks that node was not deleted, was marked unconfirmed
+// checkSpared checks that node was not deleted, was marked unconfirmed
 // with one Event, and that its pods were not touched.
-func checkAlive(t *testing.T, cs kubernetes.Interface, n *corev1.Node, ns string, pods []*corev1.Pod) {
+func checkSpared(t *testing.T, cs kubernetes.Interface, n *corev1.Node, ns string, pods []*corev1.Pod) {
 	t.Helper()
 	got, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
 	if err != nil {
@@ -676,8 +676,8 @@ func TestSpoofedPanic(t *testing.T) {
 
 	clustertest.Eventually(t, 30*time.Second, "dead node not deleted", nodeGone(cs, dead.Name))
 	clustertest.Eventually(t, 30*time.Second, "refusals not counted", func() bool { return c.Stats().Unconfirmed.Load() == 2 })
-	checkAlive(t, cs, live, ns, pods)
-	checkAlive(t, cs, leased, "", nil)
+	checkSpared(t, cs, live, ns, pods)
+	checkSpared(t, cs, leased, "", nil)
 	out, _ := json.Marshal(map[string]uint64{"unconfirmed": c.Stats().Unconfirmed.Load(), "nodes_deleted": c.Stats().NodesDeleted.Load()})
 	t.Logf("stats %s", out)
 }
@@ -713,7 +713,36 @@ func TestForgedPanicsNeverEndALiveNode(t *testing.T) {
 	if outcomes[cleanup.OutcomeUnconfirmed] != forgeries || c.Stats().NodesDeleted.Load() != 0 || c.Stats().PodsDeleted.Load() != 0 {
 		t.Errorf("outcomes %v, %d nodes and %d pods deleted; want %d refused, none deleted", outcomes, c.Stats().NodesDeleted.Load(), c.Stats().PodsDeleted.Load(), forgeries)
 	}
-	checkAlive(t, cs, live, ns, pods)
+	checkSpared(t, cs, live, ns, pods)
+}
+
+// TestNoLeaseIsUndecided: a node whose kubelet port is silent but that
+// has no Lease (deleted) cannot be told dead: the incident is tried again
+// for UndecidedFor, then finished as unconfirmed (the node annotated, an
+// Event), nothing deleted, no API error counted.
+func TestNoLeaseIsUndecided(t *testing.T) {
+	testnet.RequireRoot(t)
+	cs := client(t)
+	pair := testnet.NewPair(t)
+	var done outcomes
+	c := start(t, cs, cleanup.Config{Prober: prober(cs, pair), OnDone: done.record, UndecidedFor: 4 * time.Second})
+	addr := pair.Node.IPv4.Next() // nobody's: silent, as a dead node
+	node := makeNode(t, cs, clustertest.InternalIP(addr.String()), nil)
+	ns, pods := makePods(t, cs, node.Name, 2)
+	if err := cs.CoordinationV1().Leases(corev1.NamespaceNodeLease).Delete(context.Background(), node.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	inc := fatal(addr.String())
+	c.enqueue(t, inc, 2)
+	clustertest.Eventually(t, 30*time.Second, "incident not finished", func() bool { return c.Pending() == 0 })
+	if got := done.get()[inc.ID]; got != cleanup.OutcomeUndecided {
+		t.Errorf("outcome %q, want %q", got, cleanup.OutcomeUndecided)
+	}
+	s := c.Stats()
+	if s.Undecided.Load() != 1 || s.UndecidedRetries.Load() == 0 || s.APIErrors.Load() != 0 || s.Unconfirmed.Load() != 0 {
+		t.Errorf("stats: %d undecided, %d retries, %d API errors, %d refused", s.Undecided.Load(), s.UndecidedRetries.Load(), s.APIErrors.Load(), s.Unconfirmed.Load())
+	}
+	checkSpared(t, cs, node, ns, pods)
 }
 
 // TestJobPodFailurePolicy proves the user-facing point with a real job

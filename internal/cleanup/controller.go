@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/workqueue"
@@ -41,6 +42,12 @@ type Config struct {
 	// means no confirmation (--confirm=none): for those who accept that a
 	// forged panic line can delete a live node.
 	Prober *liveness.Prober
+	// UndecidedFor is how long an incident whose node can be proved
+	// neither dead nor alive (no Lease, a probe the collector cannot
+	// send) is tried again, with backoff, before it is finished as
+	// unconfirmed: counted, the Node annotated, an Event, nothing
+	// deleted. Default 5m.
+	UndecidedFor time.Duration
 	// AllowedSources, if not empty, are the only source networks acted
 	// on; incidents from elsewhere are refused and counted.
 	AllowedSources []netip.Prefix
@@ -75,10 +82,11 @@ type Outcome string
 
 // The outcomes.
 const (
-	OutcomeCleanedUp     Outcome = "cleaned up"            // pods and node handled, node deleted
-	OutcomeNodeKept      Outcome = "cleaned up, node kept" // --keep-node
-	OutcomeReported      Outcome = "reported"              // non-fatal: annotated, Event
-	OutcomeUnconfirmed   Outcome = "refused: node alive"   // the panic was not confirmed
+	OutcomeCleanedUp     Outcome = "cleaned up"               // pods and node handled, node deleted
+	OutcomeNodeKept      Outcome = "cleaned up, node kept"    // --keep-node
+	OutcomeReported      Outcome = "reported"                 // non-fatal: annotated, Event
+	OutcomeUnconfirmed   Outcome = "refused: node alive"      // the panic was not confirmed
+	OutcomeUndecided     Outcome = "unconfirmed: cannot tell" // neither dead nor alive could be proved in UndecidedFor
 	OutcomeNotAllowed    Outcome = "refused: source not allowed"
 	OutcomeUnknownSource Outcome = "refused: no node has this source"
 	OutcomeAmbiguous     Outcome = "refused: several nodes claim this source"
@@ -110,6 +118,15 @@ func ParsePodAction(s string) (PodAction, error) {
 
 // DefaultMaxNodeDeletionsPerMinute is the default deletion cap.
 const DefaultMaxNodeDeletionsPerMinute = 10
+
+// DefaultUndecidedFor is how long an undecided incident is tried again.
+const DefaultUndecidedFor = 5 * time.Minute
+
+// Backoff of an undecided incident's attempts: 1 s doubling to 30 s.
+const (
+	undecidedFirstWait = time.Second
+	undecidedMaxWait   = 30 * time.Second
+)
 
 // Client rate limits lastgasp asks for unless told otherwise. A node's
 // cleanup costs four API calls a pod (annotate, status, Event, delete)
@@ -146,6 +163,10 @@ type work struct {
 	confirmedUID types.UID
 	// node is the name of the Node the source belongs to, once found.
 	node string
+	// undecidedSince is when a confirmation first proved nothing, and
+	// undecidedTries how many have since.
+	undecidedSince time.Time
+	undecidedTries int
 }
 
 // attemptTimeout bounds one attempt at an incident: a node of 110 pods
@@ -170,6 +191,9 @@ func New(cfg Config) *Controller {
 	}
 	if cfg.PodAction == "" {
 		cfg.PodAction = PodsFailAndDelete
+	}
+	if cfg.UndecidedFor <= 0 {
+		cfg.UndecidedFor = DefaultUndecidedFor
 	}
 	perMinute := cfg.MaxNodeDeletionsPerMinute
 	return &Controller{
@@ -256,7 +280,8 @@ func (c *Controller) processNextWorkItem(ctx context.Context) bool {
 		c.log.Warn("applying incident failed, will retry", "incident", id, "error", err)
 		c.queue.AddRateLimited(id)
 	case wait > 0:
-		// The deletion cap: come back when it is this incident's turn.
+		// The deletion cap, or an undecided confirmation: come back
+		// later.
 		c.queue.Forget(id)
 		c.queue.AddAfter(id, wait)
 	default:
@@ -313,12 +338,12 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 			return "", 0, err
 		}
 		if v.Undecided {
-			return "", 0, fmt.Errorf("node not confirmed dead: %s", v.Evidence)
+			return c.undecided(ctx, log, w, node, v.Evidence)
 		}
 		if !v.Dead {
 			c.stats.Unconfirmed.Add(1)
 			log.Warn("panic not confirmed: the node is alive; nothing deleted", "evidence", v.Evidence)
-			return OutcomeUnconfirmed, 0, c.reportUnconfirmed(ctx, log, node, inc, v.Evidence)
+			return OutcomeUnconfirmed, 0, c.reportUnconfirmed(ctx, log, node, inc, true, v.Evidence)
 		}
 		log.Info("node confirmed dead", "evidence", v.Evidence)
 		w.confirmedAt, w.confirmedUID = time.Now(), node.UID
@@ -344,6 +369,26 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 		return OutcomeNodeKept, 0, c.cleanUp(ctx, log, node, inc)
 	}
 	return OutcomeCleanedUp, 0, c.cleanUp(ctx, log, node, inc)
+}
+
+// undecided handles a confirmation that proved nothing: try again later,
+// with backoff, until UndecidedFor has passed since the first; then
+// finish the incident as unconfirmed, nothing deleted.
+func (c *Controller) undecided(ctx context.Context, log *slog.Logger, w *work, node *corev1.Node, evidence string) (Outcome, time.Duration, error) {
+	if w.undecidedSince.IsZero() {
+		w.undecidedSince = time.Now()
+	}
+	left := c.cfg.UndecidedFor - time.Since(w.undecidedSince)
+	if left <= 0 {
+		c.stats.Undecided.Add(1)
+		log.Warn("panic unconfirmed: whether the node is dead could not be told; nothing deleted", "evidence", evidence, "tried", w.undecidedTries+1)
+		return OutcomeUndecided, 0, c.reportUnconfirmed(ctx, log, node, w.inc, false, evidence)
+	}
+	wait := min(undecidedFirstWait<<min(w.undecidedTries, 5), undecidedMaxWait, left)
+	w.undecidedTries++
+	c.stats.UndecidedRetries.Add(1)
+	log.Info("cannot tell yet whether the node is dead: looking again later", "evidence", evidence, "wait", wait.Round(time.Millisecond))
+	return "", wait, nil
 }
 
 // allowed reports whether addr is in the allowed networks.
