@@ -332,11 +332,14 @@ type Stats struct {
 	// UndecidedRetries counts confirmations that proved nothing and
 	// were tried again later (not API errors).
 	UndecidedRetries atomic.Uint64
-	Capped           atomic.Uint64 // node cleanups delayed by the deletion cap
-	PodsFailed       atomic.Uint64 // pod statuses set
-	PodsDeleted      atomic.Uint64 // pods this controller deleted
-	NodesDeleted     atomic.Uint64 // nodes this controller deleted
-	Events           atomic.Uint64 // Events created
-	EventErrors      atomic.Uint64 // Events that could not be recorded (logged; the cleanup goes on)
-	APIErrors        atomic.Uint64 // attempts that failed and were retried
+	// ForgeryDelayed counts fatal incidents held back by the forgery
+	// backoff of their node (no address is kept as a label).
+	ForgeryDelayed atomic.Uint64
+	Capped         atomic.Uint64 // node cleanups delayed by the deletion cap
+	PodsFailed     atomic.Uint64 // pod statuses set
+	PodsDeleted    atomic.Uint64 // pods this controller deleted
+	NodesDeleted   atomic.Uint64 // nodes this controller deleted
+	Events         atomic.Uint64 // Events created
+	EventErrors    atomic.Uint64 // Events that could not be recorded (logged; the cleanup goes on)
+	APIErrors      atomic.Uint64 // attempts that failed and were retried
 }

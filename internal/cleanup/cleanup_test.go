@@ -694,7 +694,9 @@ func TestForgedPanicsNeverEndALiveNode(t *testing.T) {
 	pair := testnet.NewPair(t)
 	dropKubelet(t, pair.Node.Netns)
 	var done outcomes
-	c := startWorkers(t, cs, cleanup.Config{Prober: prober(cs, pair), OnDone: done.record}, 16)
+	// No forgery backoff here: every forgery is confirmed (see
+	// TestForgeriesCostTheForger).
+	c := startWorkers(t, cs, cleanup.Config{Prober: prober(cs, pair), OnDone: done.record, ForgeryBackoff: time.Nanosecond, ForgeryBackoffMax: time.Nanosecond}, 16)
 	live := makeNode(t, cs, clustertest.InternalIP(pair.Node.IPv4.String()), nil)
 	ns, pods := makePods(t, cs, live.Name, 3)
 	clustertest.Kubelet(t, cs, live.Name, -30*time.Second)
@@ -714,6 +716,42 @@ func TestForgedPanicsNeverEndALiveNode(t *testing.T) {
 		t.Errorf("outcomes %v, %d nodes and %d pods deleted; want %d refused, none deleted", outcomes, c.Stats().NodesDeleted.Load(), c.Stats().PodsDeleted.Load(), forgeries)
 	}
 	checkSpared(t, cs, live, ns, pods)
+}
+
+// TestForgeriesCostTheForger: after a panic refused because the node
+// answered, the next one about that node waits ForgeryBackoff, the one
+// after twice as long; each wait is counted once. (The refusals are timed
+// when finished, after their annotation and Event, while the backoff
+// starts before them: 10% of slack.)
+func TestForgeriesCostTheForger(t *testing.T) {
+	testnet.RequireRoot(t)
+	cs := client(t)
+	pair := testnet.NewPair(t)
+	listen(t, pair.Node.Netns, pair.Node.IPv4)
+	var mu sync.Mutex
+	var at []time.Time
+	c := start(t, cs, cleanup.Config{Prober: prober(cs, pair), ForgeryBackoff: 3 * time.Second, ForgeryBackoffMax: time.Minute,
+		OnDone: func(_ detect.Incident, o cleanup.Outcome, _ string, when time.Time) {
+			mu.Lock()
+			defer mu.Unlock()
+			if o == cleanup.OutcomeUnconfirmed {
+				at = append(at, when)
+			}
+		}})
+	makeNode(t, cs, clustertest.InternalIP(pair.Node.IPv4.String()), nil)
+	refused := func() int { mu.Lock(); defer mu.Unlock(); return len(at) }
+	for i := range 3 {
+		c.enqueue(t, fatal(pair.Node.IPv4.String()), 0)
+		clustertest.Eventually(t, 30*time.Second, "not refused", func() bool { return refused() == i+1 })
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if first, second := at[1].Sub(at[0]), at[2].Sub(at[1]); first < 2700*time.Millisecond || second < 5400*time.Millisecond {
+		t.Errorf("refusals %v then %v apart; want about 3s, then 6s", first, second)
+	}
+	if n := c.Stats().ForgeryDelayed.Load(); n != 2 {
+		t.Errorf("%d delays counted, want 2", n)
+	}
 }
 
 // TestNoLeaseIsUndecided: a node whose kubelet port is silent but that

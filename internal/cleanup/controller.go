@@ -48,6 +48,14 @@ type Config struct {
 	// unconfirmed: counted, the Node annotated, an Event, nothing
 	// deleted. Default 5m.
 	UndecidedFor time.Duration
+	// ForgeryBackoff is how long, after a panic refused because its node
+	// was alive, further fatal incidents about that node (from any of
+	// its source addresses) wait before they are looked at: doubling
+	// with each refusal up to ForgeryBackoffMax, forgotten once that
+	// long has passed without one. Forgeries cost the forger; a real
+	// panic after them is delayed at most ForgeryBackoffMax. Defaults
+	// 30s and 15m.
+	ForgeryBackoff, ForgeryBackoffMax time.Duration
 	// AllowedSources, if not empty, are the only source networks acted
 	// on; incidents from elsewhere are refused and counted.
 	AllowedSources []netip.Prefix
@@ -119,6 +127,12 @@ func ParsePodAction(s string) (PodAction, error) {
 // DefaultMaxNodeDeletionsPerMinute is the default deletion cap.
 const DefaultMaxNodeDeletionsPerMinute = 10
 
+// Defaults of the forgery backoff.
+const (
+	DefaultForgeryBackoff    = 30 * time.Second
+	DefaultForgeryBackoffMax = 15 * time.Minute
+)
+
 // DefaultUndecidedFor is how long an undecided incident is tried again.
 const DefaultUndecidedFor = 5 * time.Minute
 
@@ -148,6 +162,16 @@ type Controller struct {
 
 	mu      sync.Mutex
 	pending map[string]*work // by incident id
+	// refused is the forgery backoff of each node a panic was refused
+	// for (by name), under mu.
+	refused map[string]*backoff
+}
+
+// backoff is a node's forgery backoff: refusals so far, and until when
+// its incidents wait.
+type backoff struct {
+	refusals int
+	until    time.Time
 }
 
 // work is an incident on its way through the queue.
@@ -167,6 +191,9 @@ type work struct {
 	// undecidedTries how many have since.
 	undecidedSince time.Time
 	undecidedTries int
+	// delayed is set once the forgery backoff held it back (counted
+	// once).
+	delayed bool
 }
 
 // attemptTimeout bounds one attempt at an incident: a node of 110 pods
@@ -192,6 +219,12 @@ func New(cfg Config) *Controller {
 	if cfg.PodAction == "" {
 		cfg.PodAction = PodsFailAndDelete
 	}
+	if cfg.ForgeryBackoff <= 0 {
+		cfg.ForgeryBackoff = DefaultForgeryBackoff
+	}
+	if cfg.ForgeryBackoffMax <= 0 {
+		cfg.ForgeryBackoffMax = DefaultForgeryBackoffMax
+	}
 	if cfg.UndecidedFor <= 0 {
 		cfg.UndecidedFor = DefaultUndecidedFor
 	}
@@ -207,6 +240,7 @@ func New(cfg Config) *Controller {
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "lastgasp-incidents"},
 		),
 		pending: map[string]*work{},
+		refused: map[string]*backoff{},
 	}
 }
 
@@ -333,6 +367,14 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 	}
 
 	if c.cfg.Prober != nil && (node.UID != w.confirmedUID || time.Since(w.confirmedAt) > reconfirmAfter) {
+		if wait := c.forgeryWait(node.Name); wait > 0 {
+			if !w.delayed {
+				w.delayed = true
+				c.stats.ForgeryDelayed.Add(1)
+				log.Warn("a panic was refused for this node lately: this one waits before it is looked at", "wait", wait.Round(time.Millisecond))
+			}
+			return "", wait, nil
+		}
 		v, err := c.cfg.Prober.Confirm(ctx, node, inc.Source)
 		if err != nil {
 			return "", 0, err
@@ -341,6 +383,7 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 			return c.undecided(ctx, log, w, node, v.Evidence)
 		}
 		if !v.Dead {
+			c.refuse(node.Name)
 			c.stats.Unconfirmed.Add(1)
 			log.Warn("panic not confirmed: the node is alive; nothing deleted", "evidence", v.Evidence)
 			return OutcomeUnconfirmed, 0, c.reportUnconfirmed(ctx, log, node, inc, true, v.Evidence)
@@ -389,6 +432,41 @@ func (c *Controller) undecided(ctx context.Context, log *slog.Logger, w *work, n
 	c.stats.UndecidedRetries.Add(1)
 	log.Info("cannot tell yet whether the node is dead: looking again later", "evidence", evidence, "wait", wait.Round(time.Millisecond))
 	return "", wait, nil
+}
+
+// forgeryWait is how long incidents about node must still wait after a
+// refusal (0: none).
+func (c *Controller) forgeryWait(node string) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if b := c.refused[node]; b != nil {
+		return time.Until(b.until)
+	}
+	return 0
+}
+
+// refuse starts or doubles node's forgery backoff, and forgets the
+// backoffs that ended more than ForgeryBackoffMax ago.
+func (c *Controller) refuse(node string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	for name, b := range c.refused {
+		if now.Sub(b.until) > c.cfg.ForgeryBackoffMax {
+			delete(c.refused, name)
+		}
+	}
+	b := c.refused[node]
+	if b == nil {
+		b = &backoff{}
+		c.refused[node] = b
+	}
+	wait := c.cfg.ForgeryBackoff << min(b.refusals, 30)
+	if wait <= 0 || wait > c.cfg.ForgeryBackoffMax {
+		wait = c.cfg.ForgeryBackoffMax
+	}
+	b.refusals++
+	b.until = now.Add(wait)
 }
 
 // allowed reports whether addr is in the allowed networks.
