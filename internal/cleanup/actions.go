@@ -324,6 +324,7 @@ func ignoreGone(err error) error {
 // Stats counts what the controller did.
 type Stats struct {
 	NotAllowed    atomic.Uint64 // incidents from a source outside AllowedSources
+	NotSelected   atomic.Uint64 // fatal incidents refused: the node is not one NodeSelector selects
 	UnknownSource atomic.Uint64 // incidents from a source that is no node's
 	Ambiguous     atomic.Uint64 // fatal incidents refused: several nodes claim the source
 	NonFatal      atomic.Uint64 // non-fatal incidents reported on a node

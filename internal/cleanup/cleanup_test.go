@@ -19,6 +19,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -502,6 +504,62 @@ func TestAllowedSources(t *testing.T) {
 	clustertest.Eventually(t, 10*time.Second, "not refused", func() bool { return c.Stats().NotAllowed.Load() == 1 })
 	if _, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{}); err != nil {
 		t.Errorf("node: %v", err)
+	}
+}
+
+// TestNodeSelector: by default a control-plane node is never ended;
+// with a selector, only the nodes it selects are.
+func TestNodeSelector(t *testing.T) {
+	cs := client(t)
+	label := func(n *corev1.Node, key, value string) {
+		t.Helper()
+		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": map[string]string{key: value}}})
+		if _, err := cs.CoreV1().Nodes().Patch(context.Background(), n.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var done outcomes
+	c := start(t, cs, cleanup.Config{OnDone: done.record})
+	controlPlane := makeNode(t, cs, clustertest.InternalIP("10.200.0.55"), nil)
+	label(controlPlane, "node-role.kubernetes.io/control-plane", "")
+	worker := makeNode(t, cs, clustertest.InternalIP("10.200.0.56"), nil)
+	clustertest.Eventually(t, 10*time.Second, "cache never held the label", func() bool {
+		n, _ := c.index.Node(controlPlane.Name)
+		return n != nil && n.Labels != nil
+	})
+	cpInc, workerInc := fatal("10.200.0.55"), fatal("10.200.0.56")
+	c.enqueue(t, cpInc, 0)
+	c.enqueue(t, workerInc, 0)
+	clustertest.Eventually(t, 20*time.Second, "worker not deleted", nodeGone(cs, worker.Name))
+	clustertest.Eventually(t, 10*time.Second, "incidents not finished", func() bool { return c.Pending() == 0 })
+	if _, err := cs.CoreV1().Nodes().Get(context.Background(), controlPlane.Name, metav1.GetOptions{}); err != nil {
+		t.Errorf("control-plane node: %v", err)
+	}
+	if got := done.get()[cpInc.ID]; got != cleanup.OutcomeNotSelected || c.Stats().NotSelected.Load() != 1 {
+		t.Errorf("control-plane node: outcome %q, %d not selected", got, c.Stats().NotSelected.Load())
+	}
+
+	// --node-selector pool=batch: a batch node is ended, another not.
+	sel, err := labels.Parse("pool=batch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := start(t, cs, cleanup.Config{NodeSelector: sel})
+	batch := makeNode(t, cs, clustertest.InternalIP("10.200.0.57"), nil)
+	label(batch, "pool", "batch")
+	web := makeNode(t, cs, clustertest.InternalIP("10.200.0.58"), nil)
+	label(web, "pool", "web")
+	clustertest.Eventually(t, 10*time.Second, "cache never held the labels", func() bool {
+		b, _ := d.index.Node(batch.Name)
+		w, _ := d.index.Node(web.Name)
+		return b != nil && w != nil && b.Labels["pool"] != "" && w.Labels["pool"] != ""
+	})
+	d.enqueue(t, fatal("10.200.0.58"), 0)
+	d.enqueue(t, fatal("10.200.0.57"), 0)
+	clustertest.Eventually(t, 20*time.Second, "batch node not deleted", nodeGone(cs, batch.Name))
+	clustertest.Eventually(t, 10*time.Second, "web node not refused", func() bool { return d.Stats().NotSelected.Load() == 1 })
+	if _, err := cs.CoreV1().Nodes().Get(context.Background(), web.Name, metav1.GetOptions{}); err != nil {
+		t.Errorf("web node: %v", err)
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/workqueue"
@@ -56,6 +57,11 @@ type Config struct {
 	// panic after them is delayed at most ForgeryBackoffMax. Defaults
 	// 30s and 15m.
 	ForgeryBackoff, ForgeryBackoffMax time.Duration
+	// NodeSelector says which nodes a fatal incident may end; the others
+	// are refused, counted and logged (a non-fatal incident is reported
+	// on any node). Nil means DefaultNodeSelector: never a control-plane
+	// node.
+	NodeSelector labels.Selector
 	// AllowedSources, if not empty, are the only source networks acted
 	// on; incidents from elsewhere are refused and counted.
 	AllowedSources []netip.Prefix
@@ -96,6 +102,7 @@ const (
 	OutcomeUnconfirmed   Outcome = "refused: node alive"      // the panic was not confirmed
 	OutcomeUndecided     Outcome = "unconfirmed: cannot tell" // neither dead nor alive could be proved in UndecidedFor
 	OutcomeNotAllowed    Outcome = "refused: source not allowed"
+	OutcomeNotSelected   Outcome = "refused: node not selected" // NodeSelector
 	OutcomeUnknownSource Outcome = "refused: no node has this source"
 	OutcomeAmbiguous     Outcome = "refused: several nodes claim this source"
 )
@@ -126,6 +133,10 @@ func ParsePodAction(s string) (PodAction, error) {
 
 // DefaultMaxNodeDeletionsPerMinute is the default deletion cap.
 const DefaultMaxNodeDeletionsPerMinute = 10
+
+// DefaultNodeSelector is the nodes a fatal incident may end by default:
+// all but the control plane's.
+const DefaultNodeSelector = "!node-role.kubernetes.io/control-plane"
 
 // Defaults of the forgery backoff.
 const (
@@ -218,6 +229,9 @@ func New(cfg Config) *Controller {
 	}
 	if cfg.PodAction == "" {
 		cfg.PodAction = PodsFailAndDelete
+	}
+	if cfg.NodeSelector == nil {
+		cfg.NodeSelector, _ = labels.Parse(DefaultNodeSelector) // a constant that parses
 	}
 	if cfg.ForgeryBackoff <= 0 {
 		cfg.ForgeryBackoff = DefaultForgeryBackoff
@@ -366,6 +380,11 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 		return OutcomeReported, 0, c.reportNonFatal(ctx, log, node, inc)
 	}
 
+	if !c.cfg.NodeSelector.Matches(labels.Set(node.Labels)) {
+		c.stats.NotSelected.Add(1)
+		log.Warn("the node is not one lastgasp may end (--node-selector): nothing deleted", "node_selector", c.cfg.NodeSelector.String(), "reason", inc.Reason)
+		return OutcomeNotSelected, 0, nil
+	}
 	if c.cfg.Prober != nil && (node.UID != w.confirmedUID || time.Since(w.confirmedAt) > reconfirmAfter) {
 		if wait := c.forgeryWait(node.Name); wait > 0 {
 			if !w.delayed {
