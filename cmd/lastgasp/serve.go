@@ -410,7 +410,7 @@ func clusterSide(c runConfig, log *slog.Logger) (*cluster, error) {
 	}
 	host, _ := os.Hostname()
 	cl.ctrl = cleanup.New(cleanup.Config{
-		Client: cs, Index: cl.index, Prober: prober,
+		Client: cs, Index: cl.index, Prober: prober, Safety: c.safety,
 		AllowedSources: c.allowed, MaxNodeDeletionsPerMinute: c.maxDeletions,
 		DryRun: c.dryRun, Instance: host, Logger: log,
 		PodAction: c.podAction, KeepNode: c.keepNode, TaintNonFatal: c.taintNonFatal,

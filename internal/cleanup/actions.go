@@ -337,6 +337,7 @@ type Stats struct {
 	// backoff of their node (no address is kept as a label).
 	ForgeryDelayed atomic.Uint64
 	Capped         atomic.Uint64 // node cleanups delayed by the deletion cap
+	Braked         atomic.Uint64 // node cleanups refused by the share brake (finished unconfirmed)
 	PodsFailed     atomic.Uint64 // pod statuses set
 	PodsDeleted    atomic.Uint64 // pods this controller deleted
 	NodesDeleted   atomic.Uint64 // nodes this controller deleted

@@ -82,6 +82,11 @@ func start(t *testing.T, cs kubernetes.Interface, cfg cleanup.Config) *collector
 // the test ends.
 func startWorkers(t *testing.T, cs kubernetes.Interface, cfg cleanup.Config, workers int) *collector {
 	t.Helper()
+	if cfg.MaxEndedShare == 0 {
+		// The tests share one cluster, whose nodes come and go: the
+		// share brake is off unless a test is about it.
+		cfg.MaxEndedShare = 1
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	factory := informers.NewSharedInformerFactory(cs, 0)
 	index, err := nodeindex.New(factory)
@@ -544,7 +549,7 @@ func TestNodeSelector(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := start(t, cs, cleanup.Config{NodeSelector: sel})
+	d := start(t, cs, cleanup.Config{Safety: cleanup.Safety{NodeSelector: sel}})
 	batch := makeNode(t, cs, clustertest.InternalIP("10.200.0.57"), nil)
 	label(batch, "pool", "batch")
 	web := makeNode(t, cs, clustertest.InternalIP("10.200.0.58"), nil)
@@ -587,6 +592,83 @@ func TestDeletionCap(t *testing.T) {
 	}
 	if left != 2 || c.Stats().NodesDeleted.Load() != 2 || c.Pending() != 2 {
 		t.Errorf("%d nodes left, %d deleted, %d pending; want 2, 2, 2", left, c.Stats().NodesDeleted.Load(), c.Pending())
+	}
+}
+
+// TestSharedCap: two collectors sharing one brake Lease, with a cap of 2
+// a minute, hear 4 panics of 4 nodes (2 each): 2 nodes are ended between
+// them, the other 2 wait. A third collector started afterwards (a
+// restart) finds the cap used up too.
+func TestSharedCap(t *testing.T) {
+	cs := client(t)
+	lease := clustertest.Unique("brake")
+	cfg := cleanup.Config{MaxNodeDeletionsPerMinute: 2, Safety: cleanup.Safety{BrakeLeaseNamespace: metav1.NamespaceDefault, BrakeLeaseName: lease}}
+	a, b := start(t, cs, cfg), start(t, cs, cfg)
+	var nodes []*corev1.Node
+	for i := range 5 {
+		nodes = append(nodes, makeNode(t, cs, clustertest.InternalIP(fmt.Sprintf("10.200.0.4%d", i)), nil))
+	}
+	for i := range 4 {
+		c := []*collector{a, b}[i%2]
+		c.enqueue(t, fatal(fmt.Sprintf("10.200.0.4%d", i)), 0)
+	}
+	deleted := func() uint64 { return a.Stats().NodesDeleted.Load() + b.Stats().NodesDeleted.Load() }
+	clustertest.Eventually(t, 20*time.Second, "two nodes not deleted", func() bool { return deleted() == 2 })
+	clustertest.Eventually(t, 10*time.Second, "cap not counted", func() bool { return a.Stats().Capped.Load()+b.Stats().Capped.Load() == 2 })
+	restarted := start(t, cs, cfg)
+	restarted.enqueue(t, fatal("10.200.0.44"), 0)
+	clustertest.Eventually(t, 10*time.Second, "the restarted collector ignored the cap", func() bool { return restarted.Stats().Capped.Load() == 1 })
+	time.Sleep(2 * time.Second) // the cap's next turn is a minute away: nothing more happens meanwhile
+	left := 0
+	for _, n := range nodes {
+		if _, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{}); err == nil {
+			left++
+		}
+	}
+	if left != 3 || deleted()+restarted.Stats().NodesDeleted.Load() != 2 {
+		t.Errorf("%d nodes left, %d deleted; want 3, 2", left, deleted()+restarted.Stats().NodesDeleted.Load())
+	}
+	l, err := cs.CoordinationV1().Leases(metav1.NamespaceDefault).Get(context.Background(), lease, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("brake lease: %s", l.Annotations[cleanup.AnnotationRecentEnds])
+}
+
+// TestShareBrake: with a share that lets 2 of the cluster's nodes be
+// ended in the window, a third panic is not acted on: finished
+// unconfirmed, counted, the node annotated, an Event.
+func TestShareBrake(t *testing.T) {
+	cs := client(t)
+	var nodes []*corev1.Node
+	for i := range 3 {
+		nodes = append(nodes, makeNode(t, cs, clustertest.InternalIP(fmt.Sprintf("10.200.0.5%d", i+7)), nil))
+	}
+	all, err := cs.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Ended 1 of N: not over; 2 of N: over.
+	share := 1.5 / float64(len(all.Items))
+	var done outcomes
+	c := start(t, cs, cleanup.Config{Safety: cleanup.Safety{MaxEndedShare: share}, OnDone: done.record})
+	for i := range 3 {
+		c.enqueue(t, fatal(fmt.Sprintf("10.200.0.5%d", i+7)), 0)
+	}
+	clustertest.Eventually(t, 20*time.Second, "incidents not finished", func() bool { return c.Pending() == 0 })
+	outcomes := map[cleanup.Outcome]int{}
+	for _, o := range done.get() {
+		outcomes[o]++
+	}
+	if outcomes[cleanup.OutcomeCleanedUp] != 2 || outcomes[cleanup.OutcomeBraked] != 1 || c.Stats().Braked.Load() != 1 {
+		t.Fatalf("outcomes %v, %d braked; want 2 cleaned up, 1 braked", outcomes, c.Stats().Braked.Load())
+	}
+	for _, n := range nodes {
+		got, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		checkSpared(t, cs, got, "", nil)
 	}
 }
 
@@ -754,7 +836,7 @@ func TestForgedPanicsNeverEndALiveNode(t *testing.T) {
 	var done outcomes
 	// No forgery backoff here: every forgery is confirmed (see
 	// TestForgeriesCostTheForger).
-	c := startWorkers(t, cs, cleanup.Config{Prober: prober(cs, pair), OnDone: done.record, ForgeryBackoff: time.Nanosecond, ForgeryBackoffMax: time.Nanosecond}, 16)
+	c := startWorkers(t, cs, cleanup.Config{Prober: prober(cs, pair), OnDone: done.record, Safety: cleanup.Safety{ForgeryBackoff: time.Nanosecond, ForgeryBackoffMax: time.Nanosecond}}, 16)
 	live := makeNode(t, cs, clustertest.InternalIP(pair.Node.IPv4.String()), nil)
 	ns, pods := makePods(t, cs, live.Name, 3)
 	clustertest.Kubelet(t, cs, live.Name, -30*time.Second)
@@ -788,7 +870,7 @@ func TestForgeriesCostTheForger(t *testing.T) {
 	listen(t, pair.Node.Netns, pair.Node.IPv4)
 	var mu sync.Mutex
 	var at []time.Time
-	c := start(t, cs, cleanup.Config{Prober: prober(cs, pair), ForgeryBackoff: 3 * time.Second, ForgeryBackoffMax: time.Minute,
+	c := start(t, cs, cleanup.Config{Prober: prober(cs, pair), Safety: cleanup.Safety{ForgeryBackoff: 3 * time.Second, ForgeryBackoffMax: time.Minute},
 		OnDone: func(_ detect.Incident, o cleanup.Outcome, _ string, when time.Time) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -821,7 +903,7 @@ func TestNoLeaseIsUndecided(t *testing.T) {
 	cs := client(t)
 	pair := testnet.NewPair(t)
 	var done outcomes
-	c := start(t, cs, cleanup.Config{Prober: prober(cs, pair), OnDone: done.record, UndecidedFor: 4 * time.Second})
+	c := start(t, cs, cleanup.Config{Prober: prober(cs, pair), OnDone: done.record, Safety: cleanup.Safety{UndecidedFor: 4 * time.Second}})
 	addr := pair.Node.IPv4.Next() // nobody's: silent, as a dead node
 	node := makeNode(t, cs, clustertest.InternalIP(addr.String()), nil)
 	ns, pods := makePods(t, cs, node.Name, 2)

@@ -21,7 +21,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
@@ -43,32 +42,17 @@ type Config struct {
 	// means no confirmation (--confirm=none): for those who accept that a
 	// forged panic line can delete a live node.
 	Prober *liveness.Prober
-	// UndecidedFor is how long an incident whose node can be proved
-	// neither dead nor alive (no Lease, a probe the collector cannot
-	// send) is tried again, with backoff, before it is finished as
-	// unconfirmed: counted, the Node annotated, an Event, nothing
-	// deleted. Default 5m.
-	UndecidedFor time.Duration
-	// ForgeryBackoff is how long, after a panic refused because its node
-	// was alive, further fatal incidents about that node (from any of
-	// its source addresses) wait before they are looked at: doubling
-	// with each refusal up to ForgeryBackoffMax, forgotten once that
-	// long has passed without one. Forgeries cost the forger; a real
-	// panic after them is delayed at most ForgeryBackoffMax. Defaults
-	// 30s and 15m.
-	ForgeryBackoff, ForgeryBackoffMax time.Duration
-	// NodeSelector says which nodes a fatal incident may end; the others
-	// are refused, counted and logged (a non-fatal incident is reported
-	// on any node). Nil means DefaultNodeSelector: never a control-plane
-	// node.
-	NodeSelector labels.Selector
+	// Safety holds the guards against ending a live node, or too many,
+	// that `lastgasp run` sets from its flags in one piece.
+	Safety
 	// AllowedSources, if not empty, are the only source networks acted
 	// on; incidents from elsewhere are refused and counted.
 	AllowedSources []netip.Prefix
 	// MaxNodeDeletionsPerMinute caps node cleanups (a bad kernel rollout,
 	// or a forgery campaign, must not empty the cluster at once): past
 	// it, cleanups wait their turn, and each wait is logged and counted.
-	// Default 10.
+	// Default 10. With BrakeLeaseName the cap holds for every collector
+	// that names the same Lease together, and across restarts.
 	MaxNodeDeletionsPerMinute int
 	// PodAction is what a fatal incident does to the node's Pods.
 	// Default PodsFailAndDelete.
@@ -91,6 +75,44 @@ type Config struct {
 	OnDone func(inc detect.Incident, outcome Outcome, node string, at time.Time)
 }
 
+// Safety is the guards of a Controller against ending a live node, or
+// too many nodes at once. The zero value of each field means its default.
+type Safety struct {
+	// UndecidedFor is how long an incident whose node can be proved
+	// neither dead nor alive (no Lease, a probe the collector cannot
+	// send) is tried again, with backoff, before it is finished as
+	// unconfirmed: counted, the Node annotated, an Event, nothing
+	// deleted. Default 5m.
+	UndecidedFor time.Duration
+	// ForgeryBackoff is how long, after a panic refused because its node
+	// was alive, further fatal incidents about that node (from any of
+	// its source addresses) wait before they are looked at: doubling
+	// with each refusal up to ForgeryBackoffMax, forgotten once that
+	// long has passed without one. Forgeries cost the forger; a real
+	// panic after them is delayed at most ForgeryBackoffMax. Defaults
+	// 30s and 15m.
+	ForgeryBackoff, ForgeryBackoffMax time.Duration
+	// NodeSelector says which nodes a fatal incident may end; the others
+	// are refused, counted and logged (a non-fatal incident is reported
+	// on any node). Nil means DefaultNodeSelector: never a control-plane
+	// node.
+	NodeSelector labels.Selector
+	// MaxEndedShare is the share brake: no node is ended while more than
+	// this share of the cluster's nodes were ended in the last
+	// ShareWindow; such incidents are finished as unconfirmed (counted,
+	// the Node annotated, an Event, an error logged). Default 0.3; 1 or
+	// more turns it off.
+	MaxEndedShare float64
+	// ShareWindow is the share brake's window. Default 10m.
+	ShareWindow time.Duration
+	// BrakeLeaseNamespace and BrakeLeaseName name the
+	// coordination.k8s.io Lease that records recent node ends for the
+	// cap and the share brake, shared by all collectors and kept across
+	// restarts (updated with optimistic concurrency). No name: the
+	// record is this process's own.
+	BrakeLeaseNamespace, BrakeLeaseName string
+}
+
 // Outcome is how an incident was finished with.
 type Outcome string
 
@@ -101,6 +123,7 @@ const (
 	OutcomeReported      Outcome = "reported"                 // non-fatal: annotated, Event
 	OutcomeUnconfirmed   Outcome = "refused: node alive"      // the panic was not confirmed
 	OutcomeUndecided     Outcome = "unconfirmed: cannot tell" // neither dead nor alive could be proved in UndecidedFor
+	OutcomeBraked        Outcome = "unconfirmed: share brake" // too many nodes ended lately (MaxEndedShare)
 	OutcomeNotAllowed    Outcome = "refused: source not allowed"
 	OutcomeNotSelected   Outcome = "refused: node not selected" // NodeSelector
 	OutcomeUnknownSource Outcome = "refused: no node has this source"
@@ -165,11 +188,11 @@ const (
 // Controller applies incidents to the cluster through a rate-limited work
 // queue of incident ids.
 type Controller struct {
-	cfg       Config
-	log       *slog.Logger
-	queue     workqueue.TypedRateLimitingInterface[string]
-	deletions *rate.Limiter
-	stats     Stats
+	cfg   Config
+	log   *slog.Logger
+	queue workqueue.TypedRateLimitingInterface[string]
+	brake *brake
+	stats Stats
 
 	mu      sync.Mutex
 	pending map[string]*work // by incident id
@@ -188,9 +211,9 @@ type backoff struct {
 // work is an incident on its way through the queue.
 type work struct {
 	inc detect.Incident
-	// turn is when the deletion cap lets this incident's node go; zero
-	// until a place is reserved.
-	turn time.Time
+	// reserved is set once the brake recorded this incident's node as
+	// ended; capped once the cap made it wait (counted once).
+	reserved, capped bool
 	// confirmedAt is when the node was found dead, and confirmedUID the
 	// UID it had then: a retry soon after, of the same node, is not
 	// probed again.
@@ -230,6 +253,12 @@ func New(cfg Config) *Controller {
 	if cfg.PodAction == "" {
 		cfg.PodAction = PodsFailAndDelete
 	}
+	if cfg.MaxEndedShare <= 0 {
+		cfg.MaxEndedShare = DefaultMaxEndedShare
+	}
+	if cfg.ShareWindow <= 0 {
+		cfg.ShareWindow = DefaultShareWindow
+	}
 	if cfg.NodeSelector == nil {
 		cfg.NodeSelector, _ = labels.Parse(DefaultNodeSelector) // a constant that parses
 	}
@@ -242,11 +271,21 @@ func New(cfg Config) *Controller {
 	if cfg.UndecidedFor <= 0 {
 		cfg.UndecidedFor = DefaultUndecidedFor
 	}
-	perMinute := cfg.MaxNodeDeletionsPerMinute
+	brakeName := cfg.BrakeLeaseName
+	if cfg.DryRun {
+		brakeName = "" // a dry run writes nothing: its record is its own
+	}
+	if brakeName == "" {
+		cfg.Logger.Info("no brake Lease: the deletion cap and the share brake count this collector's own deletions, since it started")
+	}
 	return &Controller{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		deletions: rate.NewLimiter(rate.Limit(float64(perMinute)/60), perMinute),
+		cfg: cfg,
+		log: cfg.Logger,
+		brake: &brake{
+			client: cfg.Client, namespace: cfg.BrakeLeaseNamespace, name: brakeName,
+			perMinute: cfg.MaxNodeDeletionsPerMinute, share: cfg.MaxEndedShare, window: cfg.ShareWindow,
+			instance: cfg.Instance,
+		},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			// Retries back off from 200ms to 10s: an API server outage
 			// is retried often enough to be applied soon after it ends.
@@ -411,21 +450,31 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 		w.confirmedAt, w.confirmedUID = time.Now(), node.UID
 	}
 
-	if w.turn.IsZero() {
-		r := c.deletions.Reserve()
-		w.turn = time.Now().Add(r.Delay())
-		if r.Delay() > 0 {
-			c.stats.Capped.Add(1)
-			log.Warn("node deletion cap reached: this node waits its turn", "cap_per_minute", c.cfg.MaxNodeDeletionsPerMinute, "wait", r.Delay().Round(time.Millisecond))
+	if !w.reserved {
+		nodes, err := c.cfg.Index.NodeNames()
+		if err != nil {
+			return "", 0, err
 		}
-	}
-	if wait := time.Until(w.turn); wait > 0 {
-		return "", wait, nil
-	}
-	if c.cfg.Prober != nil && time.Since(w.confirmedAt) > reconfirmAfter {
-		// It waited its turn: is the node still dead?
-		w.confirmedAt = time.Time{}
-		return c.apply(ctx, w)
+		d, err := c.brake.reserve(ctx, node.Name, inc.ID, nodes)
+		if err != nil {
+			return "", 0, err
+		}
+		if d.braked != "" {
+			c.stats.Braked.Add(1)
+			log.Error("share brake: this node is not ended; nothing deleted", "why", d.braked, "ended", d.ended, "nodes", d.cluster)
+			return OutcomeBraked, 0, c.reportUnconfirmed(ctx, log, node, inc, false, "share brake: "+d.braked)
+		}
+		if d.wait > 0 {
+			if !w.capped {
+				w.capped = true
+				c.stats.Capped.Add(1)
+				log.Warn("node deletion cap reached: this node waits its turn", "cap_per_minute", c.cfg.MaxNodeDeletionsPerMinute, "wait", d.wait.Round(time.Millisecond))
+			}
+			// It is probed again when its turn comes, if that is
+			// later than reconfirmAfter.
+			return "", d.wait, nil
+		}
+		w.reserved = true
 	}
 	if c.cfg.KeepNode {
 		return OutcomeNodeKept, 0, c.cleanUp(ctx, log, node, inc)
