@@ -400,9 +400,10 @@ func TestTwoCollectors(t *testing.T) {
 
 // TestStaleCache: the controller acts on pods as its cache holds them,
 // which can be a moment behind. A pod that succeeded meanwhile keeps its
-// Succeeded phase (the API server would accept Failed over it), one that
-// started running meanwhile keeps Running; both get the condition and the
-// annotations and are deleted; an up-to-date one is Failed.
+// Succeeded phase (the API server would accept Failed over it) and gets
+// no DisruptionTarget (it did not die of the panic); one that started
+// running meanwhile is Failed; both get the annotations and are deleted;
+// an up-to-date one is Failed with the condition.
 func TestStaleCache(t *testing.T) {
 	cs := client(t)
 	c := start(t, cs, cleanup.Config{})
@@ -419,7 +420,18 @@ func TestStaleCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The cache saw pod-1 Pending; it runs now.
-	pods[1].Status.Phase = corev1.PodPending
+	pending := pods[1].DeepCopy()
+	pending.Status.Phase = corev1.PodPending
+	pending, err := cs.CoreV1().Pods(ns).UpdateStatus(ctx, pending, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := pending.DeepCopy()
+	running.Status.Phase = corev1.PodRunning
+	if _, err := cs.CoreV1().Pods(ns).UpdateStatus(ctx, running, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pods[1] = pending
 
 	inc := fatal("10.200.0.35")
 	for _, p := range pods {
@@ -427,12 +439,15 @@ func TestStaleCache(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for i, want := range []corev1.PodPhase{corev1.PodSucceeded, corev1.PodRunning, corev1.PodFailed} {
+	for i, want := range []corev1.PodPhase{corev1.PodSucceeded, corev1.PodFailed, corev1.PodFailed} {
 		got, err := cs.CoreV1().Pods(ns).Get(ctx, pods[i].Name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		clustertest.CheckPodEnded(t, got, inc, want)
+	}
+	if n := c.Stats().PodRereads.Load(); n != 2 {
+		t.Errorf("%d pods read again, want 2", n)
 	}
 }
 

@@ -105,6 +105,15 @@ func (x *Index) NodeNames() ([]string, error) {
 	return names, nil
 }
 
+// Pod returns the cached Pod of that namespace and name, or nil.
+func (x *Index) Pod(namespace, name string) (*corev1.Pod, error) {
+	obj, ok, err := x.pods.GetIndexer().GetByKey(namespace + "/" + name)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return obj.(*corev1.Pod), nil
+}
+
 // PodsOn returns the cached Pods bound to the named Node.
 func (x *Index) PodsOn(nodeName string) ([]*corev1.Pod, error) {
 	objs, err := x.pods.GetIndexer().ByIndex(byNodeName, nodeName)
