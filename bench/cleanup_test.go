@@ -61,7 +61,7 @@ func BenchmarkCleanup(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			ctrl := cleanup.New(cleanup.Config{Client: cs, Index: index, MaxNodeDeletionsPerMinute: 1 << 20})
+			ctrl := cleanup.New(cleanup.Config{Client: cs, Index: index, MaxNodeDeletionsPerMinute: 1 << 20, Safety: cleanup.Safety{MaxEndedShare: 1}})
 			factory.Start(ctx.Done())
 			go ctrl.Run(ctx, 4)
 

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -67,8 +68,11 @@ type manifests struct {
 	account     *corev1.ServiceAccount
 	clusterRole *rbacv1.ClusterRole
 	clusterBind *rbacv1.ClusterRoleBinding
-	leaseRole   *rbacv1.Role
+	leaseRole   *rbacv1.Role // in kube-node-lease
 	leaseBind   *rbacv1.RoleBinding
+	brakeRole   *rbacv1.Role // in lastgasp's namespace: the brake Lease
+	brakeBind   *rbacv1.RoleBinding
+	brakeLease  *coordinationv1.Lease
 	config      *corev1.ConfigMap
 	daemonSet   *appsv1.DaemonSet
 }
@@ -111,9 +115,19 @@ func load(t *testing.T) *manifests {
 		case *rbacv1.ClusterRoleBinding:
 			dup, m.clusterBind = m.clusterBind != nil, o
 		case *rbacv1.Role:
-			dup, m.leaseRole = m.leaseRole != nil, o
+			if o.Namespace == corev1.NamespaceNodeLease {
+				dup, m.leaseRole = m.leaseRole != nil, o
+			} else {
+				dup, m.brakeRole = m.brakeRole != nil, o
+			}
 		case *rbacv1.RoleBinding:
-			dup, m.leaseBind = m.leaseBind != nil, o
+			if o.Namespace == corev1.NamespaceNodeLease {
+				dup, m.leaseBind = m.leaseBind != nil, o
+			} else {
+				dup, m.brakeBind = m.brakeBind != nil, o
+			}
+		case *coordinationv1.Lease:
+			dup, m.brakeLease = m.brakeLease != nil, o
 		case *corev1.ConfigMap:
 			dup, m.config = m.config != nil, o
 		case *appsv1.DaemonSet:
@@ -126,7 +140,8 @@ func load(t *testing.T) *manifests {
 		}
 	}
 	if m.namespace == nil || m.account == nil || m.clusterRole == nil || m.clusterBind == nil ||
-		m.leaseRole == nil || m.leaseBind == nil || m.config == nil || m.daemonSet == nil {
+		m.leaseRole == nil || m.leaseBind == nil || m.brakeRole == nil || m.brakeBind == nil || m.brakeLease == nil ||
+		m.config == nil || m.daemonSet == nil {
 		t.Fatalf("%s: an object is missing: %+v", manifestFile, m)
 	}
 	return m
@@ -197,7 +212,7 @@ func TestManifests(t *testing.T) {
 		t.Errorf("the first object is a %T: the Namespace must come first", m.objects[0])
 	}
 	ns := m.namespace.Name
-	for _, obj := range []metav1.Object{m.account, m.config, m.daemonSet} {
+	for _, obj := range []metav1.Object{m.account, m.config, m.daemonSet, m.brakeRole, m.brakeBind, m.brakeLease} {
 		if obj.GetNamespace() != ns {
 			t.Errorf("%s: namespace %q, want %q", obj.GetName(), obj.GetNamespace(), ns)
 		}
@@ -215,6 +230,9 @@ func TestManifests(t *testing.T) {
 	}
 	if ref := m.leaseBind.RoleRef; ref.Kind != "Role" || ref.Name != m.leaseRole.Name || !slices.Equal(m.leaseBind.Subjects, []rbacv1.Subject{subject}) {
 		t.Errorf("RoleBinding %+v %+v", ref, m.leaseBind.Subjects)
+	}
+	if ref := m.brakeBind.RoleRef; ref.Kind != "Role" || ref.Name != m.brakeRole.Name || !slices.Equal(m.brakeBind.Subjects, []rbacv1.Subject{subject}) {
+		t.Errorf("brake RoleBinding %+v %+v", ref, m.brakeBind.Subjects)
 	}
 	pod := m.daemonSet.Spec.Template.Spec
 	if pod.ServiceAccountName != m.account.Name {
@@ -237,6 +255,19 @@ func TestManifests(t *testing.T) {
 	wantLease := map[string][]string{"leases": {"get"}}
 	if got := ruleTable(t, m.leaseRole.Rules, "coordination.k8s.io"); !equalTables(got, wantLease) {
 		t.Errorf("Role rules %v, want %v", got, wantLease)
+	}
+	// The brake: get and update of its one Lease, by name; the collectors
+	// are told its name.
+	wantBrake := []rbacv1.PolicyRule{{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, ResourceNames: []string{m.brakeLease.Name}, Verbs: []string{"get", "update"}}}
+	if !reflect.DeepEqual(m.brakeRole.Rules, wantBrake) {
+		t.Errorf("brake Role rules %+v, want %+v", m.brakeRole.Rules, wantBrake)
+	}
+	var config map[string]any
+	if err := utilyaml.Unmarshal([]byte(m.config.Data[configKey]), &config); err != nil {
+		t.Fatal(err)
+	}
+	if want := m.brakeLease.Namespace + "/" + m.brakeLease.Name; config["brake-lease"] != want {
+		t.Errorf("config brake-lease %v, want %s", config["brake-lease"], want)
 	}
 
 	c := m.container(t)
@@ -779,7 +810,7 @@ func TestCluster(t *testing.T) {
 	}
 	sa := serviceAccountClient(t, cp, admin, m)
 	t.Run("daemonset on collector nodes only", func(t *testing.T) { daemonSetPlacement(t, cp, admin, m) })
-	t.Run("rbac allows what lastgasp does", func(t *testing.T) { rbacAllows(t, admin, sa) })
+	t.Run("rbac allows what lastgasp does", func(t *testing.T) { rbacAllows(t, admin, sa, m) })
 	t.Run("rbac allows nothing else", func(t *testing.T) { rbacAllowsNothingElse(t, admin, sa, m) })
 }
 
@@ -927,7 +958,7 @@ func affinityNode(p *corev1.Pod) string {
 // twice, then a fatal one on a node whose kubelet port is silent. Every
 // call it makes must be allowed: the informers sync, nothing is retried,
 // no Event is lost, and the cluster ends as it should.
-func rbacAllows(t *testing.T, admin, sa kubernetes.Interface) {
+func rbacAllows(t *testing.T, admin, sa kubernetes.Interface, m *manifests) {
 	ctx := t.Context()
 	pair := testnet.NewPair(t)
 	// An address in the collector's subnet that nobody holds: ARP goes
@@ -941,14 +972,8 @@ func rbacAllows(t *testing.T, admin, sa kubernetes.Interface) {
 	for _, ns := range []string{"team-a", "team-b"} {
 		pods = append(pods, clustertest.Pods(t, admin, ns, dead.Name, 2, clustertest.Hold)...)
 	}
-	// The dead node's kubelet last renewed its Lease long before the panic.
-	renewed := metav1.NewMicroTime(time.Now().Add(-time.Hour))
-	if _, err := admin.CoordinationV1().Leases(corev1.NamespaceNodeLease).Create(ctx, &coordinationv1.Lease{
-		ObjectMeta: metav1.ObjectMeta{Name: dead.Name},
-		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &dead.Name, RenewTime: &renewed},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	// The dead node's Lease (clustertest.Node made it, as its kubelet
+	// would) is not renewed: its kubelet is dead.
 
 	// As clusterSide in cmd/lastgasp builds it, on the ServiceAccount's
 	// client.
@@ -961,13 +986,15 @@ func rbacAllows(t *testing.T, admin, sa kubernetes.Interface) {
 		Client:      sa,
 		Window:      1500 * time.Millisecond,
 		Attempt:     500 * time.Millisecond,
-		LeaseWindow: time.Second,
+		LeaseMargin: 500 * time.Millisecond,
 		// The probe leaves from the collector's namespace, as from a
 		// collector node.
 		Do: pair.Collector.Netns.Do,
 	}
 	ctrl := cleanup.New(cleanup.Config{
 		Client: sa, Index: index, Prober: prober, Instance: "deploy-test",
+		// The brake Lease the manifests make, as the config names it.
+		Safety:        cleanup.Safety{BrakeLeaseNamespace: m.brakeLease.Namespace, BrakeLeaseName: m.brakeLease.Name},
 		TaintNonFatal: true, // --taint-non-fatal: a JSON patch of the node
 		// A refused call shows here, in the test's log, as it is retried.
 		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
@@ -1062,6 +1089,12 @@ func rbacAllows(t *testing.T, admin, sa kubernetes.Interface) {
 		}
 	}
 	t.Logf("controller stats %v", gotStats)
+	// The end was recorded in the brake Lease, with the ServiceAccount's
+	// rights (get and update of that one Lease).
+	brake, err := admin.CoordinationV1().Leases(m.brakeLease.Namespace).Get(ctx, m.brakeLease.Name, metav1.GetOptions{})
+	if err != nil || !strings.Contains(brake.Annotations[cleanup.AnnotationRecentEnds], `"node":"`+dead.Name+`"`) {
+		t.Errorf("brake lease: %v %v", err, brake.Annotations)
+	}
 }
 
 // waitIndexed waits until the informer caches hold the node of addr and
@@ -1149,6 +1182,27 @@ func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *mani
 	for _, a := range allowed {
 		if !ask(a) {
 			t.Errorf("refused: %s", a)
+		}
+	}
+	// The brake Lease: get and update it by name, nothing else.
+	for _, c := range []struct {
+		verb, name string
+		allowed    bool
+	}{
+		{"get", m.brakeLease.Name, true}, {"update", m.brakeLease.Name, true},
+		{"patch", m.brakeLease.Name, false}, {"delete", m.brakeLease.Name, false},
+		{"get", "another", false}, {"update", "another", false}, {"create", "", false}, {"list", "", false},
+	} {
+		review, err := sa.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: c.verb, Group: lease, Resource: "leases", Namespace: m.brakeLease.Namespace, Name: c.name,
+			}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("access review: %v", err)
+		}
+		if review.Status.Allowed != c.allowed {
+			t.Errorf("%s lease %q in %s: allowed %v, want %v", c.verb, c.name, m.brakeLease.Namespace, review.Status.Allowed, c.allowed)
 		}
 	}
 	for _, a := range denied {

@@ -53,6 +53,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/lastgasp/lastgasp/internal/cleanup"
+	"github.com/lastgasp/lastgasp/internal/testrig/clustertest"
 	"github.com/lastgasp/lastgasp/internal/testrig/controlplane"
 	"github.com/lastgasp/lastgasp/internal/testrig/kernelrig"
 	"github.com/lastgasp/lastgasp/internal/testrig/packettest"
@@ -243,7 +244,7 @@ func run(ctx context.Context, binary, capture string, kernel bool) error {
 		rigDone <- sendFrames(frames)
 	}
 
-	say("lastgasp recognises the panic, confirms the node is dead (its kubelet port does not answer), and ends the node's pods and the Node:")
+	say("lastgasp recognises the panic, confirms the node is dead (its kubelet port does not answer, and its Lease is not renewed), and ends the node's pods and the Node:")
 	deadline := time.After(150 * time.Second)
 	nodeGone := false
 	var view podView
@@ -273,7 +274,7 @@ func run(ctx context.Context, binary, capture string, kernel bool) error {
 			return ctx.Err()
 		}
 	}
-	fmt.Printf("\n    From the first panic packet to the Node deleted: %s by lastgasp's count (of which about 10 s make sure the node is silent for as long as a live kubelet would have renewed its Lease).\n", finishedAfter(logPath))
+	fmt.Printf("\n    From the first panic packet to the Node deleted: %s by lastgasp's count (of which about 13 s make sure the node is silent, and its Lease unchanged, for longer than a live kubelet takes to renew it).\n", finishedAfter(logPath))
 
 	say("What lastgasp logged about the incident:")
 	printIncident(logPath)
@@ -335,7 +336,12 @@ func makeWorkload(ctx context.Context, cs kubernetes.Interface, addr netip.Addr)
 	}
 	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: addr.String()}}
 	node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
-	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+	if node, err = cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+		return err
+	}
+	// Its Lease, as its kubelet made it (the default 40 s duration: a
+	// renewal every 10 s); nothing renews it once the kernel is gone.
+	if err := clustertest.Lease(ctx, cs, node, 40); err != nil {
 		return err
 	}
 	for _, ns := range []string{"web", "batch"} {

@@ -11,6 +11,7 @@ import (
 	"github.com/lastgasp/lastgasp/internal/cleanup"
 	"github.com/lastgasp/lastgasp/internal/detect"
 	"github.com/lastgasp/lastgasp/internal/liveness"
+	"github.com/lastgasp/lastgasp/internal/logagg"
 	"github.com/lastgasp/lastgasp/internal/nodeindex"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -37,7 +38,7 @@ func (cl *cluster) run(ctx context.Context, log *slog.Logger) {
 // clusterSide builds the cleanup controller, which calls done for each
 // incident it finishes with, or returns nil for report-only: no
 // kubeconfig and not in a cluster, or asked.
-func clusterSide(c runConfig, log *slog.Logger, done func(detect.Incident, cleanup.Outcome, string, time.Time)) (*cluster, error) {
+func clusterSide(c runConfig, log *slog.Logger, flood *logagg.Aggregator, done func(detect.Incident, cleanup.Outcome, string, time.Time)) (*cluster, error) {
 	if c.reportOnlyArg {
 		log.Info("report-only (--report-only): incidents are logged, nothing is written to a cluster")
 		return nil, nil
@@ -70,9 +71,9 @@ func clusterSide(c runConfig, log *slog.Logger, done func(detect.Incident, clean
 	}
 	host, _ := os.Hostname()
 	cl.ctrl = cleanup.New(cleanup.Config{
-		Client: cs, Index: cl.index, Prober: prober,
+		Client: cs, Index: cl.index, Prober: prober, Safety: c.safety,
 		AllowedSources: c.allowed, MaxNodeDeletionsPerMinute: c.maxDeletions,
-		DryRun: c.dryRun, Instance: host, Logger: log,
+		DryRun: c.dryRun, Instance: host, Logger: log, Aggregate: flood,
 		PodAction: c.podAction, KeepNode: c.keepNode, TaintNonFatal: c.taintNonFatal,
 		OnDone: done,
 	})

@@ -262,7 +262,10 @@ func TestDaemonRestart(t *testing.T) {
 	journalDir, pins := t.TempDir(), pinPath(t)
 	args := []string{"--mode", "xdp", "--interface", pair.Collector.Ifname, "--xdp-mode", "native",
 		"--kubeconfig", kubeconfig, "--confirm", "none", "--journal", journalDir, "--pin-path", pins,
-		"--metrics-addr", "127.0.0.1:9466"}
+		"--metrics-addr", "127.0.0.1:9466",
+		// Two nodes of a tiny cluster both end: the share brake (30% of
+		// the nodes in 10 minutes) would keep the second.
+		"--max-ended-share", "1"}
 
 	// A slow API client (10 calls a second, no burst): node A's 40 pods
 	// take 16 s, time to kill the collector half-way.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/lastgasp/lastgasp/internal/cleanup"
 	"github.com/lastgasp/lastgasp/internal/detect"
@@ -54,6 +55,7 @@ type runConfig struct {
 	backstop      bool           // xdp drop mode: a socket takes what the program passes
 	ringBytes     uint32         // the ring buffer's size
 	memoryBudget  int            // bytes decoding and assembling may hold
+	safety        cleanup.Safety // the guards: undecided, forgery backoff, node selector, brakes
 }
 
 // parseRun parses and checks the flags; a wrong value is one line on
@@ -93,6 +95,13 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	fs.BoolVar(&c.backstop, "backstop", true, "xdp mode with --forward drop: also read the netconsole port(s) with a socket, which gets the lines the program passes up (ring buffer full, IP fragments)")
 	ringBytes := fs.Uint("ring-buffer-bytes", loader.DefaultRingBufSize, "size of the XDP program's ring buffer: a power of two, at least 4096 (a pinned ring buffer keeps the size it was made with)")
 	memoryBudget := fs.String("memory-budget", resource.NewQuantity(detect.DefaultMemoryBudget, resource.BinarySI).String(), "memory that decoding and assembling incidents may hold (a quantity: 128Mi), below GOMEMLIMIT with room for the cluster caches; a flood of forged lines is dropped and counted past it")
+	fs.DurationVar(&c.safety.UndecidedFor, "undecided-for", cleanup.DefaultUndecidedFor, "how long a panic whose node can be proved neither dead nor alive (no Lease, a probe that cannot be sent) is tried again before it is finished as unconfirmed, nothing deleted")
+	fs.DurationVar(&c.safety.ForgeryBackoff, "forgery-backoff", cleanup.DefaultForgeryBackoff, "after a panic refused because its node is alive, how long further panics of that node wait; doubles with each refusal")
+	fs.DurationVar(&c.safety.ForgeryBackoffMax, "forgery-backoff-max", cleanup.DefaultForgeryBackoffMax, "the most --forgery-backoff grows to")
+	nodeSelector := fs.String("node-selector", cleanup.DefaultNodeSelector, "label selector of the nodes a panic may end (default: all but control-plane nodes)")
+	fs.Float64Var(&c.safety.MaxEndedShare, "max-ended-share", cleanup.DefaultMaxEndedShare, "share brake: no node is ended while more than this share of the cluster's nodes were ended within --share-window (1: off)")
+	fs.DurationVar(&c.safety.ShareWindow, "share-window", cleanup.DefaultShareWindow, "the share brake's window")
+	brakeLease := fs.String("brake-lease", "", "NAMESPACE/NAME of the Lease that keeps the deletion cap and share brake for all collectors and across restarts (default: this process's own)")
 	configFile := fs.String("config", "", "config file (YAML): keys are these flags' names; the command line wins")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -133,6 +142,20 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 		return c, fmt.Errorf("--ring-buffer-bytes %d: want a power of two from 4096 to 1 GiB", *ringBytes)
 	case c.shutdownGrace < 0:
 		return c, fmt.Errorf("--shutdown-grace %v: must not be negative", c.shutdownGrace)
+	case c.safety.UndecidedFor <= 0 || c.safety.ForgeryBackoff <= 0 || c.safety.ForgeryBackoffMax < c.safety.ForgeryBackoff || c.safety.ShareWindow <= 0:
+		return c, errors.New("--undecided-for, --forgery-backoff, --forgery-backoff-max (at least --forgery-backoff) and --share-window must be positive")
+	case c.safety.MaxEndedShare <= 0:
+		return c, fmt.Errorf("--max-ended-share %v: must be positive", c.safety.MaxEndedShare)
+	}
+	if c.safety.NodeSelector, err = labels.Parse(*nodeSelector); err != nil {
+		return c, fmt.Errorf("--node-selector %q: %w", *nodeSelector, err)
+	}
+	if *brakeLease != "" {
+		ns, name, ok := strings.Cut(*brakeLease, "/")
+		if !ok || ns == "" || name == "" {
+			return c, fmt.Errorf("--brake-lease %q: want NAMESPACE/NAME", *brakeLease)
+		}
+		c.safety.BrakeLeaseNamespace, c.safety.BrakeLeaseName = ns, name
 	}
 	c.patterns = pattern.Default()
 	if c.patternsFile != "" {

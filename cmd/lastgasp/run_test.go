@@ -39,6 +39,11 @@ func TestRunBadFlags(t *testing.T) {
 		{"run", "--mode", "socket", "--pod-action", "evict"},
 		{"run", "--mode", "socket", "--memory-budget", "1Mi"},
 		{"run", "--mode", "socket", "--memory-budget", "lots"},
+		{"run", "--mode", "socket", "--node-selector", "a in ("},
+		{"run", "--mode", "socket", "--brake-lease", "no-namespace"},
+		{"run", "--mode", "socket", "--max-ended-share", "0"},
+		{"run", "--mode", "socket", "--forgery-backoff-max", "1s"}, // less than --forgery-backoff
+		{"run", "--mode", "socket", "--undecided-for", "0s"},
 	} {
 		code, stdout, stderr := invoke(args...)
 		if code != exitUsage || stdout != "" || strings.Count(strings.TrimSpace(stderr), "\n") != 0 || !strings.HasPrefix(stderr, "lastgasp run: ") {

@@ -74,7 +74,7 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 
 	// 3. The cluster side (nil: report-only); it tells the daemon of
 	// each incident it finishes.
-	if d.cluster, err = clusterSide(c, log, d.finished); err != nil {
+	if d.cluster, err = clusterSide(c, log, d.logFlood, d.finished); err != nil {
 		return err
 	}
 

@@ -8,11 +8,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
 	"github.com/lastgasp/lastgasp/internal/detect"
 )
@@ -53,13 +53,12 @@ const (
 // fieldManager owns what lastgasp writes.
 const fieldManager = "lastgasp"
 
-// podEndManager owns what applyPodEnd applies to a pod's status: a name of
-// its own for that set of fields. Server-side apply removes the fields a
-// manager applied before and leaves out now, so a collector of an older
-// version (which applied the condition and the phase as "lastgasp") and
-// a newer one (the annotations and the condition) sharing one name would
-// undo each other during a rollout: the phase reset to "", or the
-// annotations removed.
+// podEndManager owns what patchPodEnd writes to a pod's status: a name of
+// its own for that set of fields. (Earlier versions server-side applied
+// them, as "lastgasp" and then as this name; server-side apply removes
+// only fields its own manager applied before, never fields a patch
+// wrote, so a rollout mixing versions leaves the phase and the
+// annotations in place.)
 const podEndManager = "lastgasp-pod-end"
 
 // maxAnnotationText bounds the kernel text put in an annotation.
@@ -77,18 +76,27 @@ func terminationReason(inc detect.Incident) string {
 	return clip("the node's kernel panicked: " + inc.Reason)
 }
 
-// cleanUp ends the Pods bound to the node, then the Node.
+// podWorkers bounds how many of a node's Pods are ended at once.
+const podWorkers = 64
+
+// cleanUp ends the Pods bound to the node, in parallel, then the Node;
+// the Events come last, off the path to the Node's deletion.
 func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1.Node, inc detect.Incident) error {
 	pods, err := c.cfg.Index.PodsOn(node.Name)
 	if err != nil {
 		return err
 	}
 	log.Info("cleaning up a dead node", "pods", len(pods), "pod_action", c.cfg.PodAction, "keep_node", c.cfg.KeepNode, "reason", inc.Reason, "cause", inc.Cause)
-	for _, pod := range pods {
-		if c.cfg.PodAction == PodsNone {
-			break
+	if c.cfg.PodAction != PodsNone {
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(podWorkers)
+		for _, pod := range pods {
+			if pod.DeletionTimestamp != nil && pod.Annotations[AnnotationIncident] == inc.ID {
+				continue // ended already by this incident: another collector was first
+			}
+			g.Go(func() error { return c.endPod(gctx, log, pod, inc) })
 		}
-		if err := c.endPod(ctx, log, pod, inc); err != nil {
+		if err := g.Wait(); err != nil {
 			return err
 		}
 	}
@@ -103,54 +111,78 @@ func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1
 	if err != nil {
 		return err
 	}
-	c.event(ctx, log, nodeRef(node), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc)+" (cause: "+inc.Cause+")")
-	if c.cfg.KeepNode {
-		log.Info("node kept (KeepNode)", "pods", len(pods), "dry_run", c.cfg.DryRun)
-		return nil
-	}
-	err = c.write(log, "delete node", func() error {
-		uid := node.UID
-		err := c.cfg.Client.CoreV1().Nodes().Delete(ctx, node.Name, metav1.DeleteOptions{
-			Preconditions: &metav1.Preconditions{UID: &uid},
-		})
-		if err == nil {
-			c.stats.NodesDeleted.Add(1) // by us, not by another collector
-		}
-		return ignoreGone(err)
-	})
-	if err != nil {
-		return err
-	}
-	log.Info("node deleted", "pods", len(pods), "dry_run", c.cfg.DryRun)
-	return nil
-}
-
-// endPod gives one Pod its final status, an Event, and deletes it.
-func (c *Controller) endPod(ctx context.Context, log *slog.Logger, pod *corev1.Pod, inc detect.Incident) error {
-	log = log.With("pod", pod.Namespace+"/"+pod.Name)
-	err := c.write(log, "annotate pod and set its DisruptionTarget condition", func() error {
-		err := ignoreGone(c.applyPodEnd(ctx, pod, inc))
-		if err == nil {
-			c.stats.PodsFailed.Add(1)
-		}
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	if phase := pod.Status.Phase; phase != corev1.PodSucceeded && phase != corev1.PodFailed {
-		err = c.write(log, "set pod phase Failed", func() error {
-			return ignoreGone(c.failPod(ctx, log, pod))
+	if !c.cfg.KeepNode {
+		err = c.write(log, "delete node", func() error {
+			uid := node.UID
+			err := c.cfg.Client.CoreV1().Nodes().Delete(ctx, node.Name, metav1.DeleteOptions{
+				Preconditions: &metav1.Preconditions{UID: &uid},
+			})
+			if err == nil {
+				c.stats.NodesDeleted.Add(1) // by us, not by another collector
+			}
+			return ignoreGone(err)
 		})
 		if err != nil {
 			return err
 		}
 	}
-	c.event(ctx, log, podRef(pod), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc))
-	if c.cfg.PodAction == PodsFail {
-		return nil
+	log.Info("node ended", "pods", len(pods), "node_kept", c.cfg.KeepNode, "dry_run", c.cfg.DryRun)
+
+	// The Events: the Node's, and each Pod's, in parallel.
+	c.event(ctx, log, nodeRef(node), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc)+" (cause: "+inc.Cause+")")
+	if c.cfg.PodAction != PodsNone {
+		var g errgroup.Group
+		g.SetLimit(podWorkers)
+		for _, pod := range pods {
+			g.Go(func() error {
+				c.event(ctx, log, podRef(pod), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc))
+				return nil
+			})
+		}
+		g.Wait()
 	}
-	err = c.write(log, "delete pod", func() error {
+	return nil
+}
+
+// endPodTries bounds the reads and patches of one Pod whose cached copy
+// was behind.
+const endPodTries = 3
+
+// endPod gives one Pod its end and deletes it: two calls when the cache
+// is current. The status patch carries the resourceVersion the cache saw,
+// so that it applies only to the Pod as the cache holds it (its phase
+// included: the API server would let Failed overwrite a Succeeded the
+// cache has not seen yet); on a conflict the Pod is read again and the
+// patch made for what it is now.
+func (c *Controller) endPod(ctx context.Context, log *slog.Logger, pod *corev1.Pod, inc detect.Incident) error {
+	log = log.With("pod", pod.Namespace+"/"+pod.Name)
+	err := c.write(log, "set the pod's end: phase Failed, DisruptionTarget condition, annotations", func() error {
+		current := pod
+		for try := 1; ; try++ {
+			err := c.patchPodEnd(ctx, current, inc)
+			switch {
+			case err == nil:
+				c.stats.PodsFailed.Add(1)
+				return nil
+			case apierrors.IsNotFound(err):
+				return nil // gone already
+			case !apierrors.IsConflict(err) || try == endPodTries:
+				return err
+			}
+			// Another writer (a collector, the kubelet before it died)
+			// moved the pod on since the cache saw it: wait for the
+			// cache to catch up (a read from the API server would need
+			// a right lastgasp does not otherwise have).
+			c.stats.PodRereads.Add(1)
+			if current, err = c.caughtUp(ctx, current); err != nil || current == nil || current.UID != pod.UID {
+				return err // gone, or the name is another pod's now (nil); or the cache is stuck
+			}
+		}
+	})
+	if err != nil || c.cfg.PodAction == PodsFail {
+		return err
+	}
+	return c.write(log, "delete pod", func() error {
 		uid := pod.UID
 		zero := int64(0) // the kubelet that would honour a grace period is dead
 		err := c.cfg.Client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
@@ -162,60 +194,69 @@ func (c *Controller) endPod(ctx context.Context, log *slog.Logger, pod *corev1.P
 		}
 		return ignoreGone(err)
 	})
-	return err
 }
 
-// applyPodEnd server-side applies, through the status subresource (which
-// keeps metadata annotations), the incident's annotations and the
-// DisruptionTarget condition, as the pod garbage collector gives a pod of
-// a vanished node. The condition's time is the incident's, so that every
-// collector applies the same status. The UID makes the apply fail (409
-// Conflict) on a pod recreated under the same name.
-func (c *Controller) applyPodEnd(ctx context.Context, pod *corev1.Pod, inc detect.Incident) error {
-	status := corev1ac.PodStatus().WithConditions(corev1ac.PodCondition().
-		WithType(corev1.DisruptionTarget).
-		WithStatus(corev1.ConditionTrue).
-		WithReason(ConditionReasonKernelPanic).
-		WithMessage(terminationReason(inc) + " (incident " + inc.ID + ")").
-		WithLastTransitionTime(metav1.NewTime(inc.First.Truncate(time.Second))))
-	apply := corev1ac.Pod(pod.Name, pod.Namespace).WithUID(pod.UID).
-		WithAnnotations(map[string]string{
+// cacheCatchUp bounds how long endPod waits for the cache to hold a
+// newer version of a pod than the one a patch failed on.
+const cacheCatchUp = 5 * time.Second
+
+// caughtUp waits until the cache holds the pod in a newer version than
+// stale, and returns it (nil if gone).
+func (c *Controller) caughtUp(ctx context.Context, stale *corev1.Pod) (*corev1.Pod, error) {
+	deadline := time.Now().Add(cacheCatchUp)
+	for {
+		now, err := c.cfg.Index.Pod(stale.Namespace, stale.Name)
+		if err != nil || now == nil || now.ResourceVersion != stale.ResourceVersion {
+			return now, err
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("pod %s/%s changed, and the cache did not catch up in %s", stale.Namespace, stale.Name, cacheCatchUp)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// patchPodEnd patches, through the status subresource (which keeps
+// metadata annotations), the incident's annotations and, unless the pod
+// had ended already, phase Failed and the DisruptionTarget condition, as
+// the pod garbage collector gives a pod of a vanished node. A pod that
+// had ended (Succeeded, Failed) did not die of the panic: it gets the
+// annotations only, so that a Job's podFailurePolicy does not read a
+// disruption into it. The patch carries the UID and the resourceVersion
+// the pod was read with: it fails (409 Conflict) on a pod changed since,
+// or recreated under the name. The condition's time is the incident's,
+// so that every collector writes the same status.
+func (c *Controller) patchPodEnd(ctx context.Context, pod *corev1.Pod, inc detect.Incident) error {
+	patch := map[string]any{"metadata": map[string]any{
+		"uid":             pod.UID,
+		"resourceVersion": pod.ResourceVersion,
+		"annotations": map[string]string{
 			AnnotationReason:     terminationReason(inc),
 			AnnotationReasonCode: string(inc.Kind),
 			AnnotationIncident:   inc.ID,
-		}).
-		WithStatus(status)
-	_, err := c.cfg.Client.CoreV1().Pods(pod.Namespace).ApplyStatus(ctx, apply, metav1.ApplyOptions{FieldManager: podEndManager, Force: true})
-	return err
-}
-
-// failPod sets the phase of a Pod the cache holds as not ended to
-// Failed, on the condition (a JSON patch test) that the API server still
-// has it in the phase the cache says, and the same UID. The API server
-// does not refuse a change from Succeeded to Failed: without the test, a
-// pod that succeeded just before its node died, while the cache was a
-// moment behind, would be made a failure. A failed test (422) means the
-// pod moved on meanwhile: its phase is left as it is (it is deleted next
-// all the same, with the DisruptionTarget condition that says why).
-func (c *Controller) failPod(ctx context.Context, log *slog.Logger, pod *corev1.Pod) error {
-	var cached any = pod.Status.Phase
-	if pod.Status.Phase == "" {
-		cached = nil // no phase: test that there is none
+		},
+	}}
+	if phase := pod.Status.Phase; phase != corev1.PodSucceeded && phase != corev1.PodFailed {
+		patch["status"] = map[string]any{
+			"phase": corev1.PodFailed,
+			"conditions": []corev1.PodCondition{{
+				Type:               corev1.DisruptionTarget,
+				Status:             corev1.ConditionTrue,
+				Reason:             ConditionReasonKernelPanic,
+				Message:            terminationReason(inc) + " (incident " + inc.ID + ")",
+				LastTransitionTime: metav1.NewTime(inc.First.Truncate(time.Second)),
+			}},
+		}
 	}
-	patch, err := json.Marshal([]map[string]any{
-		{"op": "test", "path": "/metadata/uid", "value": pod.UID},
-		{"op": "test", "path": "/status/phase", "value": cached},
-		{"op": "add", "path": "/status/phase", "value": corev1.PodFailed},
-	})
+	data, err := json.Marshal(patch)
 	if err != nil {
 		return err
 	}
-	_, err = c.cfg.Client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: fieldManager}, "status")
-	if apierrors.IsInvalid(err) {
-		// Most often another collector set it first.
-		log.Debug("the pod's phase (or UID) is not what the cache held: phase left as it is", "cached_phase", pod.Status.Phase, "error", err)
-		return nil
-	}
+	_, err = c.cfg.Client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.StrategicMergePatchType, data, metav1.PatchOptions{FieldManager: podEndManager}, "status")
 	return err
 }
 
@@ -278,8 +319,9 @@ func (c *Controller) taint(ctx context.Context, node *corev1.Node) error {
 	return err
 }
 
-// reportUnconfirmed marks a live node that a panic was claimed for.
-func (c *Controller) reportUnconfirmed(ctx context.Context, log *slog.Logger, node *corev1.Node, inc detect.Incident, evidence string) error {
+// reportUnconfirmed marks a node that a panic was claimed for and that was
+// found alive, or could not be told dead.
+func (c *Controller) reportUnconfirmed(ctx context.Context, log *slog.Logger, node *corev1.Node, inc detect.Incident, alive bool, evidence string) error {
 	err := c.write(log, "annotate node", func() error {
 		return ignoreGone(c.annotateNode(ctx, node, map[string]string{
 			AnnotationUnconfirmed:         inc.ID,
@@ -290,6 +332,9 @@ func (c *Controller) reportUnconfirmed(ctx context.Context, log *slog.Logger, no
 		return err
 	}
 	msg := clip(fmt.Sprintf("a kernel panic was reported from %s but the node is alive (%s); nothing was deleted: %s", inc.Source, evidence, inc.Reason))
+	if !alive {
+		msg = clip(fmt.Sprintf("a kernel panic was reported from %s but could not be confirmed (%s); nothing was deleted: %s", inc.Source, evidence, inc.Reason))
+	}
 	c.event(ctx, log, nodeRef(node), inc.ID, EventReasonKernelPanicUnconfirmed, msg)
 	return nil
 }
@@ -320,15 +365,25 @@ func ignoreGone(err error) error {
 // Stats counts what the controller did.
 type Stats struct {
 	NotAllowed    atomic.Uint64 // incidents from a source outside AllowedSources
+	NotSelected   atomic.Uint64 // fatal incidents refused: the node is not one NodeSelector selects
 	UnknownSource atomic.Uint64 // incidents from a source that is no node's
 	Ambiguous     atomic.Uint64 // fatal incidents refused: several nodes claim the source
 	NonFatal      atomic.Uint64 // non-fatal incidents reported on a node
 	Unconfirmed   atomic.Uint64 // panics refused: the node was alive
-	Capped        atomic.Uint64 // node cleanups delayed by the deletion cap
-	PodsFailed    atomic.Uint64 // pod statuses set
-	PodsDeleted   atomic.Uint64 // pods this controller deleted
-	NodesDeleted  atomic.Uint64 // nodes this controller deleted
-	Events        atomic.Uint64 // Events created
-	EventErrors   atomic.Uint64 // Events that could not be recorded (logged; the cleanup goes on)
-	APIErrors     atomic.Uint64 // attempts that failed and were retried
+	Undecided     atomic.Uint64 // panics finished unconfirmed: neither dead nor alive could be proved
+	// UndecidedRetries counts confirmations that proved nothing and
+	// were tried again later (not API errors).
+	UndecidedRetries atomic.Uint64
+	// ForgeryDelayed counts fatal incidents held back by the forgery
+	// backoff of their node (no address is kept as a label).
+	ForgeryDelayed atomic.Uint64
+	Capped         atomic.Uint64 // node cleanups delayed by the deletion cap
+	Braked         atomic.Uint64 // node cleanups refused by the share brake (finished unconfirmed)
+	PodsFailed     atomic.Uint64 // pod statuses set
+	PodRereads     atomic.Uint64 // pods read again because the cache was behind
+	PodsDeleted    atomic.Uint64 // pods this controller deleted
+	NodesDeleted   atomic.Uint64 // nodes this controller deleted
+	Events         atomic.Uint64 // Events created
+	EventErrors    atomic.Uint64 // Events that could not be recorded (logged; the cleanup goes on)
+	APIErrors      atomic.Uint64 // attempts that failed and were retried
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -15,10 +16,11 @@ import (
 	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
-	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -70,9 +72,21 @@ type collector struct {
 	index *nodeindex.Index
 }
 
-// start runs a collector until the test ends.
+// start runs a collector with 4 workers until the test ends.
 func start(t *testing.T, cs kubernetes.Interface, cfg cleanup.Config) *collector {
 	t.Helper()
+	return startWorkers(t, cs, cfg, 4)
+}
+
+// startWorkers runs a collector with the given number of workers until
+// the test ends.
+func startWorkers(t *testing.T, cs kubernetes.Interface, cfg cleanup.Config, workers int) *collector {
+	t.Helper()
+	if cfg.MaxEndedShare == 0 {
+		// The tests share one cluster, whose nodes come and go: the
+		// share brake is off unless a test is about it.
+		cfg.MaxEndedShare = 1
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	factory := informers.NewSharedInformerFactory(cs, 0)
 	index, err := nodeindex.New(factory)
@@ -83,7 +97,7 @@ func start(t *testing.T, cs kubernetes.Interface, cfg cleanup.Config) *collector
 	c := cleanup.New(cfg)
 	factory.Start(ctx.Done())
 	done := make(chan struct{})
-	go func() { defer close(done); c.Run(ctx, 4) }()
+	go func() { defer close(done); c.Run(ctx, workers) }()
 	t.Cleanup(func() { cancel(); <-done; factory.Shutdown() })
 	if err := index.WaitForSync(ctx); err != nil {
 		t.Fatal(err)
@@ -386,9 +400,10 @@ func TestTwoCollectors(t *testing.T) {
 
 // TestStaleCache: the controller acts on pods as its cache holds them,
 // which can be a moment behind. A pod that succeeded meanwhile keeps its
-// Succeeded phase (the API server would accept Failed over it), one that
-// started running meanwhile keeps Running; both get the condition and the
-// annotations and are deleted; an up-to-date one is Failed.
+// Succeeded phase (the API server would accept Failed over it) and gets
+// no DisruptionTarget (it did not die of the panic); one that started
+// running meanwhile is Failed; both get the annotations and are deleted;
+// an up-to-date one is Failed with the condition.
 func TestStaleCache(t *testing.T) {
 	cs := client(t)
 	c := start(t, cs, cleanup.Config{})
@@ -405,7 +420,18 @@ func TestStaleCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The cache saw pod-1 Pending; it runs now.
-	pods[1].Status.Phase = corev1.PodPending
+	pending := pods[1].DeepCopy()
+	pending.Status.Phase = corev1.PodPending
+	pending, err := cs.CoreV1().Pods(ns).UpdateStatus(ctx, pending, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := pending.DeepCopy()
+	running.Status.Phase = corev1.PodRunning
+	if _, err := cs.CoreV1().Pods(ns).UpdateStatus(ctx, running, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pods[1] = pending
 
 	inc := fatal("10.200.0.35")
 	for _, p := range pods {
@@ -413,12 +439,15 @@ func TestStaleCache(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for i, want := range []corev1.PodPhase{corev1.PodSucceeded, corev1.PodRunning, corev1.PodFailed} {
+	for i, want := range []corev1.PodPhase{corev1.PodSucceeded, corev1.PodFailed, corev1.PodFailed} {
 		got, err := cs.CoreV1().Pods(ns).Get(ctx, pods[i].Name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		clustertest.CheckPodEnded(t, got, inc, want)
+	}
+	if n := c.Stats().PodRereads.Load(); n != 2 {
+		t.Errorf("%d pods read again, want 2", n)
 	}
 }
 
@@ -498,6 +527,62 @@ func TestAllowedSources(t *testing.T) {
 	}
 }
 
+// TestNodeSelector: by default a control-plane node is never ended;
+// with a selector, only the nodes it selects are.
+func TestNodeSelector(t *testing.T) {
+	cs := client(t)
+	label := func(n *corev1.Node, key, value string) {
+		t.Helper()
+		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": map[string]string{key: value}}})
+		if _, err := cs.CoreV1().Nodes().Patch(context.Background(), n.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var done outcomes
+	c := start(t, cs, cleanup.Config{OnDone: done.record})
+	controlPlane := makeNode(t, cs, clustertest.InternalIP("10.200.0.55"), nil)
+	label(controlPlane, "node-role.kubernetes.io/control-plane", "")
+	worker := makeNode(t, cs, clustertest.InternalIP("10.200.0.56"), nil)
+	clustertest.Eventually(t, 10*time.Second, "cache never held the label", func() bool {
+		n, _ := c.index.Node(controlPlane.Name)
+		return n != nil && n.Labels != nil
+	})
+	cpInc, workerInc := fatal("10.200.0.55"), fatal("10.200.0.56")
+	c.enqueue(t, cpInc, 0)
+	c.enqueue(t, workerInc, 0)
+	clustertest.Eventually(t, 20*time.Second, "worker not deleted", nodeGone(cs, worker.Name))
+	clustertest.Eventually(t, 10*time.Second, "incidents not finished", func() bool { return c.Pending() == 0 })
+	if _, err := cs.CoreV1().Nodes().Get(context.Background(), controlPlane.Name, metav1.GetOptions{}); err != nil {
+		t.Errorf("control-plane node: %v", err)
+	}
+	if got := done.get()[cpInc.ID]; got != cleanup.OutcomeNotSelected || c.Stats().NotSelected.Load() != 1 {
+		t.Errorf("control-plane node: outcome %q, %d not selected", got, c.Stats().NotSelected.Load())
+	}
+
+	// --node-selector pool=batch: a batch node is ended, another not.
+	sel, err := labels.Parse("pool=batch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := start(t, cs, cleanup.Config{Safety: cleanup.Safety{NodeSelector: sel}})
+	batch := makeNode(t, cs, clustertest.InternalIP("10.200.0.57"), nil)
+	label(batch, "pool", "batch")
+	web := makeNode(t, cs, clustertest.InternalIP("10.200.0.58"), nil)
+	label(web, "pool", "web")
+	clustertest.Eventually(t, 10*time.Second, "cache never held the labels", func() bool {
+		b, _ := d.index.Node(batch.Name)
+		w, _ := d.index.Node(web.Name)
+		return b != nil && w != nil && b.Labels["pool"] != "" && w.Labels["pool"] != ""
+	})
+	d.enqueue(t, fatal("10.200.0.58"), 0)
+	d.enqueue(t, fatal("10.200.0.57"), 0)
+	clustertest.Eventually(t, 20*time.Second, "batch node not deleted", nodeGone(cs, batch.Name))
+	clustertest.Eventually(t, 10*time.Second, "web node not refused", func() bool { return d.Stats().NotSelected.Load() == 1 })
+	if _, err := cs.CoreV1().Nodes().Get(context.Background(), web.Name, metav1.GetOptions{}); err != nil {
+		t.Errorf("web node: %v", err)
+	}
+}
+
 // TestDeletionCap: with a cap of 2 a minute, 4 panics at once delete 2
 // nodes now, and the other 2 wait their turn (counted).
 func TestDeletionCap(t *testing.T) {
@@ -522,6 +607,83 @@ func TestDeletionCap(t *testing.T) {
 	}
 	if left != 2 || c.Stats().NodesDeleted.Load() != 2 || c.Pending() != 2 {
 		t.Errorf("%d nodes left, %d deleted, %d pending; want 2, 2, 2", left, c.Stats().NodesDeleted.Load(), c.Pending())
+	}
+}
+
+// TestSharedCap: two collectors sharing one brake Lease, with a cap of 2
+// a minute, hear 4 panics of 4 nodes (2 each): 2 nodes are ended between
+// them, the other 2 wait. A third collector started afterwards (a
+// restart) finds the cap used up too.
+func TestSharedCap(t *testing.T) {
+	cs := client(t)
+	lease := clustertest.Unique("brake")
+	cfg := cleanup.Config{MaxNodeDeletionsPerMinute: 2, Safety: cleanup.Safety{BrakeLeaseNamespace: metav1.NamespaceDefault, BrakeLeaseName: lease}}
+	a, b := start(t, cs, cfg), start(t, cs, cfg)
+	var nodes []*corev1.Node
+	for i := range 5 {
+		nodes = append(nodes, makeNode(t, cs, clustertest.InternalIP(fmt.Sprintf("10.200.0.4%d", i)), nil))
+	}
+	for i := range 4 {
+		c := []*collector{a, b}[i%2]
+		c.enqueue(t, fatal(fmt.Sprintf("10.200.0.4%d", i)), 0)
+	}
+	deleted := func() uint64 { return a.Stats().NodesDeleted.Load() + b.Stats().NodesDeleted.Load() }
+	clustertest.Eventually(t, 20*time.Second, "two nodes not deleted", func() bool { return deleted() == 2 })
+	clustertest.Eventually(t, 10*time.Second, "cap not counted", func() bool { return a.Stats().Capped.Load()+b.Stats().Capped.Load() == 2 })
+	restarted := start(t, cs, cfg)
+	restarted.enqueue(t, fatal("10.200.0.44"), 0)
+	clustertest.Eventually(t, 10*time.Second, "the restarted collector ignored the cap", func() bool { return restarted.Stats().Capped.Load() == 1 })
+	time.Sleep(2 * time.Second) // the cap's next turn is a minute away: nothing more happens meanwhile
+	left := 0
+	for _, n := range nodes {
+		if _, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{}); err == nil {
+			left++
+		}
+	}
+	if left != 3 || deleted()+restarted.Stats().NodesDeleted.Load() != 2 {
+		t.Errorf("%d nodes left, %d deleted; want 3, 2", left, deleted()+restarted.Stats().NodesDeleted.Load())
+	}
+	l, err := cs.CoordinationV1().Leases(metav1.NamespaceDefault).Get(context.Background(), lease, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("brake lease: %s", l.Annotations[cleanup.AnnotationRecentEnds])
+}
+
+// TestShareBrake: with a share that lets 2 of the cluster's nodes be
+// ended in the window, a third panic is not acted on: finished
+// unconfirmed, counted, the node annotated, an Event.
+func TestShareBrake(t *testing.T) {
+	cs := client(t)
+	var nodes []*corev1.Node
+	for i := range 3 {
+		nodes = append(nodes, makeNode(t, cs, clustertest.InternalIP(fmt.Sprintf("10.200.0.5%d", i+7)), nil))
+	}
+	all, err := cs.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Ended 1 of N: not over; 2 of N: over.
+	share := 1.5 / float64(len(all.Items))
+	var done outcomes
+	c := start(t, cs, cleanup.Config{Safety: cleanup.Safety{MaxEndedShare: share}, OnDone: done.record})
+	for i := range 3 {
+		c.enqueue(t, fatal(fmt.Sprintf("10.200.0.5%d", i+7)), 0)
+	}
+	clustertest.Eventually(t, 20*time.Second, "incidents not finished", func() bool { return c.Pending() == 0 })
+	outcomes := map[cleanup.Outcome]int{}
+	for _, o := range done.get() {
+		outcomes[o]++
+	}
+	if outcomes[cleanup.OutcomeCleanedUp] != 2 || outcomes[cleanup.OutcomeBraked] != 1 || c.Stats().Braked.Load() != 1 {
+		t.Fatalf("outcomes %v, %d braked; want 2 cleaned up, 1 braked", outcomes, c.Stats().Braked.Load())
+	}
+	for _, n := range nodes {
+		got, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		checkSpared(t, cs, got, "", nil)
 	}
 }
 
@@ -563,23 +725,18 @@ func TestAPIServerOutage(t *testing.T) {
 	t.Logf("%d attempts failed during the outage", c.Stats().APIErrors.Load())
 }
 
-// TestSpoofedPanic: the node answers on its kubelet port, or its kubelet
-// renewed its Lease after the "panic": nothing is deleted, the node is
-// marked, the refusal counted. A node that answers nothing is deleted.
-func TestSpoofedPanic(t *testing.T) {
-	testnet.RequireRoot(t)
-	cs := client(t)
-	pair := testnet.NewPair(t)
-
-	// The live node: a listener on its "kubelet" port.
+// listen makes a "kubelet" listening on addr's port 10250 in ns, until
+// the test ends.
+func listen(t *testing.T, ns *testnet.Netns, addr netip.Addr) {
+	t.Helper()
 	var ln net.Listener
-	if err := pair.Node.Netns.Do(func() (err error) {
-		ln, err = net.Listen("tcp", net.JoinHostPort(pair.Node.IPv4.String(), "10250"))
+	if err := ns.Do(func() (err error) {
+		ln, err = net.Listen("tcp", net.JoinHostPort(addr.String(), "10250"))
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			conn, err := ln.Accept()
@@ -589,32 +746,84 @@ func TestSpoofedPanic(t *testing.T) {
 			conn.Close()
 		}
 	}()
+}
 
-	prober := &liveness.Prober{
+// prober probes from the collector's namespace of pair, with short
+// windows.
+func prober(cs kubernetes.Interface, pair *testnet.Pair) *liveness.Prober {
+	return &liveness.Prober{
 		Client:      cs,
 		Window:      1500 * time.Millisecond,
 		Attempt:     500 * time.Millisecond,
-		LeaseWindow: time.Second,
+		LeaseMargin: 500 * time.Millisecond,
 		Do:          pair.Collector.Netns.Do,
 	}
-	c := start(t, cs, cleanup.Config{Prober: prober})
+}
 
-	// An address in the collector's subnet that nobody holds: ARP goes
+// dropKubelet makes ns's firewall drop its kubelet port silently, as a
+// security group or a firewall between the collector and the node does.
+func dropKubelet(t *testing.T, ns *testnet.Netns) {
+	t.Helper()
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("skipped: needs nft (apt-get install nftables; make deps does)")
+	}
+	cmd := exec.Command("ip", "netns", "exec", ns.Name, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(`table inet lastgasp_test {
+	chain input {
+		type filter hook input priority 0; policy accept;
+		tcp dport 10250 drop
+	}
+}
+`)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+}
+
+// checkSpared checks that node was not deleted, was marked unconfirmed
+// with one Event, and that its pods were not touched.
+func checkSpared(t *testing.T, cs kubernetes.Interface, n *corev1.Node, ns string, pods []*corev1.Pod) {
+	t.Helper()
+	got, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("%s deleted: %v", n.Name, err)
+	}
+	if got.Annotations[cleanup.AnnotationUnconfirmed] == "" || got.Annotations[cleanup.AnnotationIncident] != "" {
+		t.Errorf("%s annotations %v", n.Name, got.Annotations)
+	}
+	if ev := clustertest.EventsFor(t, cs, "", n.UID); len(ev) == 0 || ev[0].Reason != cleanup.EventReasonKernelPanicUnconfirmed {
+		t.Errorf("%s events %+v", n.Name, ev)
+	}
+	t.Logf("%s: %s", n.Name, got.Annotations[cleanup.AnnotationUnconfirmedEvidence])
+	for _, p := range pods {
+		got, err := cs.CoreV1().Pods(ns).Get(context.Background(), p.Name, metav1.GetOptions{})
+		if err != nil || got.DeletionTimestamp != nil || got.Status.Phase != p.Status.Phase || got.Annotations[cleanup.AnnotationIncident] != "" {
+			t.Errorf("pod %s on the live node %s touched", p.Name, n.Name)
+		}
+	}
+}
+
+// TestSpoofedPanic: the node answers on its kubelet port, or its kubelet
+// renews its Lease (on a clock far behind) while its port is silent:
+// nothing is deleted, the node is marked, the refusal counted. A node
+// that answers nothing and whose Lease stays as it was is deleted.
+func TestSpoofedPanic(t *testing.T) {
+	testnet.RequireRoot(t)
+	cs := client(t)
+	pair := testnet.NewPair(t)
+	listen(t, pair.Node.Netns, pair.Node.IPv4) // the live node's kubelet
+	c := start(t, cs, cleanup.Config{Prober: prober(cs, pair)})
+
+	// Addresses in the collector's subnet that nobody holds: ARP goes
 	// unanswered, as for a panicked kernel.
 	deadAddr := pair.Node.IPv4.Next()
 	live := makeNode(t, cs, clustertest.InternalIP(pair.Node.IPv4.String()), nil)
 	leased := makeNode(t, cs, clustertest.InternalIP(deadAddr.Next().String()), nil)
 	dead := makeNode(t, cs, clustertest.InternalIP(deadAddr.String()), nil)
 	ns, pods := makePods(t, cs, live.Name, 2)
-
-	// The leased node's kubelet renewed its Lease just now.
-	now := metav1.NewMicroTime(time.Now().Add(5 * time.Second))
-	if _, err := cs.CoordinationV1().Leases(corev1.NamespaceNodeLease).Create(context.Background(), &coordinationv1.Lease{
-		ObjectMeta: metav1.ObjectMeta{Name: leased.Name},
-		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &leased.Name, RenewTime: &now},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	// The leased node's kubelet renews its Lease, on a clock a minute
+	// behind (its renewTime is always before the "panic").
+	clustertest.Kubelet(t, cs, leased.Name, -time.Minute)
 
 	c.enqueue(t, fatal(pair.Node.IPv4.String()), 2)
 	c.enqueue(t, fatal(deadAddr.Next().String()), 0)
@@ -622,27 +831,111 @@ func TestSpoofedPanic(t *testing.T) {
 
 	clustertest.Eventually(t, 30*time.Second, "dead node not deleted", nodeGone(cs, dead.Name))
 	clustertest.Eventually(t, 30*time.Second, "refusals not counted", func() bool { return c.Stats().Unconfirmed.Load() == 2 })
-	for _, n := range []*corev1.Node{live, leased} {
-		got, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
-		if err != nil {
-			t.Fatalf("%s deleted: %v", n.Name, err)
-		}
-		if got.Annotations[cleanup.AnnotationUnconfirmed] == "" || got.Annotations[cleanup.AnnotationIncident] != "" {
-			t.Errorf("%s annotations %v", n.Name, got.Annotations)
-		}
-		if ev := clustertest.EventsFor(t, cs, "", n.UID); len(ev) != 1 || ev[0].Reason != cleanup.EventReasonKernelPanicUnconfirmed {
-			t.Errorf("%s events %+v", n.Name, ev)
-		}
-		t.Logf("%s: %s", n.Name, got.Annotations[cleanup.AnnotationUnconfirmedEvidence])
-	}
-	for _, p := range pods {
-		got, err := cs.CoreV1().Pods(ns).Get(context.Background(), p.Name, metav1.GetOptions{})
-		if err != nil || got.DeletionTimestamp != nil || got.Status.Phase != p.Status.Phase {
-			t.Errorf("pod %s on the live node touched", p.Name)
-		}
-	}
+	checkSpared(t, cs, live, ns, pods)
+	checkSpared(t, cs, leased, "", nil)
 	out, _ := json.Marshal(map[string]uint64{"unconfirmed": c.Stats().Unconfirmed.Load(), "nodes_deleted": c.Stats().NodesDeleted.Load()})
 	t.Logf("stats %s", out)
+}
+
+// TestForgedPanicsNeverEndALiveNode: a live node whose kubelet port is
+// silently dropped between it and the collector (the common production
+// layout), its kubelet renewing its Lease every second (leaseDurationSeconds
+// 4) on a clock 30 s behind. 200 forged panics: none ends the node or a
+// pod; every one is refused as alive. (Before the Lease was judged on the
+// collector's clock, a renewTime behind the panic's time made it dead.)
+func TestForgedPanicsNeverEndALiveNode(t *testing.T) {
+	testnet.RequireRoot(t)
+	cs := client(t)
+	pair := testnet.NewPair(t)
+	dropKubelet(t, pair.Node.Netns)
+	var done outcomes
+	// No forgery backoff here: every forgery is confirmed (see
+	// TestForgeriesCostTheForger).
+	c := startWorkers(t, cs, cleanup.Config{Prober: prober(cs, pair), OnDone: done.record, Safety: cleanup.Safety{ForgeryBackoff: time.Nanosecond, ForgeryBackoffMax: time.Nanosecond}}, 16)
+	live := makeNode(t, cs, clustertest.InternalIP(pair.Node.IPv4.String()), nil)
+	ns, pods := makePods(t, cs, live.Name, 3)
+	clustertest.Kubelet(t, cs, live.Name, -30*time.Second)
+
+	const forgeries = 200
+	for i := range forgeries {
+		inc := fatal(pair.Node.IPv4.String())
+		inc.ID = fmt.Sprintf("forged%04d%s", i, inc.ID[10:])
+		c.enqueue(t, inc, 3)
+	}
+	clustertest.Eventually(t, 3*time.Minute, "forgeries not all finished", func() bool { return c.Pending() == 0 })
+	outcomes := map[cleanup.Outcome]int{}
+	for _, o := range done.get() {
+		outcomes[o]++
+	}
+	if outcomes[cleanup.OutcomeUnconfirmed] != forgeries || c.Stats().NodesDeleted.Load() != 0 || c.Stats().PodsDeleted.Load() != 0 {
+		t.Errorf("outcomes %v, %d nodes and %d pods deleted; want %d refused, none deleted", outcomes, c.Stats().NodesDeleted.Load(), c.Stats().PodsDeleted.Load(), forgeries)
+	}
+	checkSpared(t, cs, live, ns, pods)
+}
+
+// TestForgeriesCostTheForger: after a panic refused because the node
+// answered, the next one about that node waits ForgeryBackoff, the one
+// after twice as long; each wait is counted once. (The refusals are timed
+// when finished, after their annotation and Event, while the backoff
+// starts before them: 10% of slack.)
+func TestForgeriesCostTheForger(t *testing.T) {
+	testnet.RequireRoot(t)
+	cs := client(t)
+	pair := testnet.NewPair(t)
+	listen(t, pair.Node.Netns, pair.Node.IPv4)
+	var mu sync.Mutex
+	var at []time.Time
+	c := start(t, cs, cleanup.Config{Prober: prober(cs, pair), Safety: cleanup.Safety{ForgeryBackoff: 3 * time.Second, ForgeryBackoffMax: time.Minute},
+		OnDone: func(_ detect.Incident, o cleanup.Outcome, _ string, when time.Time) {
+			mu.Lock()
+			defer mu.Unlock()
+			if o == cleanup.OutcomeUnconfirmed {
+				at = append(at, when)
+			}
+		}})
+	makeNode(t, cs, clustertest.InternalIP(pair.Node.IPv4.String()), nil)
+	refused := func() int { mu.Lock(); defer mu.Unlock(); return len(at) }
+	for i := range 3 {
+		c.enqueue(t, fatal(pair.Node.IPv4.String()), 0)
+		clustertest.Eventually(t, 30*time.Second, "not refused", func() bool { return refused() == i+1 })
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if first, second := at[1].Sub(at[0]), at[2].Sub(at[1]); first < 2700*time.Millisecond || second < 5400*time.Millisecond {
+		t.Errorf("refusals %v then %v apart; want about 3s, then 6s", first, second)
+	}
+	if n := c.Stats().ForgeryDelayed.Load(); n != 2 {
+		t.Errorf("%d delays counted, want 2", n)
+	}
+}
+
+// TestNoLeaseIsUndecided: a node whose kubelet port is silent but that
+// has no Lease (deleted) cannot be told dead: the incident is tried again
+// for UndecidedFor, then finished as unconfirmed (the node annotated, an
+// Event), nothing deleted, no API error counted.
+func TestNoLeaseIsUndecided(t *testing.T) {
+	testnet.RequireRoot(t)
+	cs := client(t)
+	pair := testnet.NewPair(t)
+	var done outcomes
+	c := start(t, cs, cleanup.Config{Prober: prober(cs, pair), OnDone: done.record, Safety: cleanup.Safety{UndecidedFor: 4 * time.Second}})
+	addr := pair.Node.IPv4.Next() // nobody's: silent, as a dead node
+	node := makeNode(t, cs, clustertest.InternalIP(addr.String()), nil)
+	ns, pods := makePods(t, cs, node.Name, 2)
+	if err := cs.CoordinationV1().Leases(corev1.NamespaceNodeLease).Delete(context.Background(), node.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	inc := fatal(addr.String())
+	c.enqueue(t, inc, 2)
+	clustertest.Eventually(t, 30*time.Second, "incident not finished", func() bool { return c.Pending() == 0 })
+	if got := done.get()[inc.ID]; got != cleanup.OutcomeUndecided {
+		t.Errorf("outcome %q, want %q", got, cleanup.OutcomeUndecided)
+	}
+	s := c.Stats()
+	if s.Undecided.Load() != 1 || s.UndecidedRetries.Load() == 0 || s.APIErrors.Load() != 0 || s.Unconfirmed.Load() != 0 {
+		t.Errorf("stats: %d undecided, %d retries, %d API errors, %d refused", s.Undecided.Load(), s.UndecidedRetries.Load(), s.APIErrors.Load(), s.Unconfirmed.Load())
+	}
+	checkSpared(t, cs, node, ns, pods)
 }
 
 // TestJobPodFailurePolicy proves the user-facing point with a real job

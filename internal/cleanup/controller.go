@@ -21,13 +21,15 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/lastgasp/lastgasp/internal/detect"
 	"github.com/lastgasp/lastgasp/internal/liveness"
+	"github.com/lastgasp/lastgasp/internal/logagg"
 	"github.com/lastgasp/lastgasp/internal/nodeindex"
 )
 
@@ -41,13 +43,17 @@ type Config struct {
 	// means no confirmation (--confirm=none): for those who accept that a
 	// forged panic line can delete a live node.
 	Prober *liveness.Prober
+	// Safety holds the guards against ending a live node, or too many,
+	// that `lastgasp run` sets from its flags in one piece.
+	Safety
 	// AllowedSources, if not empty, are the only source networks acted
 	// on; incidents from elsewhere are refused and counted.
 	AllowedSources []netip.Prefix
 	// MaxNodeDeletionsPerMinute caps node cleanups (a bad kernel rollout,
 	// or a forgery campaign, must not empty the cluster at once): past
 	// it, cleanups wait their turn, and each wait is logged and counted.
-	// Default 10.
+	// Default 10. With BrakeLeaseName the cap holds for every collector
+	// that names the same Lease together, and across restarts.
 	MaxNodeDeletionsPerMinute int
 	// PodAction is what a fatal incident does to the node's Pods.
 	// Default PodsFailAndDelete.
@@ -64,10 +70,52 @@ type Config struct {
 	Instance string
 	// Logger receives what the controller does. Default slog.Default().
 	Logger *slog.Logger
+	// Aggregate, if set, takes the log lines of incidents refused for
+	// their source alone (not allowed, no node's), which a forgery flood
+	// makes by the thousand: a burst a minute, the rest counted.
+	Aggregate *logagg.Aggregator
 	// OnDone, if set, is called once an incident is finished with, from
 	// a worker: with what was done, the Node it was about ("" when none
 	// was found), and when.
 	OnDone func(inc detect.Incident, outcome Outcome, node string, at time.Time)
+}
+
+// Safety is the guards of a Controller against ending a live node, or
+// too many nodes at once. The zero value of each field means its default.
+type Safety struct {
+	// UndecidedFor is how long an incident whose node can be proved
+	// neither dead nor alive (no Lease, a probe the collector cannot
+	// send) is tried again, with backoff, before it is finished as
+	// unconfirmed: counted, the Node annotated, an Event, nothing
+	// deleted. Default 5m.
+	UndecidedFor time.Duration
+	// ForgeryBackoff is how long, after a panic refused because its node
+	// was alive, further fatal incidents about that node (from any of
+	// its source addresses) wait before they are looked at: doubling
+	// with each refusal up to ForgeryBackoffMax, forgotten once that
+	// long has passed without one. Forgeries cost the forger; a real
+	// panic after them is delayed at most ForgeryBackoffMax. Defaults
+	// 30s and 15m.
+	ForgeryBackoff, ForgeryBackoffMax time.Duration
+	// NodeSelector says which nodes a fatal incident may end; the others
+	// are refused, counted and logged (a non-fatal incident is reported
+	// on any node). Nil means DefaultNodeSelector: never a control-plane
+	// node.
+	NodeSelector labels.Selector
+	// MaxEndedShare is the share brake: no node is ended while more than
+	// this share of the cluster's nodes were ended in the last
+	// ShareWindow; such incidents are finished as unconfirmed (counted,
+	// the Node annotated, an Event, an error logged). Default 0.3; 1 or
+	// more turns it off.
+	MaxEndedShare float64
+	// ShareWindow is the share brake's window. Default 10m.
+	ShareWindow time.Duration
+	// BrakeLeaseNamespace and BrakeLeaseName name the
+	// coordination.k8s.io Lease that records recent node ends for the
+	// cap and the share brake, shared by all collectors and kept across
+	// restarts (updated with optimistic concurrency). No name: the
+	// record is this process's own.
+	BrakeLeaseNamespace, BrakeLeaseName string
 }
 
 // Outcome is how an incident was finished with.
@@ -75,11 +123,14 @@ type Outcome string
 
 // The outcomes.
 const (
-	OutcomeCleanedUp     Outcome = "cleaned up"            // pods and node handled, node deleted
-	OutcomeNodeKept      Outcome = "cleaned up, node kept" // --keep-node
-	OutcomeReported      Outcome = "reported"              // non-fatal: annotated, Event
-	OutcomeUnconfirmed   Outcome = "refused: node alive"   // the panic was not confirmed
+	OutcomeCleanedUp     Outcome = "cleaned up"               // pods and node handled, node deleted
+	OutcomeNodeKept      Outcome = "cleaned up, node kept"    // --keep-node
+	OutcomeReported      Outcome = "reported"                 // non-fatal: annotated, Event
+	OutcomeUnconfirmed   Outcome = "refused: node alive"      // the panic was not confirmed
+	OutcomeUndecided     Outcome = "unconfirmed: cannot tell" // neither dead nor alive could be proved in UndecidedFor
+	OutcomeBraked        Outcome = "unconfirmed: share brake" // too many nodes ended lately (MaxEndedShare)
 	OutcomeNotAllowed    Outcome = "refused: source not allowed"
+	OutcomeNotSelected   Outcome = "refused: node not selected" // NodeSelector
 	OutcomeUnknownSource Outcome = "refused: no node has this source"
 	OutcomeAmbiguous     Outcome = "refused: several nodes claim this source"
 )
@@ -111,34 +162,65 @@ func ParsePodAction(s string) (PodAction, error) {
 // DefaultMaxNodeDeletionsPerMinute is the default deletion cap.
 const DefaultMaxNodeDeletionsPerMinute = 10
 
-// Client rate limits lastgasp asks for unless told otherwise. A node's
-// cleanup costs four API calls a pod (annotate, status, Event, delete)
-// and three for the node: 443 calls for a node of 110 pods, 90 s at
-// client-go's own default of 5 a second, 9 s at these.
+// DefaultNodeSelector is the nodes a fatal incident may end by default:
+// all but the control plane's.
+const DefaultNodeSelector = "!node-role.kubernetes.io/control-plane"
+
+// Defaults of the forgery backoff.
 const (
-	DefaultClientQPS   = 50
-	DefaultClientBurst = 100
+	DefaultForgeryBackoff    = 30 * time.Second
+	DefaultForgeryBackoffMax = 15 * time.Minute
+)
+
+// DefaultUndecidedFor is how long an undecided incident is tried again.
+const DefaultUndecidedFor = 5 * time.Minute
+
+// Backoff of an undecided incident's attempts: 1 s doubling to 30 s.
+const (
+	undecidedFirstWait = time.Second
+	undecidedMaxWait   = 30 * time.Second
+)
+
+// Client rate limits lastgasp asks for unless told otherwise. A node's
+// cleanup costs two API calls a pod on the way to the Node's deletion
+// (the status patch, the delete), three for the node and the brake, then
+// an Event each: about 335 calls for a node of 110 pods, all within the
+// burst, so the Node goes in well under a second. The API server's
+// Priority and Fairness protects it from a collector that needs more.
+const (
+	DefaultClientQPS   = 200
+	DefaultClientBurst = 400
 )
 
 // Controller applies incidents to the cluster through a rate-limited work
 // queue of incident ids.
 type Controller struct {
-	cfg       Config
-	log       *slog.Logger
-	queue     workqueue.TypedRateLimitingInterface[string]
-	deletions *rate.Limiter
-	stats     Stats
+	cfg   Config
+	log   *slog.Logger
+	queue workqueue.TypedRateLimitingInterface[string]
+	brake *brake
+	stats Stats
 
 	mu      sync.Mutex
 	pending map[string]*work // by incident id
+	// refused is the forgery backoff of each node a panic was refused
+	// for (by name), under mu.
+	refused map[string]*backoff
+}
+
+// backoff is a node's forgery backoff: refusals so far, and until when
+// its incidents wait.
+type backoff struct {
+	refusals int
+	until    time.Time
 }
 
 // work is an incident on its way through the queue.
 type work struct {
 	inc detect.Incident
-	// turn is when the deletion cap lets this incident's node go; zero
-	// until a place is reserved.
-	turn time.Time
+	// reserved is set once the brake recorded this incident's node as
+	// ended; capped once the cap made it wait (counted once).
+	reserved, capped bool
 	// confirmedAt is when the node was found dead, and confirmedUID the
 	// UID it had then: a retry soon after, of the same node, is not
 	// probed again.
@@ -146,10 +228,17 @@ type work struct {
 	confirmedUID types.UID
 	// node is the name of the Node the source belongs to, once found.
 	node string
+	// undecidedSince is when a confirmation first proved nothing, and
+	// undecidedTries how many have since.
+	undecidedSince time.Time
+	undecidedTries int
+	// delayed is set once the forgery backoff held it back (counted
+	// once).
+	delayed bool
 }
 
-// attemptTimeout bounds one attempt at an incident: a node of 110 pods
-// takes about 9 s at the default QPS, a probe up to the Lease window.
+// attemptTimeout bounds one attempt at an incident: a probe lasts up to
+// the Lease window (90 s at most), a node of 110 pods about a second.
 const attemptTimeout = 2 * time.Minute
 
 // reconfirmAfter is how long a confirmation holds: a cleanup that starts
@@ -171,11 +260,39 @@ func New(cfg Config) *Controller {
 	if cfg.PodAction == "" {
 		cfg.PodAction = PodsFailAndDelete
 	}
-	perMinute := cfg.MaxNodeDeletionsPerMinute
+	if cfg.MaxEndedShare <= 0 {
+		cfg.MaxEndedShare = DefaultMaxEndedShare
+	}
+	if cfg.ShareWindow <= 0 {
+		cfg.ShareWindow = DefaultShareWindow
+	}
+	if cfg.NodeSelector == nil {
+		cfg.NodeSelector, _ = labels.Parse(DefaultNodeSelector) // a constant that parses
+	}
+	if cfg.ForgeryBackoff <= 0 {
+		cfg.ForgeryBackoff = DefaultForgeryBackoff
+	}
+	if cfg.ForgeryBackoffMax <= 0 {
+		cfg.ForgeryBackoffMax = DefaultForgeryBackoffMax
+	}
+	if cfg.UndecidedFor <= 0 {
+		cfg.UndecidedFor = DefaultUndecidedFor
+	}
+	brakeName := cfg.BrakeLeaseName
+	if cfg.DryRun {
+		brakeName = "" // a dry run writes nothing: its record is its own
+	}
+	if brakeName == "" {
+		cfg.Logger.Info("no brake Lease: the deletion cap and the share brake count this collector's own deletions, since it started")
+	}
 	return &Controller{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		deletions: rate.NewLimiter(rate.Limit(float64(perMinute)/60), perMinute),
+		cfg: cfg,
+		log: cfg.Logger,
+		brake: &brake{
+			client: cfg.Client, namespace: cfg.BrakeLeaseNamespace, name: brakeName,
+			perMinute: cfg.MaxNodeDeletionsPerMinute, share: cfg.MaxEndedShare, window: cfg.ShareWindow,
+			instance: cfg.Instance,
+		},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			// Retries back off from 200ms to 10s: an API server outage
 			// is retried often enough to be applied soon after it ends.
@@ -183,6 +300,7 @@ func New(cfg Config) *Controller {
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "lastgasp-incidents"},
 		),
 		pending: map[string]*work{},
+		refused: map[string]*backoff{},
 	}
 }
 
@@ -256,7 +374,8 @@ func (c *Controller) processNextWorkItem(ctx context.Context) bool {
 		c.log.Warn("applying incident failed, will retry", "incident", id, "error", err)
 		c.queue.AddRateLimited(id)
 	case wait > 0:
-		// The deletion cap: come back when it is this incident's turn.
+		// The deletion cap, or an undecided confirmation: come back
+		// later.
 		c.queue.Forget(id)
 		c.queue.AddAfter(id, wait)
 	default:
@@ -272,6 +391,18 @@ func (c *Controller) processNextWorkItem(ctx context.Context) bool {
 	return true
 }
 
+// logRefused logs an incident refused for its source alone (not allowed, no
+// node's): what a flood of forged datagrams from spoofed addresses makes,
+// so through Config.Aggregate when set, a burst a minute.
+func (c *Controller) logRefused(inc detect.Incident, msg string, args ...any) {
+	args = append([]any{"incident", inc.ID, "source", inc.Source, "kind", inc.Kind, "fatal", inc.Fatal}, args...)
+	if c.cfg.Aggregate == nil {
+		c.log.Warn(msg, args...)
+		return
+	}
+	c.cfg.Aggregate.Log("cleanup: "+msg, slog.LevelWarn, msg, args...)
+}
+
 // apply takes one incident as far as it can go: done (its outcome, 0,
 // nil), wait for the deletion cap ("", d, nil), or retry after an error.
 func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration, error) {
@@ -280,7 +411,7 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 
 	if !c.allowed(inc.Source) {
 		c.stats.NotAllowed.Add(1)
-		log.Warn("incident refused: source not in the allowed networks")
+		c.logRefused(inc, "incident refused: source not in the allowed networks")
 		return OutcomeNotAllowed, 0, nil
 	}
 	node, ambiguous, err := c.cfg.Index.NodeFor(inc.Source)
@@ -289,7 +420,7 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 	}
 	if node == nil {
 		c.stats.UnknownSource.Add(1)
-		log.Warn("incident from a source that is no node's: no action", "reason", inc.Reason)
+		c.logRefused(inc, "incident from a source that is no node's: no action", "reason", inc.Reason)
 		return OutcomeUnknownSource, 0, nil
 	}
 	log = log.With("node", node.Name)
@@ -307,44 +438,122 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 		return OutcomeReported, 0, c.reportNonFatal(ctx, log, node, inc)
 	}
 
+	if !c.cfg.NodeSelector.Matches(labels.Set(node.Labels)) {
+		c.stats.NotSelected.Add(1)
+		log.Warn("the node is not one lastgasp may end (--node-selector): nothing deleted", "node_selector", c.cfg.NodeSelector.String(), "reason", inc.Reason)
+		return OutcomeNotSelected, 0, nil
+	}
 	if c.cfg.Prober != nil && (node.UID != w.confirmedUID || time.Since(w.confirmedAt) > reconfirmAfter) {
-		since := inc.PanicAt
-		if since.IsZero() {
-			since = inc.First
+		if wait := c.forgeryWait(node.Name); wait > 0 {
+			if !w.delayed {
+				w.delayed = true
+				c.stats.ForgeryDelayed.Add(1)
+				log.Warn("a panic was refused for this node lately: this one waits before it is looked at", "wait", wait.Round(time.Millisecond))
+			}
+			return "", wait, nil
 		}
-		v, err := c.cfg.Prober.Confirm(ctx, node, inc.Source, since)
+		v, err := c.cfg.Prober.Confirm(ctx, node, inc.Source)
 		if err != nil {
 			return "", 0, err
 		}
+		if v.Undecided {
+			return c.undecided(ctx, log, w, node, v.Evidence)
+		}
 		if !v.Dead {
+			c.refuse(node.Name)
 			c.stats.Unconfirmed.Add(1)
 			log.Warn("panic not confirmed: the node is alive; nothing deleted", "evidence", v.Evidence)
-			return OutcomeUnconfirmed, 0, c.reportUnconfirmed(ctx, log, node, inc, v.Evidence)
+			return OutcomeUnconfirmed, 0, c.reportUnconfirmed(ctx, log, node, inc, true, v.Evidence)
 		}
 		log.Info("node confirmed dead", "evidence", v.Evidence)
 		w.confirmedAt, w.confirmedUID = time.Now(), node.UID
 	}
 
-	if w.turn.IsZero() {
-		r := c.deletions.Reserve()
-		w.turn = time.Now().Add(r.Delay())
-		if r.Delay() > 0 {
-			c.stats.Capped.Add(1)
-			log.Warn("node deletion cap reached: this node waits its turn", "cap_per_minute", c.cfg.MaxNodeDeletionsPerMinute, "wait", r.Delay().Round(time.Millisecond))
+	if !w.reserved {
+		nodes, err := c.cfg.Index.NodeNames()
+		if err != nil {
+			return "", 0, err
 		}
-	}
-	if wait := time.Until(w.turn); wait > 0 {
-		return "", wait, nil
-	}
-	if c.cfg.Prober != nil && time.Since(w.confirmedAt) > reconfirmAfter {
-		// It waited its turn: is the node still dead?
-		w.confirmedAt = time.Time{}
-		return c.apply(ctx, w)
+		d, err := c.brake.reserve(ctx, node.Name, inc.ID, nodes)
+		if err != nil {
+			return "", 0, err
+		}
+		if d.braked != "" {
+			c.stats.Braked.Add(1)
+			log.Error("share brake: this node is not ended; nothing deleted", "why", d.braked, "ended", d.ended, "nodes", d.cluster)
+			return OutcomeBraked, 0, c.reportUnconfirmed(ctx, log, node, inc, false, "share brake: "+d.braked)
+		}
+		if d.wait > 0 {
+			if !w.capped {
+				w.capped = true
+				c.stats.Capped.Add(1)
+				log.Warn("node deletion cap reached: this node waits its turn", "cap_per_minute", c.cfg.MaxNodeDeletionsPerMinute, "wait", d.wait.Round(time.Millisecond))
+			}
+			// It is probed again when its turn comes, if that is
+			// later than reconfirmAfter.
+			return "", d.wait, nil
+		}
+		w.reserved = true
 	}
 	if c.cfg.KeepNode {
 		return OutcomeNodeKept, 0, c.cleanUp(ctx, log, node, inc)
 	}
 	return OutcomeCleanedUp, 0, c.cleanUp(ctx, log, node, inc)
+}
+
+// undecided handles a confirmation that proved nothing: try again later,
+// with backoff, until UndecidedFor has passed since the first; then
+// finish the incident as unconfirmed, nothing deleted.
+func (c *Controller) undecided(ctx context.Context, log *slog.Logger, w *work, node *corev1.Node, evidence string) (Outcome, time.Duration, error) {
+	if w.undecidedSince.IsZero() {
+		w.undecidedSince = time.Now()
+	}
+	left := c.cfg.UndecidedFor - time.Since(w.undecidedSince)
+	if left <= 0 {
+		c.stats.Undecided.Add(1)
+		log.Warn("panic unconfirmed: whether the node is dead could not be told; nothing deleted", "evidence", evidence, "tried", w.undecidedTries+1)
+		return OutcomeUndecided, 0, c.reportUnconfirmed(ctx, log, node, w.inc, false, evidence)
+	}
+	wait := min(undecidedFirstWait<<min(w.undecidedTries, 5), undecidedMaxWait, left)
+	w.undecidedTries++
+	c.stats.UndecidedRetries.Add(1)
+	log.Info("cannot tell yet whether the node is dead: looking again later", "evidence", evidence, "wait", wait.Round(time.Millisecond))
+	return "", wait, nil
+}
+
+// forgeryWait is how long incidents about node must still wait after a
+// refusal (0: none).
+func (c *Controller) forgeryWait(node string) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if b := c.refused[node]; b != nil {
+		return time.Until(b.until)
+	}
+	return 0
+}
+
+// refuse starts or doubles node's forgery backoff, and forgets the
+// backoffs that ended more than ForgeryBackoffMax ago.
+func (c *Controller) refuse(node string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	for name, b := range c.refused {
+		if now.Sub(b.until) > c.cfg.ForgeryBackoffMax {
+			delete(c.refused, name)
+		}
+	}
+	b := c.refused[node]
+	if b == nil {
+		b = &backoff{}
+		c.refused[node] = b
+	}
+	wait := c.cfg.ForgeryBackoff << min(b.refusals, 30)
+	if wait <= 0 || wait > c.cfg.ForgeryBackoffMax {
+		wait = c.cfg.ForgeryBackoffMax
+	}
+	b.refusals++
+	b.until = now.Add(wait)
 }
 
 // allowed reports whether addr is in the allowed networks.

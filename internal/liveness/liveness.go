@@ -3,12 +3,19 @@
 //
 // netconsole is plain UDP: anyone who can reach a collector can forge a
 // panic line from any address. But a panicked kernel answers nothing: no
-// ARP, no TCP reset. So a node is confirmed dead when, for a whole window,
-// no connection to its kubelet port gets an answer of any kind (a reset,
-// "connection refused", proves a live kernel as surely as an accepted
-// connection does; so does an ICMP unreachable from a host that answers
-// ARP, a firewall's reject), and its kubelet has not renewed its Lease
-// since the panic.
+// ARP, no TCP reset, and its kubelet renews nothing. So a node is
+// confirmed dead when, for a whole window, no connection to its kubelet
+// port gets an answer of any kind (a reset, "connection refused", proves
+// a live kernel as surely as an accepted connection does; so does an ICMP
+// unreachable from a host that answers ARP, a firewall's reject), and its
+// Lease in kube-node-lease did not change at all while the collector
+// watched it, for longer than its kubelet's renew interval.
+//
+// The Lease is judged on the collector's own clock: its renewTime is the
+// kubelet's clock, which may be anywhere, so it is never compared with
+// anything; only a change seen by the collector counts. What proves
+// nothing (no Lease, a probe the collector's own host refuses to send, a
+// network it has no route to) makes the verdict undecided, never dead.
 package liveness
 
 import (
@@ -30,86 +37,233 @@ import (
 
 // Defaults of Prober.
 const (
-	DefaultPort       = 10250 // the kubelet's
-	DefaultWindow     = 5 * time.Second
-	DefaultAttempt    = 2 * time.Second
-	DefaultLeaseGrace = 2 * time.Second
-	// DefaultLeaseWindow covers a kubelet's renewal interval (10 s) and
-	// the grace: a live kubelet renews within it.
-	DefaultLeaseWindow = 12 * time.Second
+	DefaultPort    = 10250 // the kubelet's
+	DefaultWindow  = 5 * time.Second
+	DefaultAttempt = 2 * time.Second
+	// DefaultLeaseMargin is added to 1.1 renew intervals: the kubelet
+	// renews a quarter of leaseDurationSeconds after its last renewal
+	// ended, plus up to 4% jitter, plus the request's latency.
+	DefaultLeaseMargin = 2 * time.Second
+	// DefaultMaxLeaseWindow bounds how long a Lease is watched: a Lease
+	// that renews more rarely than that cannot be judged (undecided).
+	DefaultMaxLeaseWindow = 90 * time.Second
+	// kubeletLeaseDurationSeconds is the kubelet's default
+	// nodeLeaseDurationSeconds, taken for a Lease that does not say.
+	kubeletLeaseDurationSeconds = 40
 )
 
 // Prober checks nodes. The zero value of each field means its default.
 type Prober struct {
-	// Client reads Leases; nil skips the Lease check.
+	// Client reads Leases; nil skips the Lease check (tests of the
+	// probe alone).
 	Client kubernetes.Interface
 	// Port is the TCP port probed. Default 10250.
 	Port int
-	// Window is how long connections must go unanswered. Default 5s.
+	// Window is how long connections must go unanswered, at least.
+	// Default 5s. The probe goes on for the Lease's window if longer.
 	Window time.Duration
 	// Attempt bounds one connection attempt. Default 2s.
 	Attempt time.Duration
-	// LeaseGrace allows for clock skew between the collector and the
-	// kubelet: a renewal up to this long after the panic is not taken as
-	// a sign of life. Default 2s.
-	LeaseGrace time.Duration
-	// LeaseWindow is how long after the panic a live kubelet would have
-	// renewed its Lease: probing goes on at least until then, so that the
-	// Lease check can prove something. Default 12s.
-	LeaseWindow time.Duration
+	// LeaseMargin is added to 1.1 renew intervals to make the window
+	// the Lease is watched for. Default 2s.
+	LeaseMargin time.Duration
+	// MaxLeaseWindow bounds that window; a Lease needing longer leaves
+	// the verdict undecided. Default 90s.
+	MaxLeaseWindow time.Duration
 	// Do, if set, runs the probe's network work (connections, the
 	// neighbour table) inside another network namespace: a test's
 	// netns.Do. Default: the process's own.
 	Do func(func() error) error
 }
 
-// Verdict is what a probe found.
+// Verdict is what a probe found: dead, alive (neither flag), or
+// undecided.
 type Verdict struct {
-	// Dead is set when nothing answered and the Lease is stale.
+	// Dead is set when nothing answered and the Lease did not change.
 	Dead bool
+	// Undecided is set when nothing proved the node alive but something
+	// kept the probe from proving it dead (no Lease, a probe the
+	// collector could not send): try again later, never delete on it.
+	Undecided bool
 	// Evidence says why, in words for logs, annotations and Events.
 	Evidence string
 }
 
-// Confirm probes node, whose kernel is said to have panicked at since.
-// It returns an error only when it could not decide (the Lease could not
-// be read): the caller retries.
-func (p *Prober) Confirm(ctx context.Context, node *corev1.Node, source netip.Addr, since time.Time) (Verdict, error) {
+// sign is what one half of a confirmation (the probe, the Lease watch)
+// found: alive, or a reason it proves nothing (undecided), or neither:
+// silence, which is what a dead node gives.
+type sign struct {
+	alive     string // how the node showed it is alive
+	undecided string // why this half proves nothing
+}
+
+// Confirm probes node, whose kernel is said to have panicked. It returns
+// an error only when the API server could not be read: the caller
+// retries.
+func (p *Prober) Confirm(ctx context.Context, node *corev1.Node, source netip.Addr) (Verdict, error) {
 	start := time.Now()
 	addr := probeAddress(node, source)
 	target := net.JoinHostPort(addr.String(), strconv.Itoa(p.port()))
-	// Probe for the window, and at least until a live kubelet would have
-	// renewed its Lease since the panic.
-	until := time.Now().Add(p.window())
-	if leaseDue := since.Add(p.leaseWindow()); leaseDue.After(until) {
-		until = leaseDue
+
+	// The Lease as it is now, and how long a live kubelet may take to
+	// renew it: the probe lasts at least as long.
+	var lease *coordinationv1.Lease
+	var leaseSign sign
+	window := p.window()
+	var leaseWindow time.Duration
+	if p.Client != nil {
+		var err error
+		lease, err = p.Client.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, node.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			lease, leaseSign.undecided = nil, "it has no Lease in "+corev1.NamespaceNodeLease+" to watch"
+		case err != nil:
+			return Verdict{}, fmt.Errorf("read lease of node %s: %w", node.Name, err)
+		default:
+			leaseWindow = p.LeaseWindow(lease)
+			if leaseWindow > p.maxLeaseWindow() {
+				leaseSign.undecided = fmt.Sprintf("its Lease renews too rarely to be watched (%s would be needed, at most %s)", leaseWindow, p.maxLeaseWindow())
+				lease = nil
+			} else {
+				window = max(window, leaseWindow)
+			}
+		}
 	}
-	answered, how, err := p.probe(ctx, target, until)
-	if err == nil {
-		err = ctx.Err() // cancelled, not finished: undecided
+	watched := time.Now()
+
+	// The probe and the Lease watch run together; the first sign of
+	// life ends both.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	probeDone := make(chan sign, 1)
+	go func() {
+		s := p.probe(ctx, target, start.Add(window))
+		if s.alive != "" {
+			cancel() // the Lease need not be watched further
+		}
+		probeDone <- s
+	}()
+	var leaseErr error
+	if lease != nil {
+		leaseSign, leaseErr = p.watchLease(ctx, lease, watched.Add(leaseWindow))
+		if leaseSign.alive != "" {
+			cancel()
+		}
 	}
-	if err != nil {
-		return Verdict{}, fmt.Errorf("probe %s: %w", target, err)
+	probeSign := <-probeDone
+
+	switch {
+	case probeSign.alive != "":
+		return Verdict{Evidence: fmt.Sprintf("%s answered with %s: its kernel is alive", target, probeSign.alive)}, nil
+	case leaseSign.alive != "":
+		return Verdict{Evidence: leaseSign.alive + ": its kubelet is alive"}, nil
+	case leaseErr != nil:
+		return Verdict{}, leaseErr
+	case ctx.Err() != nil:
+		return Verdict{}, fmt.Errorf("probe %s: %w", target, context.Cause(ctx)) // cancelled, not finished
+	case probeSign.undecided != "" || leaseSign.undecided != "":
+		why := probeSign.undecided
+		if why == "" {
+			why = leaseSign.undecided
+		} else if leaseSign.undecided != "" {
+			why += "; " + leaseSign.undecided
+		}
+		return Verdict{Undecided: true, Evidence: fmt.Sprintf("cannot tell whether the node is dead: %s", why)}, nil
 	}
-	if answered {
-		return Verdict{Evidence: fmt.Sprintf("%s answered on %s: its kernel is alive", target, how)}, nil
+	evidence := fmt.Sprintf("no answer from %s for %s", target, time.Since(start).Round(100*time.Millisecond))
+	if lease != nil {
+		evidence += fmt.Sprintf(", and its Lease unchanged for %s (longer than 1.1 renew intervals of %s)", time.Since(watched).Round(100*time.Millisecond), renewInterval(lease))
 	}
-	renewed, err := p.leaseRenewed(ctx, node.Name)
-	if err != nil {
-		return Verdict{}, err
+	return Verdict{Dead: true, Evidence: evidence}, nil
+}
+
+// LeaseWindow is how long the Lease must stay unchanged, as the collector
+// sees it, for its kubelet to be taken as dead: 1.1 renew intervals (a
+// quarter of its leaseDurationSeconds, as the kubelet derives it) plus
+// the margin.
+func (p *Prober) LeaseWindow(l *coordinationv1.Lease) time.Duration {
+	return renewInterval(l)*11/10 + p.leaseMargin()
+}
+
+// renewInterval is how often the Lease's kubelet renews it: a quarter of
+// its duration (the kubelet's renewIntervalFraction, 0.25).
+func renewInterval(l *coordinationv1.Lease) time.Duration {
+	seconds := int32(kubeletLeaseDurationSeconds)
+	if d := l.Spec.LeaseDurationSeconds; d != nil && *d > 0 {
+		seconds = *d
 	}
-	limit := since.Add(p.grace())
-	if renewed.After(limit) {
-		return Verdict{Evidence: fmt.Sprintf("its Lease was renewed at %s, after the panic at %s", renewed.UTC().Format(time.RFC3339), since.UTC().Format(time.RFC3339))}, nil
+	return time.Duration(seconds) * time.Second / 4
+}
+
+// leasePoll is how often the Lease is read again while watched. (A watch
+// would need the list and watch verbs on every node's Lease; a read of
+// one by name needs only get. A change between two reads is not missed:
+// the resourceVersion never goes back.)
+const leasePoll = 500 * time.Millisecond
+
+// watchLease reads the Lease until until, or until it changed from first
+// in any way (resourceVersion, renewTime, holder). A read that fails
+// midway is skipped; the last one, after until, must succeed.
+func (p *Prober) watchLease(ctx context.Context, first *coordinationv1.Lease, until time.Time) (sign, error) {
+	leases := p.Client.CoordinationV1().Leases(corev1.NamespaceNodeLease)
+	for {
+		wait := min(leasePoll, time.Until(until))
+		final := wait <= 0
+		if !final {
+			select {
+			case <-ctx.Done():
+				return sign{}, nil
+			case <-time.After(wait):
+			}
+			final = !time.Now().Before(until)
+		}
+		now, err := leases.Get(ctx, first.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			return sign{undecided: "its Lease was deleted while watched"}, nil
+		case err != nil && ctx.Err() != nil:
+			return sign{}, nil
+		case err != nil && final:
+			return sign{}, fmt.Errorf("read lease of node %s: %w", first.Name, err)
+		case err != nil:
+			continue
+		}
+		if changed := leaseChange(first, now); changed != "" {
+			return sign{alive: "its Lease changed while the collector watched it (" + changed + ")"}, nil
+		}
+		if final {
+			return sign{}, nil
+		}
 	}
-	return Verdict{Dead: true, Evidence: fmt.Sprintf("no answer from %s for %s, and no Lease renewal since the panic", target, time.Since(start).Round(time.Second))}, nil
+}
+
+// leaseChange says how b differs from a, or "" if it does not.
+func leaseChange(a, b *coordinationv1.Lease) string {
+	switch {
+	case a.UID != b.UID:
+		return "recreated"
+	case !renewTime(a).Equal(renewTime(b)):
+		return fmt.Sprintf("renewTime %s, then %s", renewTime(a).UTC().Format(time.RFC3339Nano), renewTime(b).UTC().Format(time.RFC3339Nano))
+	case holder(a) != holder(b):
+		return fmt.Sprintf("holder %q, then %q", holder(a), holder(b))
+	case a.ResourceVersion != b.ResourceVersion:
+		return fmt.Sprintf("resourceVersion %s, then %s", a.ResourceVersion, b.ResourceVersion)
+	}
+	return ""
+}
+
+func holder(l *coordinationv1.Lease) string {
+	if l.Spec.HolderIdentity == nil {
+		return ""
+	}
+	return *l.Spec.HolderIdentity
 }
 
 // probe connects to target until one attempt gets an answer of any kind,
-// or until. It returns whether something answered and how, or an error
-// when the attempts failed for a reason of the collector's own (a local
-// firewall, no usable source address), which proves nothing of the node.
-func (p *Prober) probe(ctx context.Context, target string, until time.Time) (bool, string, error) {
+// or until. It returns how the node answered, or why the attempts prove
+// nothing (a failure of the collector's own: a local firewall, no route
+// to the address's network, no usable source address), or silence.
+func (p *Prober) probe(ctx context.Context, target string, until time.Time) sign {
 	ctx, cancel := context.WithDeadline(ctx, until)
 	defer cancel()
 	for {
@@ -124,52 +278,40 @@ func (p *Prober) probe(ctx context.Context, target string, until time.Time) (boo
 		switch {
 		case err == nil:
 			conn.Close()
-			return true, "a TCP connection", nil
+			return sign{alive: "a TCP connection"}
 		case errors.Is(err, syscall.ECONNREFUSED):
-			return true, "a TCP reset (connection refused)", nil
-		case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EADDRNOTAVAIL):
-			return false, "", fmt.Errorf("cannot probe from here: %w", err)
+			return sign{alive: "a TCP reset (connection refused)"}
+		case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES):
+			// A local firewall, or an ICMP "administratively
+			// prohibited" (Linux reports ICMPv6's as EACCES): the
+			// probe cannot tell from here.
+			return sign{undecided: fmt.Sprintf("the probe of %s was refused on the way (%v)", target, err)}
+		case errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EADDRNOTAVAIL), errors.Is(err, syscall.EAFNOSUPPORT):
+			return sign{undecided: fmt.Sprintf("the collector cannot reach %s (%v)", target, err)}
 		case errors.Is(err, syscall.EHOSTUNREACH):
 			// Either ARP/NDP went unanswered (the entry is then
 			// FAILED), or an ICMP unreachable came back: from the
 			// host itself, if it answers ARP (a firewall's reject of
 			// the port), and that is a live kernel.
 			if answered, err := p.neighbourAnswered(target); err != nil {
-				return false, "", fmt.Errorf("cannot probe from here: %w", err)
+				return sign{undecided: fmt.Sprintf("the neighbour table could not be read: %v", err)}
 			} else if answered {
-				return true, "an ICMP unreachable (a firewall's reject) from a host that answers ARP/NDP", nil
+				return sign{alive: "an ICMP unreachable (a firewall's reject) from a host that answers ARP/NDP"}
 			}
 		}
-		// A timeout, "no route to host" (ARP went unanswered) or
-		// "network unreachable": no sign of life. Do not spin when the
-		// failure was immediate.
+		// A timeout, or "no route to host" (ARP went unanswered): no
+		// sign of life. Do not spin when the failure was immediate.
 		if ctx.Err() != nil {
-			return false, "", nil
+			return sign{}
 		}
 		if wait := 200*time.Millisecond - time.Since(start); wait > 0 {
 			select {
 			case <-ctx.Done():
-				return false, "", nil
+				return sign{}
 			case <-time.After(wait):
 			}
 		}
 	}
-}
-
-// leaseRenewed returns when the node's kubelet last renewed its Lease, or
-// the zero time if there is no Lease (or no client).
-func (p *Prober) leaseRenewed(ctx context.Context, node string) (time.Time, error) {
-	if p.Client == nil {
-		return time.Time{}, nil
-	}
-	lease, err := p.Client.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, node, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return time.Time{}, nil
-	}
-	if err != nil {
-		return time.Time{}, fmt.Errorf("read lease of node %s: %w", node, err)
-	}
-	return renewTime(lease), nil
 }
 
 func renewTime(l *coordinationv1.Lease) time.Time {
@@ -235,16 +377,16 @@ func (p *Prober) attempt() time.Duration {
 	return p.Attempt
 }
 
-func (p *Prober) leaseWindow() time.Duration {
-	if p.LeaseWindow <= 0 {
-		return DefaultLeaseWindow
+func (p *Prober) leaseMargin() time.Duration {
+	if p.LeaseMargin <= 0 {
+		return DefaultLeaseMargin
 	}
-	return p.LeaseWindow
+	return p.LeaseMargin
 }
 
-func (p *Prober) grace() time.Duration {
-	if p.LeaseGrace <= 0 {
-		return DefaultLeaseGrace
+func (p *Prober) maxLeaseWindow() time.Duration {
+	if p.MaxLeaseWindow <= 0 {
+		return DefaultMaxLeaseWindow
 	}
-	return p.LeaseGrace
+	return p.MaxLeaseWindow
 }

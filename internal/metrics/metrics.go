@@ -244,12 +244,18 @@ var (
 	)
 	cleanupCounters = counters(
 		def[cleanup.Stats]{"lastgasp_cleanup_not_allowed_incidents_total", "Incidents refused: their source is outside --allow.", func(c *cleanup.Stats) uint64 { return c.NotAllowed.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_not_selected_incidents_total", "Fatal incidents refused: their node is not one --node-selector selects (by default, control-plane nodes).", func(c *cleanup.Stats) uint64 { return c.NotSelected.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_unknown_source_incidents_total", "Incidents refused: their source is no node's.", func(c *cleanup.Stats) uint64 { return c.UnknownSource.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_ambiguous_incidents_total", "Fatal incidents refused: several nodes claim their source.", func(c *cleanup.Stats) uint64 { return c.Ambiguous.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_nonfatal_incidents_total", "Non-fatal incidents reported on their node.", func(c *cleanup.Stats) uint64 { return c.NonFatal.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_alive_incidents_total", "Panics refused: the node was alive.", func(c *cleanup.Stats) uint64 { return c.Unconfirmed.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_undecided_incidents_total", "Panics finished unconfirmed: neither dead nor alive could be proved in --undecided-for (nothing deleted).", func(c *cleanup.Stats) uint64 { return c.Undecided.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_undecided_retries_total", "Confirmations that proved nothing and were tried again later (not API errors).", func(c *cleanup.Stats) uint64 { return c.UndecidedRetries.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_forgery_delayed_incidents_total", "Fatal incidents held back by their node's forgery backoff (a panic of that node was refused as alive lately).", func(c *cleanup.Stats) uint64 { return c.ForgeryDelayed.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_braked_incidents_total", "Node cleanups refused by the share brake: too many of the cluster's nodes were ended lately (finished unconfirmed).", func(c *cleanup.Stats) uint64 { return c.Braked.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_capped_cleanups_total", "Node cleanups delayed by the deletion cap.", func(c *cleanup.Stats) uint64 { return c.Capped.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_failed_pods_total", "Pods given their final status (phase Failed, DisruptionTarget).", func(c *cleanup.Stats) uint64 { return c.PodsFailed.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_pod_rereads_total", "Pods whose status patch found the cache behind, tried again with a newer copy.", func(c *cleanup.Stats) uint64 { return c.PodRereads.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_deleted_pods_total", "Pods this collector deleted.", func(c *cleanup.Stats) uint64 { return c.PodsDeleted.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_deleted_nodes_total", "Nodes this collector deleted.", func(c *cleanup.Stats) uint64 { return c.NodesDeleted.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_events_total", "Kubernetes Events recorded.", func(c *cleanup.Stats) uint64 { return c.Events.Load() }},

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
@@ -89,6 +90,28 @@ func (x *Index) NodeFor(addr netip.Addr) (node *corev1.Node, ambiguous bool, err
 // Node returns the cached Node of that name.
 func (x *Index) Node(name string) (*corev1.Node, error) {
 	return x.nodeLister.Get(name)
+}
+
+// NodeNames returns the names of every cached Node.
+func (x *Index) NodeNames() ([]string, error) {
+	nodes, err := x.nodeLister.List(labels.Everything())
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	names := make([]string, len(nodes))
+	for i, n := range nodes {
+		names[i] = n.Name
+	}
+	return names, nil
+}
+
+// Pod returns the cached Pod of that namespace and name, or nil.
+func (x *Index) Pod(namespace, name string) (*corev1.Pod, error) {
+	obj, ok, err := x.pods.GetIndexer().GetByKey(namespace + "/" + name)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return obj.(*corev1.Pod), nil
 }
 
 // PodsOn returns the cached Pods bound to the named Node.

@@ -8,11 +8,14 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	mrand "math/rand/v2"
 	"strings"
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -37,7 +40,14 @@ func InternalIP(addr string) []corev1.NodeAddress {
 	return []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: addr}}
 }
 
-// Node registers a Node with the given addresses and annotations.
+// LeaseDurationSeconds is the leaseDurationSeconds of the Leases Node
+// makes: short, so that a confirmation (which watches the Lease for 1.1
+// renew intervals, a quarter of it each, plus a margin) is quick.
+const LeaseDurationSeconds = 4
+
+// Node registers a Node with the given addresses and annotations, and its
+// Lease in kube-node-lease, as a kubelet does when it registers (see
+// Lease): a kubelet that then died, since nothing renews it.
 func Node(t testing.TB, cs kubernetes.Interface, name string, addrs []corev1.NodeAddress, annotations map[string]string) *corev1.Node {
 	t.Helper()
 	ctx := context.Background()
@@ -49,7 +59,66 @@ func Node(t testing.TB, cs kubernetes.Interface, name string, addrs []corev1.Nod
 	if n, err = cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	if err := Lease(ctx, cs, n, LeaseDurationSeconds); err != nil {
+		t.Fatal(err)
+	}
 	return n
+}
+
+// Lease creates (or replaces: a name used before) the node's Lease in
+// kube-node-lease as its kubelet would: held by the node, owned by the
+// Node, renewed now, with the given duration.
+func Lease(ctx context.Context, cs kubernetes.Interface, node *corev1.Node, durationSeconds int32) error {
+	now := metav1.NewMicroTime(time.Now())
+	lease := &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: node.Name, OwnerReferences: []metav1.OwnerReference{{
+			APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID,
+		}}},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: &node.Name, LeaseDurationSeconds: &durationSeconds, RenewTime: &now},
+	}
+	leases := cs.CoordinationV1().Leases(corev1.NamespaceNodeLease)
+	_, err := leases.Create(ctx, lease, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		if err = leases.Delete(ctx, node.Name, metav1.DeleteOptions{}); err == nil {
+			_, err = leases.Create(ctx, lease, metav1.CreateOptions{})
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("lease of node %s: %w", node.Name, err)
+	}
+	return nil
+}
+
+// Kubelet renews the node's Lease as a live kubelet does, until the test
+// ends: every quarter of its leaseDurationSeconds, plus up to 4% jitter,
+// counted after each renewal ends; with renewTime on a clock that is skew
+// off the test's (negative: behind).
+func Kubelet(t testing.TB, cs kubernetes.Interface, node string, skew time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-done })
+	leases := cs.CoordinationV1().Leases(corev1.NamespaceNodeLease)
+	go func() {
+		defer close(done)
+		for {
+			l, err := leases.Get(ctx, node, metav1.GetOptions{})
+			interval := time.Second
+			if err == nil {
+				if d := l.Spec.LeaseDurationSeconds; d != nil {
+					interval = time.Duration(*d) * time.Second / 4
+				}
+				now := metav1.NewMicroTime(time.Now().Add(skew))
+				l.Spec.RenewTime = &now
+				leases.Update(ctx, l, metav1.UpdateOptions{}) // a failed renewal waits for the next, as the kubelet's
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(interval + time.Duration(mrand.Int64N(int64(interval)/25))):
+			}
+		}
+	}()
 }
 
 // Pods creates the namespace ns and n Running pods in it, named
@@ -119,8 +188,10 @@ func EventsFor(t testing.TB, cs kubernetes.Interface, ns string, uid types.UID) 
 }
 
 // CheckPodEnded checks the end lastgasp gave a pod for a fatal incident:
-// deleted, in wantPhase, with the DisruptionTarget condition (reason
-// KernelPanic, the panic in its message) and the three annotations.
+// deleted, in wantPhase, with the three annotations, and with the
+// DisruptionTarget condition (reason KernelPanic, the panic in its
+// message) unless wantPhase is Succeeded: a pod that had ended before the
+// panic did not die of it, and must not have one.
 func CheckPodEnded(t testing.TB, p *corev1.Pod, inc detect.Incident, wantPhase corev1.PodPhase) {
 	t.Helper()
 	name := p.Namespace + "/" + p.Name
@@ -136,7 +207,11 @@ func CheckPodEnded(t testing.TB, p *corev1.Pod, inc detect.Incident, wantPhase c
 			cond = &p.Status.Conditions[i]
 		}
 	}
-	if cond == nil || cond.Status != corev1.ConditionTrue || cond.Reason != cleanup.ConditionReasonKernelPanic || !strings.Contains(cond.Message, inc.Reason) {
+	if wantPhase == corev1.PodSucceeded {
+		if cond != nil {
+			t.Errorf("%s: ended before the panic, yet a DisruptionTarget condition %+v", name, cond)
+		}
+	} else if cond == nil || cond.Status != corev1.ConditionTrue || cond.Reason != cleanup.ConditionReasonKernelPanic || !strings.Contains(cond.Message, inc.Reason) {
 		t.Errorf("%s: DisruptionTarget condition %+v", name, cond)
 	}
 	a := p.Annotations
