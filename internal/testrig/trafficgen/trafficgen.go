@@ -1,0 +1,259 @@
+// Package trafficgen is an in-kernel netconsole traffic generator for
+// benchmarks and tests: it pushes Ethernet frames into one end of a veth
+// pair faster than any socket sender can on this machine.
+//
+// It runs a minimal XDP program, "return bpf_redirect(ifindex, 0)", with
+// BPF_PROG_TEST_RUN and BPF_F_TEST_XDP_LIVE_FRAMES (as xdp-trafficgen
+// does): the kernel builds each frame in a page of its own page pool, runs
+// the program on it, and carries out the verdict for real, so every repeat
+// of the frame is transmitted out of the interface ifindex. Out of a veth
+// end, a frame goes into the peer's XDP ring as an xdp_frame, without an
+// skb, and reaches the peer's XDP program: lastgasp's, or, for a socket
+// receiver, a program that passes it up the stack (a veth peer accepts
+// redirected frames only while an XDP program is attached to it, or GRO
+// is on).
+//
+// The frames are netconsole lines: ordinary console lines drawn from the
+// real captures in testdata/netconsole (both formats), each batch from
+// another IPv4 source address, and the real panic of a capture (every
+// frame from its first matching line on, in order) from a known source at
+// a known batch. The kernel's veth ring is 256 frames deep: a receiver
+// that falls behind loses frames there (counted by the veth as xdp_tx
+// errors), which is what a receiver's lost lines are measured against.
+package trafficgen
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
+
+	"github.com/lastgasp/lastgasp/internal/pattern"
+	"github.com/lastgasp/lastgasp/internal/testrig/packettest"
+)
+
+// Redirector is the generator's XDP program: every frame it runs on is
+// redirected out of one interface.
+type Redirector struct {
+	prog *ebpf.Program
+}
+
+// NewRedirector loads "return bpf_redirect(ifindex, 0)". The frames it is
+// run on must be sent from the namespace that holds ifindex (Send looks
+// the interface up in the caller's network namespace).
+func NewRedirector(ifindex int) (*Redirector, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "lg_trafficgen",
+		Type: ebpf.XDP,
+		Instructions: asm.Instructions{
+			// bpf_redirect(ifindex, flags 0): XDP_REDIRECT, the frame
+			// to be transmitted out of ifindex.
+			asm.Mov.Imm(asm.R1, int32(ifindex)),
+			asm.Mov.Imm(asm.R2, 0),
+			asm.FnRedirect.Call(),
+			asm.Return(),
+		},
+		License: "GPL",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load the traffic generator's XDP program: %w", err)
+	}
+	return &Redirector{prog: prog}, nil
+}
+
+// Send transmits frame repeat times (repeat >= 1). It must run in the
+// network namespace of the interface the Redirector was made for, on a
+// thread locked there.
+func (r *Redirector) Send(frame []byte, repeat uint32) error {
+	if repeat == 0 {
+		return errors.New("send frames: repeat must be at least 1")
+	}
+	_, err := r.prog.Run(&ebpf.RunOptions{
+		Data:   frame,
+		Repeat: repeat,
+		Flags:  unix.BPF_F_TEST_XDP_LIVE_FRAMES,
+	})
+	if err != nil {
+		return fmt.Errorf("send %d frames of %d bytes (BPF_PROG_TEST_RUN, live frames): %w", repeat, len(frame), err)
+	}
+	return nil
+}
+
+// Close unloads the program.
+func (r *Redirector) Close() error { return r.prog.Close() }
+
+// PassProgram loads an XDP program that passes every frame up the stack
+// (XDP_PASS): attached to a veth end it lets that end accept the
+// generator's redirected frames, for a socket receiver behind it.
+func PassProgram() (*ebpf.Program, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "lg_pass",
+		Type:         ebpf.XDP,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()},
+		License:      "GPL",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load an XDP_PASS program: %w", err)
+	}
+	return prog, nil
+}
+
+// Corpus is what the generator sends: ordinary lines and one real panic.
+type Corpus struct {
+	// Ordinary are UDP payloads of ordinary console lines (matching no
+	// pattern of pattern.Default), basic and extended format mixed.
+	Ordinary [][]byte
+	// Panic are the payloads of a real panic, in the order sent: every
+	// datagram of the capture from its first matching line on.
+	Panic [][]byte
+}
+
+// Captures of testdata/netconsole the corpus is drawn from.
+var (
+	ordinaryCaptures = []string{"healthy.pcap", "sysrq-ext-v4.pcap", "sysrq-v4.pcap"}
+	panicCapture     = "null-oops-panic.pcap"
+)
+
+// LoadCorpus reads the corpus from dir (testdata/netconsole).
+func LoadCorpus(dir string) (*Corpus, error) {
+	table := pattern.Default()
+	c := &Corpus{}
+	for _, name := range ordinaryCaptures {
+		lines, err := payloads(filepath.Join(dir, name))
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range lines {
+			if _, ok := table.Match(p); ok {
+				// The rest of this capture is its failure: not
+				// ordinary.
+				break
+			}
+			c.Ordinary = append(c.Ordinary, p)
+		}
+	}
+	lines, err := payloads(filepath.Join(dir, panicCapture))
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range lines {
+		if _, ok := table.Match(p); ok || len(c.Panic) > 0 {
+			c.Panic = append(c.Panic, p)
+		}
+	}
+	if len(c.Ordinary) == 0 || len(c.Panic) == 0 {
+		return nil, fmt.Errorf("corpus from %s: %d ordinary lines, %d panic lines: want some of each", dir, len(c.Ordinary), len(c.Panic))
+	}
+	return c, nil
+}
+
+// payloads returns the non-empty UDP payloads of a capture, in order.
+func payloads(path string) ([][]byte, error) {
+	frames, err := packettest.ReadCapture(path)
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for _, f := range frames {
+		if p := packettest.UDPPayload(f.Frame); len(p) > 0 {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// Plan is one run of the generator.
+type Plan struct {
+	// Dst is the collector's address (the frames' destination).
+	Dst netip.Addr
+	// Batches of Repeat copies of one ordinary frame are sent; batch i
+	// carries Corpus.Ordinary[i % len] from source Source(i % Sources).
+	Batches int
+	Repeat  uint32
+	Sources int
+	// PanicAt is the batch before which the panic is sent, one frame a
+	// line, in order, from PanicSource.
+	PanicAt     int
+	PanicSource netip.AddrPort
+}
+
+// Source returns the i-th ordinary source address: 10.128.0.0 + i, port
+// 6665. The panic source must lie outside 10.128.0.0/9.
+func Source(i int) netip.AddrPort {
+	n := uint32(10)<<24 | 128<<16 + uint32(i)
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}), packettest.NodePort)
+}
+
+// Stats is what a run sent.
+type Stats struct {
+	Ordinary uint64 // ordinary frames sent
+	Panic    uint64 // panic frames sent
+	// PanicTime is when the first panic frame was sent.
+	PanicTime time.Time
+	Elapsed   time.Duration
+}
+
+// Offered returns the frames per second offered over the run.
+func (s Stats) Offered() float64 {
+	return float64(s.Ordinary+s.Panic) / s.Elapsed.Seconds()
+}
+
+// Run sends plan's frames of c through r. It must run in r's namespace, on
+// a locked thread (testnet.Netns.Do).
+func Run(r *Redirector, c *Corpus, plan Plan) (Stats, error) {
+	if plan.Sources <= 0 {
+		plan.Sources = 1
+	}
+	frames := make([][]byte, len(c.Ordinary))
+	for i, p := range c.Ordinary {
+		frames[i] = packettest.UDP{Src: Source(0).Addr(), Dst: plan.Dst, Payload: p}.Frame()
+	}
+	var st Stats
+	start := time.Now()
+	for i := 0; i <= plan.Batches; i++ {
+		if i == plan.PanicAt {
+			st.PanicTime = time.Now()
+			for _, p := range c.Panic {
+				frame := packettest.UDP{Src: plan.PanicSource.Addr(), SrcPort: plan.PanicSource.Port(), Dst: plan.Dst, Payload: p}.Frame()
+				if err := r.Send(frame, 1); err != nil {
+					return st, err
+				}
+				st.Panic++
+			}
+		}
+		if i == plan.Batches {
+			break
+		}
+		frame := frames[i%len(frames)]
+		SetSourceV4(frame, Source(i%plan.Sources).Addr())
+		if err := r.Send(frame, plan.Repeat); err != nil {
+			return st, err
+		}
+		st.Ordinary += uint64(plan.Repeat)
+	}
+	st.Elapsed = time.Since(start)
+	return st, nil
+}
+
+// SetSourceV4 rewrites the IPv4 source address of an untagged Ethernet
+// frame made by packettest (a 20-byte IPv4 header at offset 14) and its
+// header checksum. The UDP checksum is 0 (none), as packettest writes it.
+func SetSourceV4(frame []byte, src netip.Addr) {
+	ip := frame[14 : 14+20]
+	a := src.As4()
+	copy(ip[12:16], a[:])
+	ip[10], ip[11] = 0, 0
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(ip[i])<<8 | uint32(ip[i+1])
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	ip[10], ip[11] = byte(^sum>>8), byte(^sum)
+}
