@@ -25,6 +25,7 @@ package trafficgen
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"time"
@@ -35,25 +36,46 @@ import (
 
 	"github.com/lastgasp/lastgasp/internal/pattern"
 	"github.com/lastgasp/lastgasp/internal/testrig/packettest"
+	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
 )
 
 // Redirector is the generator's XDP program: every frame it runs on is
-// redirected out of one interface.
+// counted and redirected out of one interface.
 type Redirector struct {
 	prog *ebpf.Program
+	// sent counts the frames the program ran on: a signal can interrupt
+	// BPF_PROG_TEST_RUN after some of a call's frames went out, and
+	// cilium/ebpf then makes the whole call again, so the repeats asked
+	// for are not what was sent.
+	sent *ebpf.Map
 }
 
-// NewRedirector loads "return bpf_redirect(ifindex, 0)". The frames it is
-// run on must be sent from the namespace that holds ifindex (Send looks
-// the interface up in the caller's network namespace).
+// NewRedirector loads the generator's program for ifindex. The frames it
+// is run on must be sent from the namespace that holds ifindex (Send
+// looks the interface up in the caller's network namespace).
 func NewRedirector(ifindex int) (*Redirector, error) {
+	sent, err := ebpf.NewMap(&ebpf.MapSpec{Name: "lg_tg_sent", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		return nil, fmt.Errorf("create the traffic generator's counter: %w", err)
+	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "lg_trafficgen",
 		Type: ebpf.XDP,
 		Instructions: asm.Instructions{
-			// bpf_redirect(ifindex, flags 0): XDP_REDIRECT, the frame
-			// to be transmitted out of ifindex.
-			asm.Mov.Imm(asm.R1, int32(ifindex)),
+			// sent[0] += 1, atomically (the map lookup cannot fail
+			// for key 0 of a one-entry array, but the verifier
+			// wants the check).
+			asm.StoreImm(asm.R10, -4, 0, asm.Word),
+			asm.Mov.Reg(asm.R2, asm.R10),
+			asm.Add.Imm(asm.R2, -4),
+			asm.LoadMapPtr(asm.R1, sent.FD()),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "redirect"),
+			asm.Mov.Imm(asm.R1, 1),
+			asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+			// return bpf_redirect(ifindex, flags 0): XDP_REDIRECT,
+			// the frame to be transmitted out of ifindex.
+			asm.Mov.Imm(asm.R1, int32(ifindex)).WithSymbol("redirect"),
 			asm.Mov.Imm(asm.R2, 0),
 			asm.FnRedirect.Call(),
 			asm.Return(),
@@ -61,12 +83,14 @@ func NewRedirector(ifindex int) (*Redirector, error) {
 		License: "GPL",
 	})
 	if err != nil {
+		sent.Close()
 		return nil, fmt.Errorf("load the traffic generator's XDP program: %w", err)
 	}
-	return &Redirector{prog: prog}, nil
+	return &Redirector{prog: prog, sent: sent}, nil
 }
 
-// Send transmits frame repeat times (repeat >= 1). It must run in the
+// Send transmits frame repeat times (repeat >= 1; more if a signal made
+// the call start again: Sent counts what went out). It must run in the
 // network namespace of the interface the Redirector was made for, on a
 // thread locked there.
 func (r *Redirector) Send(frame []byte, repeat uint32) error {
@@ -84,8 +108,17 @@ func (r *Redirector) Send(frame []byte, repeat uint32) error {
 	return nil
 }
 
-// Close unloads the program.
-func (r *Redirector) Close() error { return r.prog.Close() }
+// Sent returns how many frames the program has redirected so far.
+func (r *Redirector) Sent() (uint64, error) {
+	var n uint64
+	if err := r.sent.Lookup(uint32(0), &n); err != nil {
+		return 0, fmt.Errorf("read the traffic generator's counter: %w", err)
+	}
+	return n, nil
+}
+
+// Close unloads the program and its counter.
+func (r *Redirector) Close() error { return errors.Join(r.prog.Close(), r.sent.Close()) }
 
 // PassProgram loads an XDP program that passes every frame up the stack
 // (XDP_PASS): attached to a veth end it lets that end accept the
@@ -177,9 +210,12 @@ type Plan struct {
 	Repeat  uint32
 	Sources int
 	// PanicAt is the batch before which the panic is sent, one frame a
-	// line, in order, from PanicSource.
+	// line, in order, from PanicSource, each followed by PanicGap copies
+	// of that batch's ordinary frame: the panic arrives inside the flood,
+	// not in a pause of it.
 	PanicAt     int
 	PanicSource netip.AddrPort
+	PanicGap    uint32
 }
 
 // Source returns the i-th ordinary source address: 10.128.0.0 + i, port
@@ -191,8 +227,11 @@ func Source(i int) netip.AddrPort {
 
 // Stats is what a run sent.
 type Stats struct {
-	Ordinary uint64 // ordinary frames sent
-	Panic    uint64 // panic frames sent
+	Ordinary uint64 // ordinary frames asked for (repeats)
+	Panic    uint64 // panic frames asked for
+	// Sent is what the generator's program counted: every frame sent,
+	// the repeats of calls a signal interrupted and restarted included.
+	Sent uint64
 	// PanicTime is when the first panic frame was sent.
 	PanicTime time.Time
 	Elapsed   time.Duration
@@ -200,10 +239,11 @@ type Stats struct {
 
 // Offered returns the frames per second offered over the run.
 func (s Stats) Offered() float64 {
-	return float64(s.Ordinary+s.Panic) / s.Elapsed.Seconds()
+	return float64(s.Sent) / s.Elapsed.Seconds()
 }
 
-// Run sends plan's frames of c through r. It must run in r's namespace, on
+// Run sends plan's frames of c through r (a fresh Redirector: Stats.Sent
+// is its whole count). It must run in r's namespace, on
 // a locked thread (testnet.Netns.Do).
 func Run(r *Redirector, c *Corpus, plan Plan) (Stats, error) {
 	if plan.Sources <= 0 {
@@ -216,28 +256,57 @@ func Run(r *Redirector, c *Corpus, plan Plan) (Stats, error) {
 	var st Stats
 	start := time.Now()
 	for i := 0; i <= plan.Batches; i++ {
+		frame := frames[i%len(frames)]
+		SetSourceV4(frame, Source(i%plan.Sources).Addr())
 		if i == plan.PanicAt {
 			st.PanicTime = time.Now()
 			for _, p := range c.Panic {
-				frame := packettest.UDP{Src: plan.PanicSource.Addr(), SrcPort: plan.PanicSource.Port(), Dst: plan.Dst, Payload: p}.Frame()
-				if err := r.Send(frame, 1); err != nil {
+				pf := packettest.UDP{Src: plan.PanicSource.Addr(), SrcPort: plan.PanicSource.Port(), Dst: plan.Dst, Payload: p}.Frame()
+				if err := r.Send(pf, 1); err != nil {
 					return st, err
 				}
 				st.Panic++
+				if plan.PanicGap > 0 {
+					if err := r.Send(frame, plan.PanicGap); err != nil {
+						return st, err
+					}
+					st.Ordinary += uint64(plan.PanicGap)
+				}
 			}
 		}
 		if i == plan.Batches {
 			break
 		}
-		frame := frames[i%len(frames)]
-		SetSourceV4(frame, Source(i%plan.Sources).Addr())
 		if err := r.Send(frame, plan.Repeat); err != nil {
 			return st, err
 		}
 		st.Ordinary += uint64(plan.Repeat)
 	}
 	st.Elapsed = time.Since(start)
-	return st, nil
+	var err error
+	st.Sent, err = r.Sent()
+	return st, err
+}
+
+// RunFrom sends plan's frames of c out of the interface ifname of ns (a
+// Redirector of its own, made and closed there): the frames arrive at its
+// veth peer.
+func RunFrom(ns *testnet.Netns, ifname string, c *Corpus, plan Plan) (Stats, error) {
+	var st Stats
+	err := ns.Do(func() error {
+		ifi, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return fmt.Errorf("traffic generator: %w", err)
+		}
+		r, err := NewRedirector(ifi.Index)
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		st, err = Run(r, c, plan)
+		return err
+	})
+	return st, err
 }
 
 // SetSourceV4 rewrites the IPv4 source address of an untagged Ethernet
