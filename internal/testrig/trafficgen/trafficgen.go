@@ -23,11 +23,13 @@
 package trafficgen
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -209,13 +211,20 @@ type Plan struct {
 	Batches int
 	Repeat  uint32
 	Sources int
-	// PanicAt is the batch before which the panic is sent, one frame a
-	// line, in order, from PanicSource, each followed by PanicGap copies
-	// of that batch's ordinary frame: the panic arrives inside the flood,
-	// not in a pause of it.
-	PanicAt     int
-	PanicSource netip.AddrPort
-	PanicGap    uint32
+	// PanicAt is the batch at whose start the panic is sent, one frame a
+	// line, in order, from PanicSource, PanicInterval apart, by a
+	// second thread while the flood goes on: the panic arrives inside
+	// the flood, not in a pause of it (a call of BPF_PROG_TEST_RUN with
+	// repeat > 1 costs about a millisecond besides its frames, a pause
+	// in which a socket receiver drains its buffer).
+	PanicAt       int
+	PanicSource   netip.AddrPort
+	PanicInterval time.Duration
+	// PanicInline sends the panic from the flood's own thread instead,
+	// before batch PanicAt, in a pause of the flood: one sender, so
+	// the collector's veth ring, drained on the sender's CPU, does not
+	// overflow (for tests that count every frame).
+	PanicInline bool
 }
 
 // Source returns the i-th ordinary source address: 10.128.0.0 + i, port
@@ -228,13 +237,14 @@ func Source(i int) netip.AddrPort {
 // Stats is what a run sent.
 type Stats struct {
 	Ordinary uint64 // ordinary frames asked for (repeats)
-	Panic    uint64 // panic frames asked for
+	Panic    uint64 // panic frames sent
 	// Sent is what the generator's program counted: every frame sent,
 	// the repeats of calls a signal interrupted and restarted included.
 	Sent uint64
-	// PanicTime is when the first panic frame was sent.
-	PanicTime time.Time
-	Elapsed   time.Duration
+	// PanicInFlood is set when the last panic frame went out before the
+	// flood's last batch began: the whole panic was inside the flood.
+	PanicInFlood bool
+	Elapsed      time.Duration
 }
 
 // Offered returns the frames per second offered over the run.
@@ -242,56 +252,14 @@ func (s Stats) Offered() float64 {
 	return float64(s.Sent) / s.Elapsed.Seconds()
 }
 
-// Run sends plan's frames of c through r (a fresh Redirector: Stats.Sent
-// is its whole count). It must run in r's namespace, on
-// a locked thread (testnet.Netns.Do).
-func Run(r *Redirector, c *Corpus, plan Plan) (Stats, error) {
+// RunFrom sends plan's frames of c out of the interface ifname of ns (a
+// Redirector of its own, made and closed there): the frames arrive at its
+// veth peer. The flood runs on one thread and the panic on another, both
+// in ns.
+func RunFrom(ns *testnet.Netns, ifname string, c *Corpus, plan Plan) (Stats, error) {
 	if plan.Sources <= 0 {
 		plan.Sources = 1
 	}
-	frames := make([][]byte, len(c.Ordinary))
-	for i, p := range c.Ordinary {
-		frames[i] = packettest.UDP{Src: Source(0).Addr(), Dst: plan.Dst, Payload: p}.Frame()
-	}
-	var st Stats
-	start := time.Now()
-	for i := 0; i <= plan.Batches; i++ {
-		frame := frames[i%len(frames)]
-		SetSourceV4(frame, Source(i%plan.Sources).Addr())
-		if i == plan.PanicAt {
-			st.PanicTime = time.Now()
-			for _, p := range c.Panic {
-				pf := packettest.UDP{Src: plan.PanicSource.Addr(), SrcPort: plan.PanicSource.Port(), Dst: plan.Dst, Payload: p}.Frame()
-				if err := r.Send(pf, 1); err != nil {
-					return st, err
-				}
-				st.Panic++
-				if plan.PanicGap > 0 {
-					if err := r.Send(frame, plan.PanicGap); err != nil {
-						return st, err
-					}
-					st.Ordinary += uint64(plan.PanicGap)
-				}
-			}
-		}
-		if i == plan.Batches {
-			break
-		}
-		if err := r.Send(frame, plan.Repeat); err != nil {
-			return st, err
-		}
-		st.Ordinary += uint64(plan.Repeat)
-	}
-	st.Elapsed = time.Since(start)
-	var err error
-	st.Sent, err = r.Sent()
-	return st, err
-}
-
-// RunFrom sends plan's frames of c out of the interface ifname of ns (a
-// Redirector of its own, made and closed there): the frames arrive at its
-// veth peer.
-func RunFrom(ns *testnet.Netns, ifname string, c *Corpus, plan Plan) (Stats, error) {
 	var st Stats
 	err := ns.Do(func() error {
 		ifi, err := net.InterfaceByName(ifname)
@@ -303,10 +271,92 @@ func RunFrom(ns *testnet.Netns, ifname string, c *Corpus, plan Plan) (Stats, err
 			return err
 		}
 		defer r.Close()
-		st, err = Run(r, c, plan)
+		st, err = run(ns, r, c, plan)
 		return err
 	})
 	return st, err
+}
+
+// run is RunFrom inside ns.
+func run(ns *testnet.Netns, r *Redirector, c *Corpus, plan Plan) (Stats, error) {
+	frames := make([][]byte, len(c.Ordinary))
+	for i, p := range c.Ordinary {
+		frames[i] = packettest.UDP{Src: Source(0).Addr(), Dst: plan.Dst, Payload: p}.Frame()
+	}
+	var st Stats
+	var panicDone atomic.Bool
+	panicErr := make(chan error, 1)
+	started := false
+	start := time.Now()
+	for i := range plan.Batches {
+		if i == plan.PanicAt && plan.PanicInline {
+			if err := sendPanic(r, c, plan); err != nil {
+				return st, err
+			}
+			st.Panic = uint64(len(c.Panic))
+		} else if i == plan.PanicAt {
+			started = true
+			go func() {
+				panicErr <- ns.Do(func() error {
+					defer panicDone.Store(true)
+					return sendPanic(r, c, plan)
+				})
+			}()
+		}
+		if i == plan.Batches-1 && started {
+			st.PanicInFlood = panicDone.Load()
+		}
+		frame := frames[i%len(frames)]
+		SetSourceV4(frame, Source(i%plan.Sources).Addr())
+		if err := r.Send(frame, plan.Repeat); err != nil {
+			return st, err
+		}
+		st.Ordinary += uint64(plan.Repeat)
+	}
+	if started {
+		if err := <-panicErr; err != nil {
+			return st, err
+		}
+		st.Panic = uint64(len(c.Panic))
+	}
+	st.Elapsed = time.Since(start)
+	var err error
+	st.Sent, err = r.Sent()
+	return st, err
+}
+
+// sendPanic sends the panic's frames, one call each, PanicInterval apart.
+func sendPanic(r *Redirector, c *Corpus, plan Plan) error {
+	for _, p := range c.Panic {
+		pf := packettest.UDP{Src: plan.PanicSource.Addr(), SrcPort: plan.PanicSource.Port(), Dst: plan.Dst, Payload: p}.Frame()
+		if err := r.Send(pf, 1); err != nil {
+			return err
+		}
+		time.Sleep(plan.PanicInterval)
+	}
+	return nil
+}
+
+// TxDropped returns the TX drops of the veth end ifname in ns (ip -s
+// link): for a veth this includes the frames redirected into it that its
+// peer's XDP ring had no room for (the peer's peer_tq_xdp_xmit_err), which
+// is where frames are lost when the receiver falls behind the generator.
+func TxDropped(ns *testnet.Netns, ifname string) (uint64, error) {
+	out, err := ns.IP("-json", "-s", "link", "show", "dev", ifname)
+	if err != nil {
+		return 0, err
+	}
+	var links []struct {
+		Stats64 struct {
+			TX struct {
+				Dropped uint64 `json:"dropped"`
+			} `json:"tx"`
+		} `json:"stats64"`
+	}
+	if err := json.Unmarshal([]byte(out), &links); err != nil || len(links) != 1 {
+		return 0, fmt.Errorf("ip -s link show dev %s: %q not understood: %v", ifname, out, err)
+	}
+	return links[0].Stats64.TX.Dropped, nil
 }
 
 // SetSourceV4 rewrites the IPv4 source address of an untagged Ethernet
