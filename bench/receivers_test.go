@@ -124,6 +124,34 @@ func reportReceiver(b *testing.B, r receiverResult) {
 	b.ReportMetric(float64(r.vethDrops), "veth-drops")
 }
 
+// BenchmarkReceiversPaced is BenchmarkReceivers at paced rates: the
+// flood in bursts of 500 frames (one BPF_PROG_TEST_RUN call, about a
+// millisecond apart at best), the generator sleeping between them to hold
+// the rate, for about 2 s a rate, the panic from a second thread 20% in.
+// Bursts of 500 at the kernel's speed are harsher on a socket buffer than
+// a smooth feed of the same average rate: read the rate at which a
+// receiver first loses panic lines as an upper bound.
+func BenchmarkReceiversPaced(b *testing.B) {
+	corpus, err := trafficgen.LoadCorpus("../testdata/netconsole")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, rate := range []int{50_000, 100_000, 200_000, 400_000} {
+		batches := rate * 2 / 500
+		plan := trafficgen.Plan{Batches: batches, Repeat: 500, Sources: 100, PanicAt: batches / 5,
+			PanicSource: receiverPanicSource, PanicInterval: 100 * time.Microsecond, Rate: float64(rate)}
+		for _, name := range []string{"xdp", "socket", "socket-64m", "recvmmsg"} {
+			b.Run(fmt.Sprintf("%s/%dk", name, rate/1000), func(b *testing.B) {
+				var r receiverResult
+				for range b.N {
+					r = runReceiver(b, name, corpus, plan)
+				}
+				reportReceiver(b, r)
+			})
+		}
+	}
+}
+
 func boolMetric(v bool) float64 {
 	if v {
 		return 1

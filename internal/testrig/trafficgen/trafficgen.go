@@ -220,6 +220,11 @@ type Plan struct {
 	PanicAt       int
 	PanicSource   netip.AddrPort
 	PanicInterval time.Duration
+	// Rate, if set, paces the flood to about this many frames a second
+	// on average: after each batch the generator sleeps until the
+	// frames sent so far are due. Each batch still goes out as a burst
+	// at the kernel's speed, so keep Repeat small against Rate.
+	Rate float64
 	// PanicInline sends the panic from the flood's own thread instead,
 	// before batch PanicAt, in a pause of the flood: one sender, so
 	// the collector's veth ring, drained on the sender's CPU, does not
@@ -312,6 +317,10 @@ func run(ns *testnet.Netns, r *Redirector, c *Corpus, plan Plan) (Stats, error) 
 			return st, err
 		}
 		st.Ordinary += uint64(plan.Repeat)
+		if plan.Rate > 0 {
+			due := start.Add(time.Duration(float64(st.Ordinary) / plan.Rate * float64(time.Second)))
+			time.Sleep(time.Until(due))
+		}
 	}
 	if started {
 		if err := <-panicErr; err != nil {
