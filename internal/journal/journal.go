@@ -12,8 +12,10 @@
 //	{"op":"done","at":"...","id":"...","outcome":"..."} finished
 //
 // Size is bounded by rotation: a new segment starts with a "begin" record
-// for every unfinished incident, so older segments hold only history and
-// all but the newest Config.Keep are removed. Every Open starts a new
+// for every unfinished incident and a "done" record (no outcome) for
+// every id finished lately, so older segments hold only history and all
+// but the newest Config.Keep are removed, and however many restarts
+// later a replayed spool never begins a finished incident again. Every Open starts a new
 // segment the same way, so a record torn by a crash mid-write is never
 // appended to: it stays, alone and counted, in an old segment.
 package journal
@@ -262,6 +264,15 @@ func (j *Journal) rotate() error {
 		}
 		buf = append(append(buf, line...), '\n')
 	}
+	// The finished ids, oldest first: the memory that keeps a replay
+	// from acting again on an incident finished before this rotation.
+	for _, id := range j.finished.list() {
+		line, err := json.Marshal(record{Op: opDone, At: now, ID: id})
+		if err != nil {
+			return abandon(fmt.Errorf("journal: encode done %s: %w", id, err))
+		}
+		buf = append(append(buf, line...), '\n')
+	}
 	if _, err := f.Write(buf); err != nil {
 		return abandon(fmt.Errorf("journal: new segment: %w", err))
 	}
@@ -465,6 +476,17 @@ func (r *recent) add(id string) {
 	r.ring[r.next] = id
 	r.ids[id] = struct{}{}
 	r.next = (r.next + 1) % len(r.ring)
+}
+
+// list returns the ids, oldest first.
+func (r *recent) list() []string {
+	ids := make([]string, 0, len(r.ids))
+	for i := range r.ring {
+		if id := r.ring[(r.next+i)%len(r.ring)]; id != "" {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 func (r *recent) has(id string) bool {

@@ -2,6 +2,7 @@ package journal
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -175,8 +176,12 @@ func TestRotationBounded(t *testing.T) {
 		info, _ := e.Info()
 		total += info.Size()
 	}
-	if len(entries) > 2 || total > 3*maxBytes {
-		t.Errorf("%d segments, %d bytes: not bounded by 2 × %d", len(entries), total, maxBytes)
+	// Each segment starts with the memory of finished ids (at most
+	// rememberFinished done records) and rotates at twice its start.
+	done, _ := json.Marshal(record{Op: opDone, At: time.Now(), ID: incident(999).ID})
+	remembered := int64(min(1000, rememberFinished) * (len(done) + 1))
+	if bound := 3 * max(maxBytes, 2*remembered); len(entries) > 2 || total > bound {
+		t.Errorf("%d segments, %d bytes: not bounded by %d", len(entries), total, bound)
 	}
 	j.Close()
 	_, unfinished := open(t, Config{Dir: dir, MaxBytes: maxBytes, Keep: 2})
@@ -323,5 +328,32 @@ func TestUnwritableAtStart(t *testing.T) {
 	}
 	if err := j2.Begin(incident(2)); err != nil || j2.Unfinished() != 2 {
 		t.Errorf("Begin after Retry: %v, %d unfinished", err, j2.Unfinished())
+	}
+}
+
+// A collector that restarts again and again (an OOM kill loop) replays
+// its spool each time: the incidents it finished must stay finished
+// however many restarts (rotations) since, not only while the segment
+// holding their done record is kept.
+func TestFinishedRememberedAcrossRestarts(t *testing.T) {
+	dir := t.TempDir()
+	j, _ := open(t, Config{Dir: dir})
+	if err := j.Begin(incident(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Done(incident(1).ID, "cleaned up"); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	for restart := range 4 {
+		j, _ := open(t, Config{Dir: dir})
+		if !j.Finished(incident(1).ID) {
+			t.Fatalf("restart %d: the finished incident is forgotten", restart+1)
+		}
+		j.Close()
+	}
+	j, _ = open(t, Config{Dir: dir})
+	if taken, err := j.BeginAll([]detect.Incident{incident(1)}); err != nil || len(taken) != 0 {
+		t.Errorf("after 5 restarts BeginAll took %q (%v): a finished incident would be acted on again", ids(taken), err)
 	}
 }
