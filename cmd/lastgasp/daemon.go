@@ -171,10 +171,11 @@ func (d *daemon) journalLoop() {
 				break more
 			}
 		}
+		// On error, taken still leaves out what the journal knows of
+		// (resumed, or finished lately): those are never acted on twice.
 		taken, err := d.journal.BeginAll(batch)
 		if err != nil {
-			d.log.Error("journal: incidents not recorded; acting on them anyway", "incidents", len(batch), "error", err)
-			taken = batch
+			d.log.Error("journal: incidents not recorded; acting on them anyway", "incidents", len(taken), "error", err)
 		}
 		for _, inc := range taken {
 			d.toCluster(inc)

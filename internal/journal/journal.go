@@ -327,7 +327,9 @@ func (j *Journal) Begin(inc detect.Incident) error {
 // batch, not one each), and returns once they are on disk. It returns
 // the incidents newly taken on, in order: those neither unfinished (a
 // previous run's, being resumed) nor finished lately (assembled again
-// from replayed lines) are to be acted on.
+// from replayed lines) are to be acted on. When they cannot be written,
+// it returns them all the same, with the error: the caller acts on them
+// without the journal, and never on an incident it knows of.
 func (j *Journal) BeginAll(incs []detect.Incident) ([]detect.Incident, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -336,18 +338,20 @@ func (j *Journal) BeginAll(incs []detect.Incident) ([]detect.Incident, error) {
 		if _, known := j.open[inc.ID]; known || j.finished.has(inc.ID) || slices.ContainsFunc(taken, func(t detect.Incident) bool { return t.ID == inc.ID }) {
 			continue
 		}
-		if err := j.append(record{Op: opBegin, At: time.Now(), Incident: &inc}); err != nil {
-			j.stats.WriteErrors++
-			return nil, fmt.Errorf("journal: begin %s: %w", inc.ID, err)
-		}
 		taken = append(taken, inc)
 	}
 	if len(taken) == 0 {
 		return nil, nil
 	}
+	for _, inc := range taken {
+		if err := j.append(record{Op: opBegin, At: time.Now(), Incident: &inc}); err != nil {
+			j.stats.WriteErrors++
+			return taken, fmt.Errorf("journal: begin %s: %w", inc.ID, err)
+		}
+	}
 	if err := j.sync(); err != nil {
 		j.stats.WriteErrors++
-		return nil, fmt.Errorf("journal: begin %d incidents: %w", len(taken), err)
+		return taken, fmt.Errorf("journal: begin %d incidents: %w", len(taken), err)
 	}
 	for _, inc := range taken {
 		j.open[inc.ID] = inc

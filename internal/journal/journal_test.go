@@ -357,3 +357,34 @@ func TestFinishedRememberedAcrossRestarts(t *testing.T) {
 		t.Errorf("after 5 restarts BeginAll took %q (%v): a finished incident would be acted on again", ids(taken), err)
 	}
 }
+
+// A batch that cannot be written (a full disk) still says which of its
+// incidents are new: the caller acts on those without the journal, and
+// not on one finished lately or resumed, which a spool replay after a
+// restart assembles again.
+func TestBeginAllUnwritableLeavesOutKnown(t *testing.T) {
+	dir := t.TempDir()
+	j, _ := open(t, Config{Dir: dir})
+	for _, step := range []func() error{
+		func() error { return j.Begin(incident(1)) },
+		func() error { return j.Done(incident(1).ID, "cleaned up") },
+		func() error { return j.Begin(incident(2)) }, // left unfinished
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	blocker := filepath.Join(dir, fmt.Sprintf("incidents-%020d.jsonl", 2))
+	if err := os.Mkdir(blocker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	j2, _ := open(t, Config{Dir: dir})
+	taken, err := j2.BeginAll([]detect.Incident{incident(1), incident(2), incident(3)})
+	if err == nil {
+		t.Fatal("BeginAll succeeded with no segment")
+	}
+	if ids(taken) != "inc-003" {
+		t.Errorf("unwritable BeginAll returned %q to act on, want inc-003 alone (inc-001 finished, inc-002 resumed)", ids(taken))
+	}
+}
