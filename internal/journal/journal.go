@@ -368,6 +368,9 @@ func (j *Journal) Done(id, outcome string) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if _, known := j.open[id]; !known {
+		// Acted on without the journal (it was not writable): remember
+		// it finished all the same, so a replay does not act again.
+		j.finished.add(id)
 		return nil
 	}
 	if err := j.append(record{Op: opDone, At: time.Now(), ID: id, Outcome: outcome}); err != nil {

@@ -388,3 +388,32 @@ func TestBeginAllUnwritableLeavesOutKnown(t *testing.T) {
 		t.Errorf("unwritable BeginAll returned %q to act on, want inc-003 alone (inc-001 finished, inc-002 resumed)", ids(taken))
 	}
 }
+
+// An incident acted on while the journal could not be written is
+// remembered finished once done: when the journal is writable again, the
+// same incident assembled again from the spool is not acted on twice.
+func TestDoneWhileUnwritableRemembered(t *testing.T) {
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, fmt.Sprintf("incidents-%020d.jsonl", 1))
+	if err := os.Mkdir(blocker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	j, _ := open(t, Config{Dir: dir})
+	if taken, err := j.BeginAll([]detect.Incident{incident(1)}); err == nil || ids(taken) != "inc-001" {
+		t.Fatalf("unwritable BeginAll: %q, %v", ids(taken), err)
+	}
+	if err := j.Done(incident(1).ID, "report-only"); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(blocker)
+	if err := j.Retry(); err != nil {
+		t.Fatal(err)
+	}
+	if taken, err := j.BeginAll([]detect.Incident{incident(1)}); err != nil || len(taken) != 0 {
+		t.Errorf("BeginAll after Retry took %q (%v): the incident done without the journal is acted on again", ids(taken), err)
+	}
+	j.Close()
+	if j2, _ := open(t, Config{Dir: dir}); !j2.Finished(incident(1).ID) {
+		t.Error("the next run does not remember it finished")
+	}
+}
