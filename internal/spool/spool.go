@@ -68,8 +68,10 @@ type Config struct {
 	// JoinGap is how far apart, by receive time, two lines of a source
 	// may be and still belong to one incident: a segment is trimmed only
 	// with the later segments its sources' lines go on in within it.
-	// Default 1 min (the daemon's spool keep time, far above an
-	// incident's quiet period).
+	// Default 10 s: twice the detector's quiet period (5 s, by the
+	// kernel's clock, which a line's receive time follows but for
+	// network delay). Not longer: a source that prints a line every
+	// JoinGap would hold every segment from then on.
 	JoinGap time.Duration
 }
 
@@ -78,7 +80,7 @@ const (
 	DefaultSegmentBytes = 1 << 20
 	DefaultSegmentAge   = 5 * time.Second
 	DefaultMaxBytes     = 64 << 20
-	DefaultJoinGap      = time.Minute
+	DefaultJoinGap      = 10 * time.Second
 )
 
 // maxJoinSources bounds the sources whose last line the spool remembers

@@ -212,3 +212,21 @@ func BenchmarkWriteManySources(b *testing.B) {
 		s.Write(filter.Line{Source: netip.AddrPortFrom(a, 6665), Time: t0.Add(time.Duration(i) * time.Microsecond), Payload: []byte("x")})
 	}
 }
+
+// A source that prints a line every 30 s (a repeated warning) makes no
+// incident of them (the detector's quiet period is 5 s): it does not hold
+// its segments, or it would stop the spool from ever being trimmed.
+func TestTrimChattySource(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := open(t, Config{Dir: dir, SegmentBytes: 1}) // a segment a line
+	t0 := time.Unix(1_700_000_000, 0)
+	var lines []filter.Line
+	for i := range 4 {
+		l := filter.Line{Source: netip.MustParseAddrPort("10.0.0.7:6665"), Time: t0.Add(time.Duration(i) * 30 * time.Second), Payload: fmt.Appendf(nil, "warning %d", i)}
+		lines = append(lines, l)
+		s.Write(l)
+	}
+	s.Trim(func(seg Segment) bool { return seg.LastSeq <= 2 })
+	_, got := open(t, Config{Dir: dir})
+	same(t, got, lines[2:])
+}
