@@ -179,16 +179,18 @@ func (c *Clock) Stamp(monoNS uint64) time.Time {
 }
 
 // Run reads lines and calls emit with each until ctx is done (it then
-// returns nil) or reading fails.
+// returns nil) or reading fails. A line read is always emitted, even if
+// ctx is done by then: it is gone from the ring buffer.
 func (r *Reader) Run(ctx context.Context, emit func(filter.Line)) error {
 	for {
 		line, err := r.Read(ctx)
+		if err == nil {
+			emit(line)
+			continue
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err != nil {
-			return err
-		}
-		emit(line)
+		return err
 	}
 }

@@ -81,11 +81,15 @@ type sourceFunc func(ctx context.Context, emit func(filter.Line)) error
 
 func (f sourceFunc) Run(ctx context.Context, emit func(filter.Line)) error { return f(ctx, emit) }
 
-// line is each line the collector is about to assemble: shown on the
-// feed, named by its pattern, and counted for the spool.
-func (d *daemon) line(l filter.Line) {
+// line is each line the collector is about to assemble or drop: counted
+// for the spool (which wrote it, allowed or not: a line dropped is done
+// with as surely as one assembled) and, if allowed, shown on the feed,
+// named by its pattern.
+func (d *daemon) line(l filter.Line, allowed bool) {
 	d.assembledLines.Add(1)
-	d.feed.Line(l, d.patterns.Load())
+	if allowed {
+		d.feed.Line(l, d.patterns.Load())
+	}
 }
 
 // spoolKeep is how long a spooled line stays after it was written, at
@@ -165,10 +169,11 @@ func (d *daemon) journalLoop() {
 				break more
 			}
 		}
+		// On error, taken still leaves out what the journal knows of
+		// (resumed, or finished lately): those are never acted on twice.
 		taken, err := d.journal.BeginAll(batch)
 		if err != nil {
-			d.log.Error("journal: incidents not recorded; acting on them anyway", "incidents", len(batch), "error", err)
-			taken = batch
+			d.log.Error("journal: incidents not recorded; acting on them anyway", "incidents", len(taken), "error", err)
 		}
 		for _, inc := range taken {
 			d.toCluster(inc)

@@ -44,9 +44,10 @@ type Config struct {
 	Plan func(detect.Incident) string
 	// Observe, if set, sees every incident too (metrics, the feed).
 	Observe func(detect.Incident)
-	// OnLine, if set, sees every forwarded line before it is decoded
-	// (the feed).
-	OnLine func(filter.Line)
+	// OnLine, if set, sees every forwarded line before it is decoded,
+	// with whether its source is allowed (see Allowed): the feed shows
+	// those allowed; the spool counts them all, as it wrote them all.
+	OnLine func(l filter.Line, allowed bool)
 	// Snapshot, if set, receives the decoder's and detector's counters,
 	// and how many incidents are open,
 	// every tick and at the end: a copy other goroutines may read.
@@ -150,8 +151,8 @@ func Run(ctx context.Context, cfg Config) error {
 				}
 				return nil
 			}
-			if cfg.OnLine != nil && asm.Decoder.Allows(l.Source.Addr()) {
-				cfg.OnLine(l)
+			if cfg.OnLine != nil {
+				cfg.OnLine(l, asm.Decoder.Allows(l.Source.Addr()))
 			}
 			report(asm.Line(l))
 		case now := <-tick.C:

@@ -12,8 +12,10 @@
 //	{"op":"done","at":"...","id":"...","outcome":"..."} finished
 //
 // Size is bounded by rotation: a new segment starts with a "begin" record
-// for every unfinished incident, so older segments hold only history and
-// all but the newest Config.Keep are removed. Every Open starts a new
+// for every unfinished incident and a "done" record (no outcome) for
+// every id finished lately, so older segments hold only history and all
+// but the newest Config.Keep are removed, and however many restarts
+// later a replayed spool never begins a finished incident again. Every Open starts a new
 // segment the same way, so a record torn by a crash mid-write is never
 // appended to: it stays, alone and counted, in an old segment.
 package journal
@@ -262,6 +264,15 @@ func (j *Journal) rotate() error {
 		}
 		buf = append(append(buf, line...), '\n')
 	}
+	// The finished ids, oldest first: the memory that keeps a replay
+	// from acting again on an incident finished before this rotation.
+	for _, id := range j.finished.list() {
+		line, err := json.Marshal(record{Op: opDone, At: now, ID: id})
+		if err != nil {
+			return abandon(fmt.Errorf("journal: encode done %s: %w", id, err))
+		}
+		buf = append(append(buf, line...), '\n')
+	}
 	if _, err := f.Write(buf); err != nil {
 		return abandon(fmt.Errorf("journal: new segment: %w", err))
 	}
@@ -316,7 +327,9 @@ func (j *Journal) Begin(inc detect.Incident) error {
 // batch, not one each), and returns once they are on disk. It returns
 // the incidents newly taken on, in order: those neither unfinished (a
 // previous run's, being resumed) nor finished lately (assembled again
-// from replayed lines) are to be acted on.
+// from replayed lines) are to be acted on. When they cannot be written,
+// it returns them all the same, with the error: the caller acts on them
+// without the journal, and never on an incident it knows of.
 func (j *Journal) BeginAll(incs []detect.Incident) ([]detect.Incident, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -325,18 +338,20 @@ func (j *Journal) BeginAll(incs []detect.Incident) ([]detect.Incident, error) {
 		if _, known := j.open[inc.ID]; known || j.finished.has(inc.ID) || slices.ContainsFunc(taken, func(t detect.Incident) bool { return t.ID == inc.ID }) {
 			continue
 		}
-		if err := j.append(record{Op: opBegin, At: time.Now(), Incident: &inc}); err != nil {
-			j.stats.WriteErrors++
-			return nil, fmt.Errorf("journal: begin %s: %w", inc.ID, err)
-		}
 		taken = append(taken, inc)
 	}
 	if len(taken) == 0 {
 		return nil, nil
 	}
+	for _, inc := range taken {
+		if err := j.append(record{Op: opBegin, At: time.Now(), Incident: &inc}); err != nil {
+			j.stats.WriteErrors++
+			return taken, fmt.Errorf("journal: begin %s: %w", inc.ID, err)
+		}
+	}
 	if err := j.sync(); err != nil {
 		j.stats.WriteErrors++
-		return nil, fmt.Errorf("journal: begin %d incidents: %w", len(taken), err)
+		return taken, fmt.Errorf("journal: begin %d incidents: %w", len(taken), err)
 	}
 	for _, inc := range taken {
 		j.open[inc.ID] = inc
@@ -353,6 +368,9 @@ func (j *Journal) Done(id, outcome string) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if _, known := j.open[id]; !known {
+		// Acted on without the journal (it was not writable): remember
+		// it finished all the same, so a replay does not act again.
+		j.finished.add(id)
 		return nil
 	}
 	if err := j.append(record{Op: opDone, At: time.Now(), ID: id, Outcome: outcome}); err != nil {
@@ -465,6 +483,17 @@ func (r *recent) add(id string) {
 	r.ring[r.next] = id
 	r.ids[id] = struct{}{}
 	r.next = (r.next + 1) % len(r.ring)
+}
+
+// list returns the ids, oldest first.
+func (r *recent) list() []string {
+	ids := make([]string, 0, len(r.ids))
+	for i := range r.ring {
+		if id := r.ring[(r.next+i)%len(r.ring)]; id != "" {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 func (r *recent) has(id string) bool {

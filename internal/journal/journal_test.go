@@ -2,6 +2,7 @@ package journal
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -175,8 +176,12 @@ func TestRotationBounded(t *testing.T) {
 		info, _ := e.Info()
 		total += info.Size()
 	}
-	if len(entries) > 2 || total > 3*maxBytes {
-		t.Errorf("%d segments, %d bytes: not bounded by 2 × %d", len(entries), total, maxBytes)
+	// Each segment starts with the memory of finished ids (at most
+	// rememberFinished done records) and rotates at twice its start.
+	done, _ := json.Marshal(record{Op: opDone, At: time.Now(), ID: incident(999).ID})
+	remembered := int64(min(1000, rememberFinished) * (len(done) + 1))
+	if bound := 3 * max(maxBytes, 2*remembered); len(entries) > 2 || total > bound {
+		t.Errorf("%d segments, %d bytes: not bounded by %d", len(entries), total, bound)
 	}
 	j.Close()
 	_, unfinished := open(t, Config{Dir: dir, MaxBytes: maxBytes, Keep: 2})
@@ -323,5 +328,92 @@ func TestUnwritableAtStart(t *testing.T) {
 	}
 	if err := j2.Begin(incident(2)); err != nil || j2.Unfinished() != 2 {
 		t.Errorf("Begin after Retry: %v, %d unfinished", err, j2.Unfinished())
+	}
+}
+
+// A collector that restarts again and again (an OOM kill loop) replays
+// its spool each time: the incidents it finished must stay finished
+// however many restarts (rotations) since, not only while the segment
+// holding their done record is kept.
+func TestFinishedRememberedAcrossRestarts(t *testing.T) {
+	dir := t.TempDir()
+	j, _ := open(t, Config{Dir: dir})
+	if err := j.Begin(incident(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Done(incident(1).ID, "cleaned up"); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	for restart := range 4 {
+		j, _ := open(t, Config{Dir: dir})
+		if !j.Finished(incident(1).ID) {
+			t.Fatalf("restart %d: the finished incident is forgotten", restart+1)
+		}
+		j.Close()
+	}
+	j, _ = open(t, Config{Dir: dir})
+	if taken, err := j.BeginAll([]detect.Incident{incident(1)}); err != nil || len(taken) != 0 {
+		t.Errorf("after 5 restarts BeginAll took %q (%v): a finished incident would be acted on again", ids(taken), err)
+	}
+}
+
+// A batch that cannot be written (a full disk) still says which of its
+// incidents are new: the caller acts on those without the journal, and
+// not on one finished lately or resumed, which a spool replay after a
+// restart assembles again.
+func TestBeginAllUnwritableLeavesOutKnown(t *testing.T) {
+	dir := t.TempDir()
+	j, _ := open(t, Config{Dir: dir})
+	for _, step := range []func() error{
+		func() error { return j.Begin(incident(1)) },
+		func() error { return j.Done(incident(1).ID, "cleaned up") },
+		func() error { return j.Begin(incident(2)) }, // left unfinished
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.Close()
+	blocker := filepath.Join(dir, fmt.Sprintf("incidents-%020d.jsonl", 2))
+	if err := os.Mkdir(blocker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	j2, _ := open(t, Config{Dir: dir})
+	taken, err := j2.BeginAll([]detect.Incident{incident(1), incident(2), incident(3)})
+	if err == nil {
+		t.Fatal("BeginAll succeeded with no segment")
+	}
+	if ids(taken) != "inc-003" {
+		t.Errorf("unwritable BeginAll returned %q to act on, want inc-003 alone (inc-001 finished, inc-002 resumed)", ids(taken))
+	}
+}
+
+// An incident acted on while the journal could not be written is
+// remembered finished once done: when the journal is writable again, the
+// same incident assembled again from the spool is not acted on twice.
+func TestDoneWhileUnwritableRemembered(t *testing.T) {
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, fmt.Sprintf("incidents-%020d.jsonl", 1))
+	if err := os.Mkdir(blocker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	j, _ := open(t, Config{Dir: dir})
+	if taken, err := j.BeginAll([]detect.Incident{incident(1)}); err == nil || ids(taken) != "inc-001" {
+		t.Fatalf("unwritable BeginAll: %q, %v", ids(taken), err)
+	}
+	if err := j.Done(incident(1).ID, "report-only"); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(blocker)
+	if err := j.Retry(); err != nil {
+		t.Fatal(err)
+	}
+	if taken, err := j.BeginAll([]detect.Incident{incident(1)}); err != nil || len(taken) != 0 {
+		t.Errorf("BeginAll after Retry took %q (%v): the incident done without the journal is acted on again", ids(taken), err)
+	}
+	j.Close()
+	if j2, _ := open(t, Config{Dir: dir}); !j2.Finished(incident(1).ID) {
+		t.Error("the next run does not remember it finished")
 	}
 }

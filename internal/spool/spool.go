@@ -14,7 +14,10 @@
 // Config.SegmentAge. A closed segment is removed once its lines are
 // assembled and their incidents journaled (Trim asks the caller), and
 // the oldest are evicted, counted, past Config.MaxBytes, so the spool is
-// bounded whatever a flood sends.
+// bounded whatever a flood sends. A segment whose source's lines go on
+// in a later one (within Config.JoinGap) is removed only with that later
+// one: a replay never starts an incident half-way, which would give it
+// another id and have a finished incident acted on again.
 //
 // A record is a frame, little-endian:
 //
@@ -62,6 +65,14 @@ type Config struct {
 	// segment is evicted, its lines counted as lost to the spool (they
 	// are still assembled; only a crash would lose them). Default 64 MiB.
 	MaxBytes int64
+	// JoinGap is how far apart, by receive time, two lines of a source
+	// may be and still belong to one incident: a segment is trimmed only
+	// with the later segments its sources' lines go on in within it.
+	// Default 10 s: twice the detector's quiet period (5 s, by the
+	// kernel's clock, which a line's receive time follows but for
+	// network delay). Not longer: a source that prints a line every
+	// JoinGap would hold every segment from then on.
+	JoinGap time.Duration
 }
 
 // Defaults.
@@ -69,7 +80,13 @@ const (
 	DefaultSegmentBytes = 1 << 20
 	DefaultSegmentAge   = 5 * time.Second
 	DefaultMaxBytes     = 64 << 20
+	DefaultJoinGap      = 10 * time.Second
 )
+
+// maxJoinSources bounds the sources whose last line the spool remembers
+// for JoinGap; past it (a flood from many addresses) every segment with a
+// line within JoinGap is held for the next, as if joined.
+const maxJoinSources = 16384
 
 // Stats count what the spool did.
 type Stats struct {
@@ -107,7 +124,17 @@ type Spool struct {
 	closed []segmentState // oldest first
 	next   uint64         // the next segment's sequence number
 	seq    uint64         // lines written, this run
-	stats  Stats
+	// lastSeen is each source's latest line: its receive time and the
+	// segment it is in, for JoinGap.
+	lastSeen map[netip.Addr]seen
+	pruned   time.Time // when lastSeen was last pruned, by receive time
+	stats    Stats
+}
+
+// seen is where and when a source's latest line is.
+type seen struct {
+	at  time.Time
+	seg uint64
 }
 
 // segmentState is one file's bookkeeping.
@@ -118,6 +145,10 @@ type segmentState struct {
 	opened    time.Time
 	lastSeq   uint64
 	lastWrite time.Time
+	lastLine  time.Time // receive time of its latest line
+	// joinsNext: a source's lines go on in a later segment within
+	// JoinGap: this one is trimmed only with the next.
+	joinsNext bool
 }
 
 const (
@@ -146,10 +177,13 @@ func Open(cfg Config) (*Spool, []filter.Line, error) {
 	if cfg.MaxBytes <= 0 {
 		cfg.MaxBytes = DefaultMaxBytes
 	}
+	if cfg.JoinGap <= 0 {
+		cfg.JoinGap = DefaultJoinGap
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("spool: %w", err)
 	}
-	s := &Spool{cfg: cfg}
+	s := &Spool{cfg: cfg, lastSeen: map[netip.Addr]seen{}}
 	seqs, err := s.segments()
 	if err != nil {
 		return nil, nil, err
@@ -166,6 +200,9 @@ func Open(cfg Config) (*Spool, []filter.Line, error) {
 		// before any line written now, and counts them the same way.
 		s.seq += uint64(len(got))
 		s.closed = append(s.closed, segmentState{seq: seq, size: size, lines: uint64(len(got)), lastSeq: s.seq, lastWrite: now})
+		for _, l := range got {
+			s.join(l, seq)
+		}
 		s.next = seq + 1
 	}
 	s.stats.Replayed = uint64(len(lines))
@@ -238,11 +275,68 @@ func (s *Spool) Write(l filter.Line) (uint64, error) {
 		s.closeCurrent()
 		return s.seq, fmt.Errorf("spool: write: %w", err)
 	}
+	s.join(l, s.cur.seq)
 	s.cur.lines++
 	s.cur.lastSeq, s.cur.lastWrite = s.seq, now
 	s.stats.Written++
 	s.evict()
 	return s.seq, nil
+}
+
+// join notes line l, in segment seg, for JoinGap: the closed segments
+// since its source's previous line, if that was within JoinGap, are
+// marked joined to the next. The segment's own bookkeeping (closed, or
+// the current one) is updated too.
+func (s *Spool) join(l filter.Line, seg uint64) {
+	st := s.state(seg)
+	if st != nil && l.Time.After(st.lastLine) {
+		st.lastLine = l.Time
+	}
+	addr := l.Source.Addr().Unmap()
+	prev, known := s.lastSeen[addr]
+	if !known && len(s.lastSeen) >= maxJoinSources {
+		// Forget the sources silent for JoinGap, at most once a second
+		// of lines: a flood from new addresses costs no scan a line.
+		if l.Time.Sub(s.pruned) >= time.Second || l.Time.Before(s.pruned) {
+			s.pruned = l.Time
+			for a, p := range s.lastSeen {
+				if l.Time.Sub(p.at) >= s.cfg.JoinGap {
+					delete(s.lastSeen, a)
+				}
+			}
+		}
+		if len(s.lastSeen) >= maxJoinSources {
+			// Too many sources to tell: hold every segment with a line
+			// within JoinGap for the next.
+			for i := range s.closed {
+				if l.Time.Sub(s.closed[i].lastLine) < s.cfg.JoinGap {
+					s.closed[i].joinsNext = true
+				}
+			}
+			return
+		}
+	}
+	if known && prev.seg < seg && l.Time.Sub(prev.at) < s.cfg.JoinGap {
+		for i := range s.closed {
+			if s.closed[i].seq >= prev.seg && s.closed[i].seq < seg {
+				s.closed[i].joinsNext = true
+			}
+		}
+	}
+	s.lastSeen[addr] = seen{at: l.Time, seg: seg}
+}
+
+// state returns the bookkeeping of segment seq, if it is still held.
+func (s *Spool) state(seq uint64) *segmentState {
+	if s.f != nil && s.cur.seq == seq {
+		return &s.cur
+	}
+	for i := range s.closed {
+		if s.closed[i].seq == seq {
+			return &s.closed[i]
+		}
+	}
+	return nil
 }
 
 // openCurrent starts a new segment.
@@ -289,19 +383,27 @@ func (s *Spool) evict() {
 
 // Trim removes closed segments, oldest first, while safe says their lines
 // are safe (assembled, and their incidents journaled); it stops at the
-// first that is not. The current segment is closed first if it has been
-// open for SegmentAge, so a quiet spool empties.
+// first that is not, and keeps too the safe ones whose sources' lines go
+// on in it (see JoinGap). The current segment is closed first if it has
+// been open for SegmentAge, so a quiet spool empties.
 func (s *Spool) Trim(safe func(Segment) bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.f != nil && time.Since(s.cur.opened) >= s.cfg.SegmentAge {
 		s.closeCurrent()
 	}
-	for len(s.closed) > 0 && safe(Segment{LastSeq: s.closed[0].lastSeq, LastWrite: s.closed[0].lastWrite}) {
-		os.Remove(s.path(s.closed[0].seq))
-		s.closed = s.closed[1:]
+	n := 0
+	for n < len(s.closed) && safe(Segment{LastSeq: s.closed[n].lastSeq, LastWrite: s.closed[n].lastWrite}) {
+		n++
+	}
+	for n > 0 && s.closed[n-1].joinsNext && (n < len(s.closed) || s.f != nil) {
+		n--
+	}
+	for _, seg := range s.closed[:n] {
+		os.Remove(s.path(seg.seq))
 		s.stats.Removed++
 	}
+	s.closed = s.closed[n:]
 }
 
 // Stats returns what the spool has done.

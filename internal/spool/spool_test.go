@@ -113,7 +113,8 @@ func TestTornFrame(t *testing.T) {
 // stops at the first that is not; what stays is replayed.
 func TestTrim(t *testing.T) {
 	dir := t.TempDir()
-	s, _ := open(t, Config{Dir: dir, SegmentBytes: 1}) // a segment a line
+	// A segment a line; lines 1 µs apart are not one incident.
+	s, _ := open(t, Config{Dir: dir, SegmentBytes: 1, JoinGap: time.Nanosecond})
 	for i := range 5 {
 		s.Write(line(i))
 	}
@@ -127,6 +128,34 @@ func TestTrim(t *testing.T) {
 	}
 	_, got := open(t, Config{Dir: dir})
 	same(t, got, []filter.Line{line(2), line(3), line(4)})
+}
+
+// A source's lines that go on from one segment into a later one (here
+// with another source's segment between) are one incident as far as the
+// spool can tell: the earlier segments are kept, safe or not, until the
+// later one is safe too, or a replay would assemble the incident from its
+// tail alone, under another id (its first trigger lost), and a finished
+// incident would be acted on again. A source whose lines do not go on
+// (here the last, 3 min later) does not hold its segment.
+func TestTrimKeepsAnIncidentWhole(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := open(t, Config{Dir: dir, SegmentBytes: 1}) // a segment a line
+	t0 := time.Unix(1_700_000_000, 0)
+	at := func(src string, d time.Duration) filter.Line {
+		return filter.Line{Source: netip.MustParseAddrPort(src), Time: t0.Add(d), Payload: []byte(src)}
+	}
+	a1, b, a2, c := at("10.0.0.7:6665", 0), at("10.0.0.8:6665", time.Second), at("10.0.0.7:6665", 2*time.Second), at("10.0.0.9:6665", 3*time.Minute)
+	for _, l := range []filter.Line{a1, b, a2, c} {
+		s.Write(l)
+	}
+	s.Trim(func(seg Segment) bool { return seg.LastSeq <= 2 })
+	_, got := open(t, Config{Dir: dir})
+	same(t, got, []filter.Line{a1, b, a2, c})
+
+	s2, _ := open(t, Config{Dir: dir})
+	s2.Trim(func(seg Segment) bool { return seg.LastSeq <= 3 })
+	_, got = open(t, Config{Dir: dir})
+	same(t, got, []filter.Line{c})
 }
 
 // Past MaxBytes the oldest segments go, counted: a flood cannot fill the
@@ -165,4 +194,39 @@ func TestHostileLength(t *testing.T) {
 			t.Errorf("decode(%x) accepted", b)
 		}
 	}
+}
+
+// A flood from more addresses than the spool remembers holds segments
+// (each line may go on later) but costs no scan of what it remembers a
+// line: 100 000 lines from new addresses stay cheap.
+func BenchmarkWriteManySources(b *testing.B) {
+	s, _, err := Open(Config{Dir: b.TempDir(), MaxBytes: 4 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	t0 := time.Now()
+	b.ResetTimer()
+	for i := range b.N {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		s.Write(filter.Line{Source: netip.AddrPortFrom(a, 6665), Time: t0.Add(time.Duration(i) * time.Microsecond), Payload: []byte("x")})
+	}
+}
+
+// A source that prints a line every 30 s (a repeated warning) makes no
+// incident of them (the detector's quiet period is 5 s): it does not hold
+// its segments, or it would stop the spool from ever being trimmed.
+func TestTrimChattySource(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := open(t, Config{Dir: dir, SegmentBytes: 1}) // a segment a line
+	t0 := time.Unix(1_700_000_000, 0)
+	var lines []filter.Line
+	for i := range 4 {
+		l := filter.Line{Source: netip.MustParseAddrPort("10.0.0.7:6665"), Time: t0.Add(time.Duration(i) * 30 * time.Second), Payload: fmt.Appendf(nil, "warning %d", i)}
+		lines = append(lines, l)
+		s.Write(l)
+	}
+	s.Trim(func(seg Segment) bool { return seg.LastSeq <= 2 })
+	_, got := open(t, Config{Dir: dir})
+	same(t, got, lines[2:])
 }
