@@ -79,12 +79,47 @@ func terminationReason(inc detect.Incident) string {
 // podWorkers bounds how many of a node's Pods are ended at once.
 const podWorkers = 64
 
+// adoptWindow is how recent another incident's end of a node's pods must
+// be for a fatal incident to be taken as the same death: a dead kernel
+// dies once, and its node's pods are ended within seconds of each other;
+// a pod left Failed from an earlier death of a kept node is older.
+const adoptWindow = 10 * time.Minute
+
+// endingIncident returns the id of the incident that ended pods on this
+// node within adoptWindow of now (their DisruptionTarget condition with
+// reason KernelPanic, and their incident annotation), the smallest if
+// several, or "".
+func endingIncident(pods []*corev1.Pod, now time.Time) string {
+	id := ""
+	for _, pod := range pods {
+		other := pod.Annotations[AnnotationIncident]
+		if other == "" || (id != "" && other >= id) {
+			continue
+		}
+		for _, cond := range pod.Status.Conditions {
+			if cond.Type == corev1.DisruptionTarget && cond.Reason == ConditionReasonKernelPanic && now.Sub(cond.LastTransitionTime.Time) < adoptWindow {
+				id = other
+				break
+			}
+		}
+	}
+	return id
+}
+
 // cleanUp ends the Pods bound to the node, in parallel, then the Node;
 // the Events come last, off the path to the Node's deletion.
 func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1.Node, inc detect.Incident) error {
 	pods, err := c.cfg.Index.PodsOn(node.Name)
 	if err != nil {
 		return err
+	}
+	if other := endingIncident(pods, time.Now()); other != "" && other != inc.ID {
+		// Another collector heard the same death under another id (it
+		// lost the trigger this one's id is made of, or the reverse) and
+		// is ending this node, or did: write under its id, so the node
+		// and its pods get one set of annotations and Events.
+		log.Info("this node's pods are being ended under another id of the same death: writing under that one", "adopted", other)
+		inc.ID = other
 	}
 	log.Info("cleaning up a dead node", "pods", len(pods), "pod_action", c.cfg.PodAction, "keep_node", c.cfg.KeepNode, "reason", inc.Reason, "cause", inc.Cause)
 	if c.cfg.PodAction != PodsNone {

@@ -1053,3 +1053,59 @@ func TestActionsConfigurable(t *testing.T) {
 		t.Error("ParsePodAction accepted evict")
 	}
 }
+
+// TestOneDeathOneID: two collectors heard one node's death under two ids
+// (one lost the trigger the other's id is made of). The first ends the
+// node's pods (here it fails them and keeps them, and the Node, so the
+// second finds them); the second, seeing pods ended by the first within
+// the window, writes under the first's id: one set of annotations and
+// one Event a pod and for the Node, not two.
+func TestOneDeathOneID(t *testing.T) {
+	cs := client(t)
+	cfg := cleanup.Config{PodAction: cleanup.PodsFail, KeepNode: true}
+	cfg.Instance = "collector-a"
+	a := start(t, cs, cfg)
+	cfg.Instance = "collector-b"
+	b := start(t, cs, cfg)
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.39"), nil)
+	ns, _ := makePods(t, cs, node.Name, 5)
+	first, second := fatal("10.200.0.39"), fatal("10.200.0.39")
+	second.Reason = "Kernel panic - not syncing: Fatal exception in interrupt"
+	a.enqueue(t, first, 5)
+	clustertest.Eventually(t, 30*time.Second, "the first collector never finished", func() bool { return a.Pending() == 0 })
+	// The second's cache must hold the pods as the first left them.
+	clustertest.Eventually(t, 10*time.Second, "the second collector's cache never saw the pods ended", func() bool {
+		pods, _ := b.index.PodsOn(node.Name)
+		for _, p := range pods {
+			if p.Annotations[cleanup.AnnotationIncident] == "" && p.Status.Phase != corev1.PodSucceeded {
+				return false
+			}
+		}
+		return len(pods) == 5
+	})
+	b.enqueue(t, second, 5)
+	clustertest.Eventually(t, 30*time.Second, "the second collector never finished", func() bool { return b.Pending() == 0 })
+
+	pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if id := p.Annotations[cleanup.AnnotationIncident]; id != first.ID {
+			t.Errorf("%s: incident %q, want the first's %q", p.Name, id, first.ID)
+		}
+		if ev := clustertest.EventsFor(t, cs, ns, p.UID); len(ev) != 1 {
+			t.Errorf("%s: %d events, want 1", p.Name, len(ev))
+		}
+	}
+	n, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := n.Annotations[cleanup.AnnotationIncident]; id != first.ID {
+		t.Errorf("node: incident %q, want the first's %q", id, first.ID)
+	}
+	if ev := clustertest.EventsFor(t, cs, "", node.UID); len(ev) != 1 {
+		t.Errorf("node: %d events, want 1", len(ev))
+	}
+}
