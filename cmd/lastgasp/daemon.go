@@ -69,7 +69,8 @@ func (d *daemon) spooled(dp collector.Source, replay []filter.Line) collector.So
 		}
 		return dp.Run(ctx, func(l filter.Line) {
 			if _, err := d.spool.Write(l); err != nil {
-				d.log.Error("spool: a line is not on disk; a crash before its incident is journaled would lose it", "error", err)
+				// A full disk fails every line: a burst a minute, counted.
+				d.logFlood.Log("spool write", slog.LevelError, "spool: a line is not on disk; a crash before its incident is journaled would lose it", "error", err)
 			}
 			emit(l)
 		})
