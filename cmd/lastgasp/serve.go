@@ -95,6 +95,9 @@ func serve(ctx context.Context, c runConfig, log *slog.Logger) error {
 	}
 	if d.cluster != nil {
 		src.Cleanup, src.CleanupPending = d.cluster.ctrl.Stats, d.cluster.ctrl.Pending
+		if d.cluster.prober != nil {
+			src.ProbeReach = func() int { return int(d.cluster.reach.Load()) }
+		}
 	}
 	d.metrics = metrics.New(src)
 

@@ -314,6 +314,26 @@ func (p *Prober) probe(ctx context.Context, target string, until time.Time) sign
 	}
 }
 
+// Reach probes the kubelet ports of nodes believed alive (Ready, their
+// Leases fresh), one attempt each, and returns how many answered in any
+// way. None answering means probing proves nothing from where the
+// collector runs (a firewall that drops, a security group, another
+// segment): silence is then no evidence, and confirmation rests on the
+// Lease alone. The caller reports it.
+func (p *Prober) Reach(ctx context.Context, nodes []*corev1.Node) (answered int) {
+	for _, node := range nodes {
+		addr := probeAddress(node, netip.Addr{})
+		if !addr.IsValid() {
+			continue
+		}
+		target := net.JoinHostPort(addr.String(), strconv.Itoa(p.port()))
+		if p.probe(ctx, target, time.Now().Add(p.attempt())).alive != "" {
+			answered++
+		}
+	}
+	return answered
+}
+
 func renewTime(l *coordinationv1.Lease) time.Time {
 	if l.Spec.RenewTime == nil {
 		return time.Time{}

@@ -2,6 +2,7 @@ package liveness_test
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
@@ -98,5 +99,47 @@ func TestProvesNothing(t *testing.T) {
 			t.Errorf("%v: dead %v, undecided %v, want undecided: %s", addr, v.Dead, v.Undecided, v.Evidence)
 		}
 		t.Logf("%v: %s", addr, v.Evidence)
+	}
+}
+
+// TestReach: the collector's check that probing proves something from
+// where it runs. A node whose kubelet port listens answers; once the
+// node's firewall silently drops that port (as a security group would),
+// nothing answers, and Reach says so.
+func TestReach(t *testing.T) {
+	testnet.RequireRoot(t)
+	pair := testnet.NewPair(t)
+	var ln net.Listener
+	if err := pair.Node.Netns.Do(func() (err error) {
+		ln, err = net.Listen("tcp", net.JoinHostPort(pair.Node.IPv4.String(), "10250"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	node := &corev1.Node{Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: pair.Node.IPv4.String()}}}}
+	p := &liveness.Prober{Attempt: 500 * time.Millisecond, Do: pair.Collector.Netns.Do}
+	ctx := context.Background()
+	if n := p.Reach(ctx, []*corev1.Node{node}); n != 1 {
+		t.Errorf("a listening kubelet port: %d answered, want 1", n)
+	}
+	nft(t, pair.Node.Netns, `table inet lastgasp_test {
+	chain input {
+		type filter hook input priority 0; policy accept;
+		tcp dport 10250 drop
+	}
+}
+`)
+	if n := p.Reach(ctx, []*corev1.Node{node, node}); n != 0 {
+		t.Errorf("a dropped kubelet port: %d answered, want 0", n)
 	}
 }

@@ -37,6 +37,9 @@ type Sources struct {
 	// how many incidents it has not finished.
 	Cleanup        func() *cleanup.Stats
 	CleanupPending func() int
+	// ProbeReach returns whether the liveness probe reaches live nodes'
+	// kubelets from here: 1, 0 (none answered), -1 (not checked yet).
+	ProbeReach func() int
 	// Journal returns the journal's stats, JournalUnfinished how many
 	// incidents it holds unfinished, and JournalQueue how many wait to be
 	// written.
@@ -272,6 +275,7 @@ var (
 		{prometheus.NewDesc("lastgasp_journal_unfinished_incidents", "Incidents taken on and not yet finished with.", nil, nil), func(s Sources) func() int { return s.JournalUnfinished }},
 		{prometheus.NewDesc("lastgasp_journal_queue_depth", "Incidents assembled and waiting to be written to the journal.", nil, nil), func(s Sources) func() int { return s.JournalQueue }},
 		{prometheus.NewDesc("lastgasp_open_incidents", "Incidents being assembled: lines heard, not yet closed.", nil, nil), func(s Sources) func() int { return s.OpenIncidents }},
+		{prometheus.NewDesc("lastgasp_kubelet_probe_reach", "1 when the liveness probe reached a live node's kubelet port at the last check (every 5 minutes), 0 when none of those sampled answered (silence then proves nothing: confirmation rests on the Lease), -1 before the first check.", nil, nil), func(s Sources) func() int { return s.ProbeReach }},
 		{prometheus.NewDesc("lastgasp_cleanup_pending_incidents", "Incidents the cleanup controller holds and has not finished (queued, confirming, waiting for the cap or the API server).", nil, nil), func(s Sources) func() int { return s.CleanupPending }},
 	}
 	scrapeFailed = prometheus.NewDesc("lastgasp_scrape_failed", "1 when a source's counters could not be read at this scrape.", []string{"source"}, nil)
