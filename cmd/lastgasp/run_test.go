@@ -283,12 +283,20 @@ func TestRunCleansUp(t *testing.T) {
 	if len(pods.Items) != 0 {
 		t.Errorf("%d pods left", len(pods.Items))
 	}
-	events, _ := cs.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
-	reasons := map[string]int{}
-	for _, e := range events.Items {
-		if n := e.InvolvedObject.Name; n == node.Name || strings.HasPrefix(n, "job-") { // the control plane is shared
-			reasons[e.Reason]++
+	// The Events come after the Node's deletion, off its critical path.
+	var reasons map[string]int
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		events, _ := cs.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
+		reasons = map[string]int{}
+		for _, e := range events.Items {
+			if n := e.InvolvedObject.Name; n == node.Name || strings.HasPrefix(n, "job-") { // the control plane is shared
+				reasons[e.Reason]++
+			}
 		}
+		if reasons["NodeKernelPanic"] >= 4 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond) // polling the API server
 	}
 	if reasons["NodeKernelPanic"] != 4 {
 		t.Errorf("events %v, want 4 NodeKernelPanic (3 pods, the node)", reasons)
