@@ -3,6 +3,7 @@ package cleanup
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
@@ -349,10 +350,16 @@ func (c *Controller) taint(ctx context.Context, node *corev1.Node) error {
 	}
 	_, err = c.cfg.Client.CoreV1().Nodes().Patch(ctx, node.Name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
 	if apierrors.IsInvalid(err) {
-		return fmt.Errorf("the node's taints changed since they were cached: %w", err)
+		// Not the API server refusing for good (permanent): the test
+		// op failed, the cache is behind. Retried.
+		return fmt.Errorf("%w: the node's taints changed since they were cached (%v)", errCacheBehind, err)
 	}
 	return err
 }
+
+// errCacheBehind is a write refused because it tested what the cache
+// held and the object had changed: retried once the cache catches up.
+var errCacheBehind = errors.New("the cache is behind")
 
 // reportUnconfirmed marks a node that a panic was claimed for and that was
 // found alive, or could not be told dead.
@@ -421,4 +428,5 @@ type Stats struct {
 	Events         atomic.Uint64 // Events created
 	EventErrors    atomic.Uint64 // Events that could not be recorded (logged; the cleanup goes on)
 	APIErrors      atomic.Uint64 // attempts that failed and were retried
+	Failed         atomic.Uint64 // incidents finished as failed: the API server refused an action for good
 }

@@ -24,6 +24,7 @@ import (
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/lastgasp/lastgasp/internal/cleanup"
 	"github.com/lastgasp/lastgasp/internal/detect"
@@ -93,7 +94,10 @@ func startWorkers(t *testing.T, cs kubernetes.Interface, cfg cleanup.Config, wor
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Client, cfg.Index = cs, index
+	if cfg.Client == nil { // a test may give the controller a client of its own
+		cfg.Client = cs
+	}
+	cfg.Index = index
 	c := cleanup.New(cfg)
 	factory.Start(ctx.Done())
 	done := make(chan struct{})
@@ -182,6 +186,8 @@ func TestFatalIncident(t *testing.T) {
 	c.enqueue(t, inc, 110)
 	clustertest.Eventually(t, 60*time.Second, "node not deleted", nodeGone(cs, node.Name))
 	t.Logf("110 pods and the node cleaned up in %v", time.Since(start).Round(time.Millisecond))
+	// The Events come after the Node's deletion, before the work is done.
+	clustertest.Eventually(t, 10*time.Second, "work left", func() bool { return c.Pending() == 0 })
 
 	pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
 	if err != nil || len(pods.Items) != 110 {
@@ -1107,5 +1113,63 @@ func TestOneDeathOneID(t *testing.T) {
 	}
 	if ev := clustertest.EventsFor(t, cs, "", node.UID); len(ev) != 1 {
 		t.Errorf("node: %d events, want 1", len(ev))
+	}
+}
+
+// TestPermanentErrorFinishes: an action the API server refuses for good
+// (here every write is Forbidden: the controller's client is a user with
+// no rights) finishes the incident as failed, counted, instead of being
+// retried forever as an API error.
+func TestPermanentErrorFinishes(t *testing.T) {
+	cs := client(t)
+	nobodyCfg := rest.CopyConfig(cp.Config)
+	nobodyCfg.Impersonate = rest.ImpersonationConfig{UserName: "lastgasp-test-nobody"}
+	nobody, err := kubernetes.NewForConfig(nobodyCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var done outcomes
+	c := start(t, cs, cleanup.Config{Client: nobody, OnDone: done.record})
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.41"), nil)
+	makePods(t, cs, node.Name, 3)
+	inc := fatal("10.200.0.41")
+	c.enqueue(t, inc, 3)
+	clustertest.Eventually(t, 30*time.Second, "the incident never finished", func() bool { return done.get()[inc.ID] != "" })
+	if got := done.get()[inc.ID]; got != cleanup.OutcomeFailed {
+		t.Errorf("outcome %q, want %q", got, cleanup.OutcomeFailed)
+	}
+	if s := c.Stats(); s.Failed.Load() != 1 || s.APIErrors.Load() != 0 {
+		t.Errorf("stats: %d failed, %d API errors", s.Failed.Load(), s.APIErrors.Load())
+	}
+	if _, err := cs.CoreV1().Nodes().Get(context.Background(), node.Name, metav1.GetOptions{}); err != nil {
+		t.Errorf("the node: %v", err)
+	}
+}
+
+// TestCacheHoldsNoManagedFields: the collector caches every Node and Pod
+// of the cluster; their managedFields, which nothing reads, are dropped
+// before they are cached.
+func TestCacheHoldsNoManagedFields(t *testing.T) {
+	cs := client(t)
+	c := start(t, cs, cleanup.Config{})
+	node := makeNode(t, cs, clustertest.InternalIP("10.200.0.43"), nil)
+	ns, _ := makePods(t, cs, node.Name, 2)
+	stored, err := cs.CoreV1().Pods(ns).Get(context.Background(), "pod-1", metav1.GetOptions{})
+	if err != nil || len(stored.ManagedFields) == 0 {
+		t.Fatalf("the API server's pod has no managedFields to drop (%v)", err)
+	}
+	clustertest.Eventually(t, 10*time.Second, "the cache never held the pods", func() bool {
+		pods, _ := c.index.PodsOn(node.Name)
+		return len(pods) == 2
+	})
+	pods, _ := c.index.PodsOn(node.Name)
+	cached, _ := c.index.Node(node.Name)
+	for _, p := range pods {
+		if len(p.ManagedFields) != 0 {
+			t.Errorf("cached pod %s holds %d managedFields entries", p.Name, len(p.ManagedFields))
+		}
+	}
+	if cached == nil || len(cached.ManagedFields) != 0 {
+		t.Errorf("cached node: %v", cached)
 	}
 }

@@ -22,8 +22,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/workqueue"
 
@@ -123,14 +125,19 @@ type Outcome string
 
 // The outcomes.
 const (
-	OutcomeCleanedUp     Outcome = "cleaned up"               // pods and node handled, node deleted
-	OutcomeNodeKept      Outcome = "cleaned up, node kept"    // --keep-node
-	OutcomeReported      Outcome = "reported"                 // non-fatal: annotated, Event
-	OutcomeUnconfirmed   Outcome = "refused: node alive"      // the panic was not confirmed
-	OutcomeUndecided     Outcome = "unconfirmed: cannot tell" // neither dead nor alive could be proved in UndecidedFor
-	OutcomeBraked        Outcome = "unconfirmed: share brake" // too many nodes ended lately (MaxEndedShare)
-	OutcomeNotAllowed    Outcome = "refused: source not allowed"
-	OutcomeNotSelected   Outcome = "refused: node not selected" // NodeSelector
+	OutcomeCleanedUp   Outcome = "cleaned up"               // pods and node handled, node deleted
+	OutcomeNodeKept    Outcome = "cleaned up, node kept"    // --keep-node
+	OutcomeReported    Outcome = "reported"                 // non-fatal: annotated, Event
+	OutcomeUnconfirmed Outcome = "refused: node alive"      // the panic was not confirmed
+	OutcomeUndecided   Outcome = "unconfirmed: cannot tell" // neither dead nor alive could be proved in UndecidedFor
+	OutcomeBraked      Outcome = "unconfirmed: share brake" // too many nodes ended lately (MaxEndedShare)
+	OutcomeNotAllowed  Outcome = "refused: source not allowed"
+	OutcomeNotSelected Outcome = "refused: node not selected" // NodeSelector
+	// OutcomeFailed: the API server refused an action for good
+	// (Forbidden: the collector's RBAC; Invalid, BadRequest): retrying
+	// cannot help, so the incident is finished, counted and logged with
+	// the reason, not retried forever.
+	OutcomeFailed        Outcome = "failed: refused by the API server"
 	OutcomeUnknownSource Outcome = "refused: no node has this source"
 	OutcomeAmbiguous     Outcome = "refused: several nodes claim this source"
 )
@@ -335,6 +342,10 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	var wg sync.WaitGroup
 	for range max(workers, 1) {
 		wg.Go(func() {
+			// A panic is logged with its stack, then crashes the
+			// process as it would have: the journal resumes the
+			// incident at the next start.
+			defer utilruntime.HandleCrash()
 			for c.processNextWorkItem(ctx) {
 			}
 		})
@@ -367,6 +378,11 @@ func (c *Controller) processNextWorkItem(ctx context.Context) bool {
 	outcome, wait, err := c.apply(attempt, w)
 	cancel()
 	switch {
+	case err != nil && permanent(err):
+		c.stats.Failed.Add(1)
+		c.log.Error("applying incident failed for good: the API server refused it, retrying cannot help; finished as failed", "incident", id, "error", err)
+		outcome, wait = OutcomeFailed, 0
+		c.finishWork(id, w, outcome)
 	case err != nil:
 		// An API error, or the API server away: try again later, with
 		// backoff. Nothing is dropped.
@@ -379,16 +395,27 @@ func (c *Controller) processNextWorkItem(ctx context.Context) bool {
 		c.queue.Forget(id)
 		c.queue.AddAfter(id, wait)
 	default:
-		// Done: forget its failures and the incident itself.
-		c.queue.Forget(id)
-		c.mu.Lock()
-		delete(c.pending, id)
-		c.mu.Unlock()
-		if c.cfg.OnDone != nil {
-			c.cfg.OnDone(w.inc, outcome, w.node, time.Now())
-		}
+		c.finishWork(id, w, outcome)
 	}
 	return true
+}
+
+// finishWork forgets an incident's failures and the incident itself, and
+// tells OnDone how it ended.
+func (c *Controller) finishWork(id string, w *work, outcome Outcome) {
+	c.queue.Forget(id)
+	c.mu.Lock()
+	delete(c.pending, id)
+	c.mu.Unlock()
+	if c.cfg.OnDone != nil {
+		c.cfg.OnDone(w.inc, outcome, w.node, time.Now())
+	}
+}
+
+// permanent reports whether the API server refused a request for good:
+// the same request can only be refused again.
+func permanent(err error) bool {
+	return apierrors.IsForbidden(err) || apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) || apierrors.IsMethodNotSupported(err)
 }
 
 // logRefused logs an incident refused for its source alone (not allowed, no

@@ -263,6 +263,7 @@ var (
 		def[cleanup.Stats]{"lastgasp_cleanup_deleted_nodes_total", "Nodes this collector deleted.", func(c *cleanup.Stats) uint64 { return c.NodesDeleted.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_events_total", "Kubernetes Events recorded.", func(c *cleanup.Stats) uint64 { return c.Events.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_event_errors_total", "Kubernetes Events that could not be recorded (logged; the cleanup goes on).", func(c *cleanup.Stats) uint64 { return c.EventErrors.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_failed_incidents_total", "Incidents finished as failed: the API server refused an action for good (Forbidden, Invalid).", func(c *cleanup.Stats) uint64 { return c.Failed.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_api_errors_total", "API calls that failed and were retried.", func(c *cleanup.Stats) uint64 { return c.APIErrors.Load() }},
 	)
 

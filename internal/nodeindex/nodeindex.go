@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -44,6 +45,14 @@ type Index struct {
 func New(factory informers.SharedInformerFactory) (*Index, error) {
 	nodes := factory.Core().V1().Nodes()
 	pods := factory.Core().V1().Pods()
+	// A collector caches every Node and Pod of the cluster; their
+	// managedFields (who set which field) are often half of each object
+	// and nothing here reads them.
+	for _, inf := range []cache.SharedIndexInformer{nodes.Informer(), pods.Informer()} {
+		if err := inf.SetTransform(stripManagedFields); err != nil {
+			return nil, fmt.Errorf("informer transform: %w", err)
+		}
+	}
 	if err := nodes.Informer().AddIndexers(cache.Indexers{byAddress: nodeAddresses}); err != nil {
 		return nil, fmt.Errorf("index nodes by address: %w", err)
 	}
@@ -171,4 +180,12 @@ func podNodeName(obj any) ([]string, error) {
 		return nil, nil
 	}
 	return []string{p.Spec.NodeName}, nil
+}
+
+// stripManagedFields drops an object's managedFields before it is cached.
+func stripManagedFields(obj any) (any, error) {
+	if a, err := meta.Accessor(obj); err == nil {
+		a.SetManagedFields(nil)
+	}
+	return obj, nil
 }
