@@ -104,6 +104,7 @@ func New(src Sources) *Metrics {
 		Help: "Patterns file reloads, by result (ok, or rejected: the table in use was kept).",
 	}, []string{"result"})
 	m.reg.MustRegister(buildInfo())
+	m.reg.MustRegister(clientGo.collectors...)
 	m.reg.MustRegister(m.incidents, m.finished, m.nodeDeleted, m.reloads, &scrape{src: src},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"context"
 	"net/http/httptest"
 	"reflect"
 	"regexp"
@@ -8,6 +9,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	clientmetrics "k8s.io/client-go/tools/metrics"
+	"k8s.io/client-go/util/workqueue"
 
 	"github.com/lastgasp/lastgasp/internal/netconsole"
 )
@@ -113,6 +117,28 @@ func TestScrape(t *testing.T) {
 	for _, absent := range []string{"lastgasp_cleanup_pending_incidents", "lastgasp_xdp_packets_total", "lastgasp_feed_watchers"} {
 		if strings.Contains(body, absent+" ") {
 			t.Errorf("scrape has %s, whose source was not given", absent)
+		}
+	}
+}
+
+// TestClientGoMetrics: client-go's work queues and REST client report
+// through this package's providers, and a scrape serves them.
+func TestClientGoMetrics(t *testing.T) {
+	q := workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "metrics-test"})
+	defer q.ShutDown()
+	q.Add("a")
+	q.Add("b")
+	clientmetrics.RequestResult.Increment(context.Background(), "403", "PATCH", "api")
+	rec := httptest.NewRecorder()
+	New(Sources{}).Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`lastgasp_workqueue_adds_total{name="metrics-test"} 2`,
+		`lastgasp_workqueue_depth{name="metrics-test"} 2`,
+		`lastgasp_rest_client_requests_total{code="403",method="PATCH"} 1`,
+	} {
+		if !strings.Contains(rec.Body.String(), want+"\n") {
+			t.Errorf("scrape lacks %q", want)
 		}
 	}
 }
