@@ -243,7 +243,7 @@ func (d *daemon) snapshot(snap collector.Snapshot) { d.assembled.Store(&snap) }
 // plan says what will be done with an incident (the collector logs it).
 func (d *daemon) plan(inc detect.Incident) string {
 	if d.cluster == nil {
-		return "none: report-only"
+		return collector.NoPlan
 	}
 	return d.cluster.ctrl.Plan(inc)
 }

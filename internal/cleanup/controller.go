@@ -418,11 +418,17 @@ func permanent(err error) bool {
 	return apierrors.IsForbidden(err) || apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) || apierrors.IsMethodNotSupported(err)
 }
 
+// incidentAttrs are the log attributes every line about an incident
+// carries.
+func incidentAttrs(inc detect.Incident) []any {
+	return []any{"incident", inc.ID, "source", inc.Source, "kind", inc.Kind, "fatal", inc.Fatal}
+}
+
 // logRefused logs an incident refused for its source alone (not allowed, no
 // node's): what a flood of forged datagrams from spoofed addresses makes,
 // so through Config.Aggregate when set, a burst a minute.
 func (c *Controller) logRefused(inc detect.Incident, msg string, args ...any) {
-	args = append([]any{"incident", inc.ID, "source", inc.Source, "kind", inc.Kind, "fatal", inc.Fatal}, args...)
+	args = append(incidentAttrs(inc), args...)
 	if c.cfg.Aggregate == nil {
 		c.log.Warn(msg, args...)
 		return
@@ -434,7 +440,7 @@ func (c *Controller) logRefused(inc detect.Incident, msg string, args ...any) {
 // nil), wait for the deletion cap ("", d, nil), or retry after an error.
 func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration, error) {
 	inc := w.inc
-	log := c.log.With("incident", inc.ID, "source", inc.Source, "kind", inc.Kind, "fatal", inc.Fatal)
+	log := c.log.With(incidentAttrs(inc)...)
 
 	if !c.allowed(inc.Source) {
 		c.stats.NotAllowed.Add(1)

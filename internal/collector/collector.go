@@ -40,7 +40,7 @@ type Config struct {
 	Sink Sink
 	// Plan, if set, says what the sink will do with an incident (the
 	// cleanup controller's own Plan); the log line of each incident
-	// carries it. Nil: "none: report-only".
+	// carries it. Nil: NoPlan.
 	Plan func(detect.Incident) string
 	// Observe, if set, sees every incident too (metrics, the feed).
 	Observe func(detect.Incident)
@@ -71,6 +71,9 @@ type Config struct {
 	Reload <-chan *pattern.Table
 }
 
+// NoPlan is the action logged for incidents nothing acts on (no cluster).
+const NoPlan = "none: report-only"
+
 // Snapshot is what the collector publishes for scrapes, every tick and
 // at the end: a copy other goroutines may read.
 type Snapshot struct {
@@ -91,7 +94,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	plan := cfg.Plan
 	if plan == nil {
-		plan = func(detect.Incident) string { return "none: report-only" }
+		plan = func(detect.Incident) string { return NoPlan }
 	}
 	logIncident := func(_ string, level slog.Level, msg string, args ...any) {
 		log.Log(context.Background(), level, msg, args...)
