@@ -181,20 +181,26 @@ func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1
 }
 
 // endPodTries bounds the reads and patches of one Pod whose cached copy
-// was behind.
-const endPodTries = 3
+// was behind. Two collectors ending the same pod move it on twice (the
+// other's status patch, then its deletion, which sets the deletion
+// timestamp of a pod held by a finalizer).
+const endPodTries = 5
 
 // endPod gives one Pod its end and deletes it: two calls when the cache
 // is current. The status patch carries the resourceVersion the cache saw,
 // so that it applies only to the Pod as the cache holds it (its phase
 // included: the API server would let Failed overwrite a Succeeded the
 // cache has not seen yet); on a conflict the Pod is read again and the
-// patch made for what it is now.
+// patch made for what it is now, unless it carries the incident's
+// annotation already (another collector ended it).
 func (c *Controller) endPod(ctx context.Context, log *slog.Logger, pod *corev1.Pod, inc detect.Incident) error {
 	log = log.With("pod", pod.Namespace+"/"+pod.Name)
 	err := c.write(log, "set the pod's end: phase Failed, DisruptionTarget condition, annotations", func() error {
 		current := pod
 		for try := 1; ; try++ {
+			if current.Annotations[AnnotationIncident] == inc.ID {
+				return nil // ended already, by another collector or before a restart
+			}
 			err := c.patchPodEnd(ctx, current, inc)
 			switch {
 			case err == nil:

@@ -371,7 +371,8 @@ func TestNonFatal(t *testing.T) {
 }
 
 // TestTwoCollectors: two controllers with their own caches apply the same
-// incident at once: one set of annotations and Events, no errors.
+// incident at once: one set of annotations and Events, each pod's end
+// written once, no errors.
 func TestTwoCollectors(t *testing.T) {
 	cs := client(t)
 	a := start(t, cs, cleanup.Config{Instance: "collector-a"})
@@ -401,6 +402,11 @@ func TestTwoCollectors(t *testing.T) {
 	}
 	if ea, eb := a.Stats().APIErrors.Load(), b.Stats().APIErrors.Load(); ea+eb != 0 {
 		t.Errorf("API errors: %d and %d", ea, eb)
+	}
+	// Each pod's end is written once in all: the collector that comes
+	// second sees the first one's annotation and leaves the pod be.
+	if fa, fb := a.Stats().PodsFailed.Load(), b.Stats().PodsFailed.Load(); fa+fb != 20 {
+		t.Errorf("pod ends written: %d and %d, want 20 in all", fa, fb)
 	}
 }
 
