@@ -2,10 +2,7 @@ package main
 
 import (
 	"context"
-	"net"
-	"os/exec"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -23,9 +20,6 @@ import (
 // says 0 and logs that a dead node's silence proves nothing from here.
 func TestDaemonProbeReach(t *testing.T) {
 	cs, _ := controlPlane(t)
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("skipped: needs nft (apt-get install nftables; make deps does)")
-	}
 	pair := testnet.NewPair(t)
 	kubeconfig := kubeconfigIn(t, pair.Collector.Netns)
 	ctx := context.Background()
@@ -39,24 +33,7 @@ func TestDaemonProbeReach(t *testing.T) {
 	clustertest.Kubelet(t, cs, name, 0)
 	t.Cleanup(func() { cs.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
 
-	// The node's kubelet port, listening.
-	var ln net.Listener
-	if err := pair.Node.Netns.Do(func() (err error) {
-		ln, err = net.Listen("tcp", net.JoinHostPort(pair.Node.IPv4.String(), "10250"))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	pair.Node.Netns.AnswerTCP(t, pair.Node.IPv4, 10250) // its kubelet
 
 	run := func() *daemonProc {
 		return startDaemon(t, pair.Collector.Netns, "--mode", "socket", "--listen", pair.Collector.IPv4.String(),
@@ -69,17 +46,7 @@ func TestDaemonProbeReach(t *testing.T) {
 		t.Fatalf("exit %d after SIGTERM:\n%s", code, d.out.String())
 	}
 
-	cmd := exec.Command("ip", "netns", "exec", pair.Node.Netns.Name, "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(`table inet lastgasp_test {
-	chain input {
-		type filter hook input priority 0; policy accept;
-		tcp dport 10250 drop
-	}
-}
-`)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("nft: %v: %s", err, out)
-	}
+	pair.Node.Netns.DropTCP(t, 10250)
 	d = run()
 	waitLogged(t, d.out, "the kubelet probe reaches none of the live nodes sampled: a dead node's silence proves nothing from here, so confirmation rests on its Lease alone; open TCP to the kubelet port (10250) from the collectors' nodes", 1, 15*time.Second)
 	scrapeFor(t, pair.Collector.Netns.Do, "127.0.0.1:9466", "lastgasp_kubelet_probe_reach 0")

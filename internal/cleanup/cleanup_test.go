@@ -5,10 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -737,29 +735,6 @@ func TestAPIServerOutage(t *testing.T) {
 	t.Logf("%d attempts failed during the outage", c.Stats().APIErrors.Load())
 }
 
-// listen makes a "kubelet" listening on addr's port 10250 in ns, until
-// the test ends.
-func listen(t *testing.T, ns *testnet.Netns, addr netip.Addr) {
-	t.Helper()
-	var ln net.Listener
-	if err := ns.Do(func() (err error) {
-		ln, err = net.Listen("tcp", net.JoinHostPort(addr.String(), "10250"))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conn.Close()
-		}
-	}()
-}
-
 // prober probes from the collector's namespace of pair, with short
 // windows.
 func prober(cs kubernetes.Interface, pair *testnet.Pair) *liveness.Prober {
@@ -769,26 +744,6 @@ func prober(cs kubernetes.Interface, pair *testnet.Pair) *liveness.Prober {
 		Attempt:     500 * time.Millisecond,
 		LeaseMargin: 500 * time.Millisecond,
 		Do:          pair.Collector.Netns.Do,
-	}
-}
-
-// dropKubelet makes ns's firewall drop its kubelet port silently, as a
-// security group or a firewall between the collector and the node does.
-func dropKubelet(t *testing.T, ns *testnet.Netns) {
-	t.Helper()
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("skipped: needs nft (apt-get install nftables; make deps does)")
-	}
-	cmd := exec.Command("ip", "netns", "exec", ns.Name, "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(`table inet lastgasp_test {
-	chain input {
-		type filter hook input priority 0; policy accept;
-		tcp dport 10250 drop
-	}
-}
-`)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("nft: %v: %s", err, out)
 	}
 }
 
@@ -823,7 +778,7 @@ func TestSpoofedPanic(t *testing.T) {
 	testnet.RequireRoot(t)
 	cs := client(t)
 	pair := testnet.NewPair(t)
-	listen(t, pair.Node.Netns, pair.Node.IPv4) // the live node's kubelet
+	pair.Node.Netns.AnswerTCP(t, pair.Node.IPv4, 10250) // the live node's kubelet
 	c := start(t, cs, cleanup.Config{Prober: prober(cs, pair)})
 
 	// Addresses in the collector's subnet that nobody holds: ARP goes
@@ -859,7 +814,7 @@ func TestForgedPanicsNeverEndALiveNode(t *testing.T) {
 	testnet.RequireRoot(t)
 	cs := client(t)
 	pair := testnet.NewPair(t)
-	dropKubelet(t, pair.Node.Netns)
+	pair.Node.Netns.DropTCP(t, 10250)
 	var done outcomes
 	// No forgery backoff here: every forgery is confirmed (see
 	// TestForgeriesCostTheForger).
@@ -894,7 +849,7 @@ func TestForgeriesCostTheForger(t *testing.T) {
 	testnet.RequireRoot(t)
 	cs := client(t)
 	pair := testnet.NewPair(t)
-	listen(t, pair.Node.Netns, pair.Node.IPv4)
+	pair.Node.Netns.AnswerTCP(t, pair.Node.IPv4, 10250)
 	var mu sync.Mutex
 	var at []time.Time
 	c := start(t, cs, cleanup.Config{Prober: prober(cs, pair), Safety: cleanup.Safety{ForgeryBackoff: 3 * time.Second, ForgeryBackoffMax: time.Minute},

@@ -2,10 +2,7 @@ package liveness_test
 
 import (
 	"context"
-	"net"
 	"net/netip"
-	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,26 +17,13 @@ import (
 // ICMP "administratively prohibited", as a live node's nftables can.
 func rejectKubelet(t *testing.T, ns *testnet.Netns) {
 	t.Helper()
-	nft(t, ns, `table inet lastgasp_test {
+	ns.Nft(t, `table inet lastgasp_test {
 	chain input {
 		type filter hook input priority 0; policy accept;
 		meta nfproto ipv4 tcp dport 10250 reject with icmp type host-prohibited
 	}
 }
 `)
-}
-
-// nft loads rules into ns's nftables.
-func nft(t *testing.T, ns *testnet.Netns, rules string) {
-	t.Helper()
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("skipped: needs nft (apt-get install nftables; make deps does)")
-	}
-	cmd := exec.Command("ip", "netns", "exec", ns.Name, "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(rules)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("nft: %v: %s", err, out)
-	}
 }
 
 // TestFirewalledNodeIsAlive: a live node whose firewall rejects the
@@ -112,36 +96,14 @@ func TestProvesNothing(t *testing.T) {
 func TestReach(t *testing.T) {
 	testnet.RequireRoot(t)
 	pair := testnet.NewPair(t)
-	var ln net.Listener
-	if err := pair.Node.Netns.Do(func() (err error) {
-		ln, err = net.Listen("tcp", net.JoinHostPort(pair.Node.IPv4.String(), "10250"))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	pair.Node.Netns.AnswerTCP(t, pair.Node.IPv4, 10250)
 	node := &corev1.Node{Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: pair.Node.IPv4.String()}}}}
 	p := &liveness.Prober{Attempt: 500 * time.Millisecond, Do: pair.Collector.Netns.Do}
 	ctx := context.Background()
 	if n := p.Reach(ctx, []*corev1.Node{node}); n != 1 {
 		t.Errorf("a listening kubelet port: %d answered, want 1", n)
 	}
-	nft(t, pair.Node.Netns, `table inet lastgasp_test {
-	chain input {
-		type filter hook input priority 0; policy accept;
-		tcp dport 10250 drop
-	}
-}
-`)
+	pair.Node.Netns.DropTCP(t, 10250)
 	if n := p.Reach(ctx, []*corev1.Node{node, node}); n != 0 {
 		t.Errorf("a dropped kubelet port: %d answered, want 0", n)
 	}

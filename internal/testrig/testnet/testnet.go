@@ -330,3 +330,53 @@ func HTTPClient(do func(func() error) error) *http.Client {
 	}
 	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial}}
 }
+
+// Nft loads rules (an nft script) into the namespace's nftables, skipping
+// the test where nft is not installed.
+func (ns *Netns) Nft(t testing.TB, rules string) {
+	t.Helper()
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("skipped: needs nft (apt-get install nftables; make deps does)")
+	}
+	cmd := exec.Command("ip", "netns", "exec", ns.Name, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+}
+
+// DropTCP makes the namespace's firewall drop TCP to port silently, as a
+// security group or a firewall between collector and node does.
+func (ns *Netns) DropTCP(t testing.TB, port int) {
+	t.Helper()
+	ns.Nft(t, fmt.Sprintf(`table inet lastgasp_test_drop {
+	chain input {
+		type filter hook input priority 0; policy accept;
+		tcp dport %d drop
+	}
+}
+`, port))
+}
+
+// AnswerTCP listens on addr:port in the namespace and accepts and closes
+// every connection until the test ends: a kubelet's port, for a probe.
+func (ns *Netns) AnswerTCP(t testing.TB, addr netip.Addr, port int) {
+	t.Helper()
+	var ln net.Listener
+	if err := ns.Do(func() (err error) {
+		ln, err = net.Listen("tcp", net.JoinHostPort(addr.String(), fmt.Sprint(port)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+		}
+	}()
+}
