@@ -63,6 +63,11 @@ test: deps check-generated ## set up this machine and run every test
 bench: deps ## run the benchmarks (see bench/README.md)
 	$(GO) test -run '^$$' -bench . -benchmem ./bench/
 
+.PHONY: bench-flood
+bench-flood: deps ## issue 16's flood: every receiver at stepped rates, bench/results/flood.{json,md} and plots (~3 min; BENCH_FULL=1 ~15 min)
+	$(GO) test -run '^$$' -bench '^BenchmarkFlood$$' -benchtime 1x -timeout 60m ./bench/
+	@echo "bench/results/flood.md, flood.json, flood-*.png written"
+
 .PHONY: record-kernel
 record-kernel: deps ## re-record the real-kernel captures in testdata/kernel (qemu, ~4 min)
 	$(GO) run ./internal/testrig/kernelrig/cmd/record -out testdata/kernel

@@ -193,6 +193,21 @@ type receiver struct {
 	handled func() uint64
 }
 
+// drain waits until the receiver's count stops moving for 300 ms (at most
+// 10 s), and then for the ring buffer reader's poll.
+func (rcv receiver) drain() {
+	last, still := rcv.handled(), 0
+	for deadline := time.Now().Add(10 * time.Second); still < 6 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		if n := rcv.handled(); n != last {
+			last, still = n, 0
+		} else {
+			still++
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+}
+
 // runReceiver sets up a veth pair and the receiver name on its collector's
 // end, runs the generator's plan from its node's end, waits for the
 // receiver to drain, and returns what it saw.
@@ -213,17 +228,7 @@ func runReceiver(b *testing.B, name string, corpus *trafficgen.Corpus, plan traf
 		cancel()
 		b.Fatal(err)
 	}
-	// Drain: until the count stops moving for 300 ms (at most 10 s).
-	last, still := rcv.handled(), 0
-	for deadline := time.Now().Add(10 * time.Second); still < 6 && time.Now().Before(deadline); {
-		time.Sleep(50 * time.Millisecond)
-		if n := rcv.handled(); n != last {
-			last, still = n, 0
-		} else {
-			still++
-		}
-	}
-	time.Sleep(200 * time.Millisecond) // the ring buffer reader's poll
+	rcv.drain()
 	cancel()
 	if err := <-done; err != nil {
 		b.Fatalf("%s: %v", name, err)
