@@ -34,15 +34,16 @@ func writeFloodResults(dir string, res floodResults, cfg floodConfig, loadStart,
 		return fmt.Errorf("flood results: %w", err)
 	}
 	plots := []struct {
-		file, title, y string
-		value          func(floodRow) float64
+		file, title, y  string
+		logY, legendTop bool
+		value           func(floodRow) float64
 	}{
-		{"flood-handled.png", "Lines handled", "handled (packets/s)", func(r floodRow) float64 { return r.HandledPPS }},
-		{"flood-cpu.png", "Receiver thread CPU (user + sys)", "share of one core", func(r floodRow) float64 { return (r.CPUUserS + r.CPUSysS) / r.DurationS }},
-		{"flood-recall.png", "Panic recall", "panics detected / sent", func(r floodRow) float64 { return float64(r.PanicsDetected) / float64(r.PanicsSent) }},
+		{"flood-handled.png", "Lines handled", "handled (packets/s)", true, true, func(r floodRow) float64 { return r.HandledPPS }},
+		{"flood-cpu.png", "Receiver thread CPU (user + sys)", "share of one core", false, true, func(r floodRow) float64 { return (r.CPUUserS + r.CPUSysS) / r.DurationS }},
+		{"flood-recall.png", "Panic recall", "panics detected / sent", false, false, func(r floodRow) float64 { return float64(r.PanicsDetected) / float64(r.PanicsSent) }},
 	}
 	for _, p := range plots {
-		if err := floodPlot(filepath.Join(dir, p.file), res, p.title, p.y, p.value); err != nil {
+		if err := floodPlot(filepath.Join(dir, p.file), res, p.title, p.y, p.logY, p.legendTop, p.value); err != nil {
 			return err
 		}
 	}
@@ -50,8 +51,9 @@ func writeFloodResults(dir string, res floodResults, cfg floodConfig, loadStart,
 }
 
 // floodPlot draws value against the offered rate, one line a receiver, on
-// a logarithmic rate axis.
-func floodPlot(path string, res floodResults, title, y string, value func(floodRow) float64) error {
+// a logarithmic rate axis (and value axis if logY), the legend at the top
+// left or the bottom left.
+func floodPlot(path string, res floodResults, title, y string, logY, legendTop bool, value func(floodRow) float64) error {
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("%s (%s, %s)", title, res.Machine, res.Kernel)
 	p.Title.TextStyle.Font.Size = vg.Points(9)
@@ -59,13 +61,17 @@ func floodPlot(path string, res floodResults, title, y string, value func(floodR
 	p.Y.Label.Text = y
 	p.X.Scale = plot.LogScale{}
 	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
-	p.Legend.Left = true
+	p.Legend.Left, p.Legend.Top = true, legendTop
+	if logY {
+		p.Y.Scale = plot.LogScale{}
+		p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	}
 	var lines []any
 	for _, name := range floodReceivers {
 		var xys plotter.XYs
 		for _, r := range res.Rows {
-			if r.Receiver == name && r.OfferedPPS > 0 {
-				xys = append(xys, plotter.XY{X: r.OfferedPPS, Y: value(r)})
+			if v := value(r); r.Receiver == name && r.OfferedPPS > 0 && (v > 0 || !logY) {
+				xys = append(xys, plotter.XY{X: r.OfferedPPS, Y: v})
 			}
 		}
 		slices.SortFunc(xys, func(a, b plotter.XY) int { return cmp.Compare(a.X, b.X) })
