@@ -61,7 +61,16 @@ test: deps check-generated ## set up this machine and run every test
 
 .PHONY: bench
 bench: deps ## run the benchmarks (see bench/README.md)
-	$(GO) test -run '^$$' -bench . -benchmem ./bench/
+	$(GO) test -run '^$$' -bench . -skip '^Benchmark(Flood|Sources)$$' -benchmem ./bench/
+
+.PHONY: bench-flood
+bench-flood: deps ## issue 16's flood: every receiver at stepped rates, bench/results/flood.{json,md} and plots (~3 min; BENCH_FULL=1 ~15 min)
+	$(GO) test -run '^$$' -bench '^BenchmarkFlood$$' -benchtime 1x -timeout 60m ./bench/
+	@echo "bench/results/flood.md, flood.json, flood-*.png written"
+
+.PHONY: bench-sources
+bench-sources: deps ## issue 16's scenario 2: the XDP program's cost per packet with 1 to 100,000 sources' bursts open, bench/results/sources.json (~15 s)
+	$(GO) test -run '^$$' -bench '^BenchmarkSources$$' -benchtime 1x ./bench/
 
 .PHONY: record-kernel
 record-kernel: deps ## re-record the real-kernel captures in testdata/kernel (qemu, ~4 min)

@@ -21,6 +21,13 @@
 // and reports the rate offered, the lines lost and the panic lines
 // received.
 //
+// flood_test.go (BenchmarkFlood, make bench-flood) is issue 16's scenario 1:
+// every receiver at stepped offered rates with 20 panics a row from
+// distinct sources, written to results/flood.json, flood.md and plots.
+// sources_test.go (BenchmarkSources, make bench-sources) is scenario 2:
+// the XDP program's cost per packet as the LRU of bursts fills, 1 to
+// 100,000 sources, IPv4 and IPv6, written to results/sources.json.
+//
 // Run them as root (loading an XDP program needs CAP_BPF and
 // CAP_NET_ADMIN):
 //

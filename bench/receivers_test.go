@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
 	"github.com/cilium/ebpf/link"
@@ -54,11 +53,13 @@ type receiverResult struct {
 //   - xdp: lastgasp's data path, the XDP program attached (native) to the
 //     collector's veth end, its ring buffer read by ringbuf.Reader, every
 //     forwarded line through detect.Assembler (decoder and detector);
-//   - socket: one ReadFromUDP a datagram (udpreceiver, the product's
-//     socket mode) with the default socket buffer (net.core.rmem_default);
+//   - socket: one ReadFromUDP a datagram (readOneByOne: the Titus design,
+//     lastgasp's socket mode before issue 16) with the default socket
+//     buffer (net.core.rmem_default);
 //   - socket-64m: the same with a 64 MiB buffer (SO_RCVBUFFORCE);
-//   - recvmmsg: golang.org/x/net/ipv4's ReadBatch, up to 512 datagrams a
-//     call (netconsd's design), 64 MiB buffer, filter.Filter per datagram.
+//   - recvmmsg: udpreceiver, the product's socket mode: golang.org/x/net's
+//     ReadBatch, up to 512 datagrams a call (netconsd's design), 64 MiB
+//     buffer, filter.Filter per datagram.
 //
 // The socket receivers are fed by the same generator: an XDP_PASS program
 // on the collector's end makes the veth accept the redirected frames and
@@ -82,7 +83,7 @@ func BenchmarkReceivers(b *testing.B) {
 		b.Fatal(err)
 	}
 	plan := trafficgen.Plan{Batches: 100, Repeat: 20_000, Sources: 100, PanicAt: 20, PanicSource: receiverPanicSource, PanicInterval: 100 * time.Microsecond}
-	for _, name := range []string{"xdp", "socket", "socket-64m", "recvmmsg"} {
+	for _, name := range floodReceivers {
 		b.Run(name, func(b *testing.B) {
 			var r receiverResult
 			for range b.N {
@@ -140,7 +141,7 @@ func BenchmarkReceiversPaced(b *testing.B) {
 		batches := rate * 2 / 500
 		plan := trafficgen.Plan{Batches: batches, Repeat: 500, Sources: 100, PanicAt: batches / 5,
 			PanicSource: receiverPanicSource, PanicInterval: 100 * time.Microsecond, Rate: float64(rate)}
-		for _, name := range []string{"xdp", "socket", "socket-64m", "recvmmsg"} {
+		for _, name := range floodReceivers {
 			b.Run(fmt.Sprintf("%s/%dk", name, rate/1000), func(b *testing.B) {
 				var r receiverResult
 				for range b.N {
@@ -193,6 +194,21 @@ type receiver struct {
 	handled func() uint64
 }
 
+// drain waits until the receiver's count stops moving for 300 ms (at most
+// 10 s), and then for the ring buffer reader's poll.
+func (rcv receiver) drain() {
+	last, still := rcv.handled(), 0
+	for deadline := time.Now().Add(10 * time.Second); still < 6 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		if n := rcv.handled(); n != last {
+			last, still = n, 0
+		} else {
+			still++
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+}
+
 // runReceiver sets up a veth pair and the receiver name on its collector's
 // end, runs the generator's plan from its node's end, waits for the
 // receiver to drain, and returns what it saw.
@@ -213,17 +229,7 @@ func runReceiver(b *testing.B, name string, corpus *trafficgen.Corpus, plan traf
 		cancel()
 		b.Fatal(err)
 	}
-	// Drain: until the count stops moving for 300 ms (at most 10 s).
-	last, still := rcv.handled(), 0
-	for deadline := time.Now().Add(10 * time.Second); still < 6 && time.Now().Before(deadline); {
-		time.Sleep(50 * time.Millisecond)
-		if n := rcv.handled(); n != last {
-			last, still = n, 0
-		} else {
-			still++
-		}
-	}
-	time.Sleep(200 * time.Millisecond) // the ring buffer reader's poll
+	rcv.drain()
 	cancel()
 	if err := <-done; err != nil {
 		b.Fatalf("%s: %v", name, err)
@@ -313,35 +319,37 @@ func newReceiver(b *testing.B, name string, pair *testnet.Pair) receiver {
 	addr := netip.AddrPortFrom(pair.Collector.IPv4, 6666).String()
 
 	if name == "recvmmsg" {
-		var conn *net.UDPConn
+		// The product's socket mode: udpreceiver reads in batches of
+		// up to 512 (recvmmsg), 64 MiB buffer.
+		var r *udpreceiver.Receiver
 		if err := coll.Do(func() (err error) {
-			conn, err = listenForced(b.Context(), addr, 64<<20)
+			r, err = udpreceiver.Listen(b.Context(), addr, 64<<20, filter.New(filter.Config{}))
 			return err
 		}); err != nil {
 			b.Fatal(err)
 		}
-		b.Cleanup(func() { conn.Close() })
-		var n atomic.Uint64
-		return receiver{handled: n.Load, run: func(ctx context.Context, emit func(filter.Line)) error {
-			return readBatches(ctx, conn, &n, emit)
-		}}
+		b.Cleanup(func() { r.Close() })
+		return receiver{run: r.Run, handled: func() uint64 { return r.Counters().Datagrams }}
 	}
 
 	buf := 64 << 20
 	if name == "socket" {
-		// udpreceiver asks for its buffer with SO_RCVBUFFORCE, which the
-		// kernel doubles; half of rmem_default is the default buffer.
+		// SO_RCVBUFFORCE is doubled by the kernel: half of
+		// rmem_default is the default buffer.
 		buf = rmemDefault(b, coll) / 2
 	}
-	var r *udpreceiver.Receiver
+	var conn *net.UDPConn
 	if err := coll.Do(func() (err error) {
-		r, err = udpreceiver.Listen(b.Context(), addr, buf, filter.New(filter.Config{}))
+		conn, err = listenForced(b.Context(), addr, buf)
 		return err
 	}); err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { r.Close() })
-	return receiver{run: r.Run, handled: func() uint64 { return r.Counters().Datagrams }}
+	b.Cleanup(func() { conn.Close() })
+	var n atomic.Uint64
+	return receiver{handled: n.Load, run: func(ctx context.Context, emit func(filter.Line)) error {
+		return readOneByOne(ctx, conn, &n, emit)
+	}}
 }
 
 // rmemDefault reads net.core.rmem_default in ns.
@@ -377,35 +385,26 @@ func listenForced(ctx context.Context, addr string, size int) (*net.UDPConn, err
 	return pc.(*net.UDPConn), nil
 }
 
-// readBatches is the batched receiver: recvmmsg (ipv4.PacketConn.ReadBatch)
-// of up to 512 datagrams a call, each through filter.Filter, until ctx is
-// done.
-func readBatches(ctx context.Context, conn *net.UDPConn, n *atomic.Uint64, emit func(filter.Line)) error {
+// readOneByOne is the one-read-per-datagram receiver (Netflix Titus's
+// design, and lastgasp's socket mode before it read in batches): one
+// ReadFromUDP a datagram, each through filter.Filter, until ctx is done.
+func readOneByOne(ctx context.Context, conn *net.UDPConn, n *atomic.Uint64, emit func(filter.Line)) error {
 	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
-	pc := ipv4.NewPacketConn(conn)
 	f := filter.New(filter.Config{})
-	msgs := make([]ipv4.Message, 512)
-	for i := range msgs {
-		msgs[i].Buffers = [][]byte{make([]byte, 2048)}
-	}
+	buf := make([]byte, 64<<10)
 	for {
-		k, err := pc.ReadBatch(msgs, 0)
+		k, src, err := conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("recvmmsg: %w", err)
+			return fmt.Errorf("read a datagram: %w", err)
 		}
-		now := time.Now()
-		for _, m := range msgs[:k] {
-			src := m.Addr.(*net.UDPAddr).AddrPort()
-			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-			if line, ok := f.Judge(src, m.Buffers[0][:m.N], now); ok {
-				line.Payload = append([]byte(nil), line.Payload...)
-				emit(line)
-			}
+		n.Add(1)
+		if line, ok := f.Judge(src, buf[:k], time.Now()); ok {
+			line.Payload = append([]byte(nil), line.Payload...)
+			emit(line)
 		}
-		n.Add(uint64(k))
 	}
 }

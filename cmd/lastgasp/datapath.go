@@ -116,7 +116,7 @@ func openSockets(ctx context.Context, c runConfig, table *pattern.Table, forward
 	s := &sockets{}
 	for _, port := range c.ports {
 		f := filter.New(filter.Config{Patterns: table, ContextLines: c.contextLines, NoContext: c.contextLines == 0, ForwardAll: forwardAll})
-		rx, err := udpreceiver.Listen(ctx, net.JoinHostPort(c.listen, strconv.Itoa(int(port))), 0, f)
+		rx, err := udpreceiver.Listen(ctx, net.JoinHostPort(c.listen, strconv.Itoa(int(port))), c.socketBuffer, f)
 		if err != nil {
 			s.Close()
 			return nil, err
@@ -143,6 +143,7 @@ func (s *sockets) Counters() udpreceiver.Counters {
 		sum.Context += c.Context
 		sum.Truncated += c.Truncated
 		sum.Drops += c.Drops
+		sum.Reads += c.Reads
 	}
 	return sum
 }

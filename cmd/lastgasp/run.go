@@ -19,6 +19,7 @@ import (
 	"github.com/lastgasp/lastgasp/internal/detect"
 	"github.com/lastgasp/lastgasp/internal/liveness"
 	"github.com/lastgasp/lastgasp/internal/pattern"
+	"github.com/lastgasp/lastgasp/internal/udpreceiver"
 	"github.com/lastgasp/lastgasp/loader"
 )
 
@@ -55,6 +56,7 @@ type runConfig struct {
 	backstop      bool           // xdp drop mode: a socket takes what the program passes
 	ringBytes     uint32         // the ring buffer's size
 	memoryBudget  int            // bytes decoding and assembling may hold
+	socketBuffer  int            // the UDP sockets' receive buffer, bytes
 	safety        cleanup.Safety // the guards: undecided, forgery backoff, node selector, brakes
 }
 
@@ -94,6 +96,7 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	fs.DurationVar(&c.shutdownGrace, "shutdown-grace", 20*time.Second, "on SIGTERM, how long to let cleanups in flight finish (the rest stay in the journal)")
 	fs.BoolVar(&c.backstop, "backstop", true, "xdp mode with --forward drop: also read the netconsole port(s) with a socket, which gets the lines the program passes up (ring buffer full, IP fragments)")
 	ringBytes := fs.Uint("ring-buffer-bytes", loader.DefaultRingBufSize, "size of the XDP program's ring buffer: a power of two, at least 4096 (a pinned ring buffer keeps the size it was made with)")
+	socketBuffer := fs.String("socket-buffer", resource.NewQuantity(udpreceiver.DefaultReadBuffer, resource.BinarySI).String(), "receive buffer of each UDP socket (socket mode, or xdp mode's backstop), a quantity from 4Ki to 1Gi: forced past net.core.rmem_max where the process may (CAP_NET_ADMIN); the sockets read it in batches of up to 512 datagrams (recvmmsg)")
 	memoryBudget := fs.String("memory-budget", resource.NewQuantity(detect.DefaultMemoryBudget, resource.BinarySI).String(), "memory that decoding and assembling incidents may hold (a quantity: 128Mi), below GOMEMLIMIT with room for the cluster caches; a flood of forged lines is dropped and counted past it")
 	fs.DurationVar(&c.safety.UndecidedFor, "undecided-for", cleanup.DefaultUndecidedFor, "how long a panic whose node can be proved neither dead nor alive (no Lease, a probe that cannot be sent) is tried again before it is finished as unconfirmed, nothing deleted")
 	fs.DurationVar(&c.safety.ForgeryBackoff, "forgery-backoff", cleanup.DefaultForgeryBackoff, "after a panic refused because its node is alive, how long further panics of that node wait; doubles with each refusal")
@@ -184,6 +187,11 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 		return c, fmt.Errorf("--memory-budget %q: want a quantity from 8Mi to 1Ti", *memoryBudget)
 	}
 	c.memoryBudget = int(q.Value())
+	q, err = resource.ParseQuantity(*socketBuffer)
+	if err != nil || q.Value() < 4<<10 || q.Value() > 1<<30 {
+		return c, fmt.Errorf("--socket-buffer %q: want a quantity from 4Ki to 1Gi", *socketBuffer)
+	}
+	c.socketBuffer = int(q.Value())
 	c.forwardPass, c.confirm = *forward == "pass", *confirm == "tcp"
 	c.ringBytes = uint32(*ringBytes)
 	return c, nil

@@ -1,6 +1,9 @@
-// Package udpreceiver is the socket data path: a plain ReadFromUDP loop
-// that runs every datagram through filter.Filter, for hosts where XDP is
-// not allowed, and the baseline the XDP path is measured against.
+// Package udpreceiver is the socket data path: a loop that reads
+// datagrams in batches (recvmmsg, up to BatchSize a system call, as Meta's
+// netconsd does) and runs every datagram through filter.Filter, for hosts
+// where XDP is not allowed, and the baseline the XDP path is measured
+// against. Measured under a flood (bench/, issue 16) it handles several
+// times the rate of one ReadFromUDP a datagram for a fraction of the CPU.
 //
 // Unlike the XDP program it sees only what the kernel's UDP stack delivers:
 // datagrams dropped for a full socket buffer are lost before it can count
@@ -19,6 +22,7 @@ import (
 	"time"
 	"unsafe"
 
+	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
 	"github.com/lastgasp/lastgasp/internal/filter"
@@ -27,6 +31,14 @@ import (
 // DefaultReadBuffer is the socket receive buffer asked for: enough for a
 // burst of tens of thousands of console lines.
 const DefaultReadBuffer = 64 << 20
+
+// BatchSize is the most datagrams one read (recvmmsg) returns.
+const BatchSize = 512
+
+// slotSize is the room for one datagram of a batch: one byte more than a
+// forwarded line may carry, so that the filter sees that a longer datagram
+// (cut by the kernel to this size) was longer, and truncates and flags it.
+const slotSize = filter.MaxPayload + 1
 
 // Counters are what the receiver saw.
 type Counters struct {
@@ -37,6 +49,9 @@ type Counters struct {
 	// Drops counts datagrams the kernel dropped before this socket could
 	// read them (its buffer full): lost lines. From SO_MEMINFO.
 	Drops uint64
+	// Reads counts the read system calls (recvmmsg) that returned
+	// datagrams: Datagrams/Reads is the batch a call gets.
+	Reads uint64
 }
 
 // Receiver reads netconsole datagrams from one UDP socket.
@@ -44,7 +59,7 @@ type Receiver struct {
 	conn   *net.UDPConn
 	filter *filter.Filter
 
-	datagrams, matched, context, truncated atomic.Uint64
+	datagrams, matched, context, truncated, reads atomic.Uint64
 }
 
 // Listen opens a UDP socket on addr (e.g. ":6666" or "[::]:6666") with a
@@ -76,38 +91,61 @@ func (r *Receiver) Addr() netip.AddrPort {
 	return r.conn.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
-// Run reads datagrams until ctx is done, calling emit with every line the
-// filter forwards; the Line's Payload is emit's to keep. It returns nil
-// when ctx is done, or the read error that stopped it.
+// Run reads datagrams until ctx is done, in batches of up to BatchSize,
+// calling emit with every line the filter forwards; the Line's Payload is
+// emit's to keep. It returns nil when ctx is done, or the read error that
+// stopped it.
 func (r *Receiver) Run(ctx context.Context, emit func(filter.Line)) error {
 	stop := context.AfterFunc(ctx, func() { r.conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
-	buf := make([]byte, 64<<10) // the largest UDP datagram
+	// ipv4.PacketConn's ReadBatch is recvmmsg on any UDP socket: the
+	// source addresses come back as the kernel gives them, IPv6 ones
+	// included (no control messages are asked for).
+	pc := ipv4.NewPacketConn(r.conn)
+	msgs := make([]ipv4.Message, BatchSize)
+	for i := range msgs {
+		msgs[i].Buffers = [][]byte{make([]byte, slotSize)}
+	}
 	for {
-		n, src, err := r.conn.ReadFromUDPAddrPort(buf)
+		n, err := pc.ReadBatch(msgs, 0)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("read netconsole datagram: %w", err)
+			return fmt.Errorf("read netconsole datagrams: %w", err)
 		}
-		r.datagrams.Add(1)
-		line, ok := r.filter.Judge(src, buf[:n], time.Now())
-		if !ok {
-			continue
+		r.reads.Add(1)
+		r.datagrams.Add(uint64(n))
+		now := time.Now()
+		for _, m := range msgs[:n] {
+			ua, ok := m.Addr.(*net.UDPAddr)
+			if !ok {
+				continue
+			}
+			src := ua.AddrPort()
+			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+			r.judge(src, m.Buffers[0][:m.N], now, emit)
 		}
-		switch line.Flag {
-		case filter.Match:
-			r.matched.Add(1)
-		case filter.Context:
-			r.context.Add(1)
-		}
-		if line.Truncated {
-			r.truncated.Add(1)
-		}
-		line.Payload = bytes.Clone(line.Payload)
-		emit(line)
 	}
+}
+
+// judge runs one datagram through the filter and emits what it forwards.
+func (r *Receiver) judge(src netip.AddrPort, payload []byte, now time.Time, emit func(filter.Line)) {
+	line, ok := r.filter.Judge(src, payload, now)
+	if !ok {
+		return
+	}
+	switch line.Flag {
+	case filter.Match:
+		r.matched.Add(1)
+	case filter.Context:
+		r.context.Add(1)
+	}
+	if line.Truncated {
+		r.truncated.Add(1)
+	}
+	line.Payload = bytes.Clone(line.Payload)
+	emit(line)
 }
 
 // Counters returns what the receiver has seen so far.
@@ -118,6 +156,7 @@ func (r *Receiver) Counters() Counters {
 		Context:   r.context.Load(),
 		Truncated: r.truncated.Load(),
 		Drops:     r.drops(),
+		Reads:     r.reads.Load(),
 	}
 }
 

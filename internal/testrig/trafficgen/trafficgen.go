@@ -230,6 +230,23 @@ type Plan struct {
 	// the collector's veth ring, drained on the sender's CPU, does not
 	// overflow (for tests that count every frame).
 	PanicInline bool
+	// Duration, if set, makes the flood time-bound instead: batches are
+	// sent until Duration has passed (Batches is ignored), and Panics
+	// panics are sent by a second thread at known times, panic k from
+	// PanicSourceN(k) starting at Duration*(0.1 + 0.8*k/Panics), so every
+	// one lies inside the flood. PanicAt and PanicInline are ignored.
+	Duration time.Duration
+	Panics   int
+}
+
+// PanicSourceN returns the source of the k-th panic of a timed plan: the
+// plan's PanicSource with k added to its address.
+func (p Plan) PanicSourceN(k int) netip.AddrPort {
+	a := p.PanicSource.Addr()
+	for range k {
+		a = a.Next()
+	}
+	return netip.AddrPortFrom(a, p.PanicSource.Port())
 }
 
 // Source returns the i-th ordinary source address: 10.128.0.0 + i, port
@@ -249,7 +266,11 @@ type Stats struct {
 	// PanicInFlood is set when the last panic frame went out before the
 	// flood's last batch began: the whole panic was inside the flood.
 	PanicInFlood bool
-	Elapsed      time.Duration
+	// Panics is how many panics were sent whole; PanicTimes when each
+	// one's first frame went out, from the start of the flood.
+	Panics     int
+	PanicTimes []time.Duration
+	Elapsed    time.Duration
 }
 
 // Offered returns the frames per second offered over the run.
@@ -282,12 +303,37 @@ func RunFrom(ns *testnet.Netns, ifname string, c *Corpus, plan Plan) (Stats, err
 	return st, err
 }
 
-// run is RunFrom inside ns.
-func run(ns *testnet.Netns, r *Redirector, c *Corpus, plan Plan) (Stats, error) {
+// ordinaryFrames returns c's ordinary lines as frames to plan.Dst.
+func ordinaryFrames(c *Corpus, plan Plan) [][]byte {
 	frames := make([][]byte, len(c.Ordinary))
 	for i, p := range c.Ordinary {
 		frames[i] = packettest.UDP{Src: Source(0).Addr(), Dst: plan.Dst, Payload: p}.Frame()
 	}
+	return frames
+}
+
+// sendBatch sends batch i of the flood and, if plan is paced, sleeps
+// until the frames sent so far are due.
+func sendBatch(r *Redirector, frames [][]byte, plan Plan, i int, st *Stats, start time.Time) error {
+	frame := frames[i%len(frames)]
+	SetSourceV4(frame, Source(i%plan.Sources).Addr())
+	if err := r.Send(frame, plan.Repeat); err != nil {
+		return err
+	}
+	st.Ordinary += uint64(plan.Repeat)
+	if plan.Rate > 0 {
+		due := start.Add(time.Duration(float64(st.Ordinary) / plan.Rate * float64(time.Second)))
+		time.Sleep(time.Until(due))
+	}
+	return nil
+}
+
+// run is RunFrom inside ns.
+func run(ns *testnet.Netns, r *Redirector, c *Corpus, plan Plan) (Stats, error) {
+	if plan.Duration > 0 {
+		return runTimed(ns, r, c, plan)
+	}
+	frames := ordinaryFrames(c, plan)
 	var st Stats
 	var panicDone atomic.Bool
 	panicErr := make(chan error, 1)
@@ -311,15 +357,8 @@ func run(ns *testnet.Netns, r *Redirector, c *Corpus, plan Plan) (Stats, error) 
 		if i == plan.Batches-1 && started {
 			st.PanicInFlood = panicDone.Load()
 		}
-		frame := frames[i%len(frames)]
-		SetSourceV4(frame, Source(i%plan.Sources).Addr())
-		if err := r.Send(frame, plan.Repeat); err != nil {
+		if err := sendBatch(r, frames, plan, i, &st, start); err != nil {
 			return st, err
-		}
-		st.Ordinary += uint64(plan.Repeat)
-		if plan.Rate > 0 {
-			due := start.Add(time.Duration(float64(st.Ordinary) / plan.Rate * float64(time.Second)))
-			time.Sleep(time.Until(due))
 		}
 	}
 	if started {
@@ -327,6 +366,10 @@ func run(ns *testnet.Netns, r *Redirector, c *Corpus, plan Plan) (Stats, error) 
 			return st, err
 		}
 		st.Panic = uint64(len(c.Panic))
+		st.Panics = 1
+	}
+	if plan.PanicInline && plan.PanicAt < plan.Batches {
+		st.Panics = 1
 	}
 	st.Elapsed = time.Since(start)
 	var err error
@@ -334,7 +377,50 @@ func run(ns *testnet.Netns, r *Redirector, c *Corpus, plan Plan) (Stats, error) 
 	return st, err
 }
 
-// sendPanic sends the panic's frames, one call each, PanicInterval apart.
+// runTimed is run for a plan with a Duration: the flood until Duration
+// has passed, Panics panics from a second thread at their known times.
+func runTimed(ns *testnet.Netns, r *Redirector, c *Corpus, plan Plan) (Stats, error) {
+	frames := ordinaryFrames(c, plan)
+	var st Stats
+	var panicsDone atomic.Bool
+	panicErr := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		panicErr <- ns.Do(func() error {
+			defer panicsDone.Store(true)
+			for k := range plan.Panics {
+				at := time.Duration(float64(plan.Duration) * (0.1 + 0.8*float64(k)/float64(plan.Panics)))
+				time.Sleep(time.Until(start.Add(at)))
+				st.PanicTimes = append(st.PanicTimes, time.Since(start))
+				p := plan
+				p.PanicSource = plan.PanicSourceN(k)
+				if err := sendPanic(r, c, p); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}()
+	for i := 0; time.Since(start) < plan.Duration; i++ {
+		if err := sendBatch(r, frames, plan, i, &st, start); err != nil {
+			<-panicErr
+			return st, err
+		}
+	}
+	st.PanicInFlood = panicsDone.Load()
+	if err := <-panicErr; err != nil {
+		return st, err
+	}
+	st.Panics = plan.Panics
+	st.Panic = uint64(plan.Panics * len(c.Panic))
+	st.Elapsed = time.Since(start)
+	var err error
+	st.Sent, err = r.Sent()
+	return st, err
+}
+
+// sendPanic sends the panic's frames from plan.PanicSource, one call each,
+// PanicInterval apart.
 func sendPanic(r *Redirector, c *Corpus, plan Plan) error {
 	for _, p := range c.Panic {
 		pf := packettest.UDP{Src: plan.PanicSource.Addr(), SrcPort: plan.PanicSource.Port(), Dst: plan.Dst, Payload: p}.Frame()

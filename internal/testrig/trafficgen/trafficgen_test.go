@@ -50,22 +50,7 @@ func TestLiveFramesReachCollectorXDP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	prog, err := loader.Load(loader.Config{RingBufSize: 1 << 20, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { prog.Close() })
-	if err := pair.Collector.Netns.Do(func() error {
-		_, err := prog.Attach(pair.Collector.Ifname, loader.ModeNative)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	rd, err := ringbuf.NewReader(prog.Events())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rd.Close() })
+	prog, rd := attachCollector(t, pair)
 
 	plan := trafficgen.Plan{
 		Dst: pair.Collector.IPv4, Batches: 40, Repeat: 5000, Sources: 40,
@@ -119,5 +104,68 @@ func TestLiveFramesReachCollectorXDP(t *testing.T) {
 	t.Logf("veth ring drops: %d", dropped)
 	if fwd := c.Matched + c.Context; fwd != uint64(len(want)) {
 		t.Errorf("the program forwarded %d lines (matched %d, context %d), want the panic's %d", fwd, c.Matched, c.Context, len(want))
+	}
+}
+
+// attachCollector loads lastgasp's XDP program (a 1 MiB ring buffer),
+// attaches it to pair's collector end and opens its ring buffer.
+func attachCollector(t *testing.T, pair *testnet.Pair) (*loader.Program, *ringbuf.Reader) {
+	t.Helper()
+	prog, err := loader.Load(loader.Config{RingBufSize: 1 << 20, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	if err := pair.Collector.Netns.Do(func() error {
+		_, err := prog.Attach(pair.Collector.Ifname, loader.ModeNative)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := ringbuf.NewReader(prog.Events())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rd.Close() })
+	return prog, rd
+}
+
+// TestTimedPlanSendsPanicsFromDistinctSources runs a timed plan (a flood
+// for 400 ms, paced at 100,000 frames/s, three panics at known times from
+// three sources) into lastgasp's XDP program: each panic must arrive whole
+// from its own source, PanicSourceN(k), and the stats must say so.
+func TestTimedPlanSendsPanicsFromDistinctSources(t *testing.T) {
+	pair := testnet.NewPair(t)
+	corpus, err := trafficgen.LoadCorpus("../../../testdata/netconsole")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rd := attachCollector(t, pair)
+	plan := trafficgen.Plan{
+		Dst: pair.Collector.IPv4, Repeat: 100, Sources: 10, Rate: 100_000,
+		Duration: 400 * time.Millisecond, Panics: 3, PanicSource: panicSource,
+	}
+	st, err := trafficgen.RunFrom(pair.Node.Netns, pair.Node.Ifname, corpus, plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Panics != 3 || len(st.PanicTimes) != 3 || st.Panic != uint64(3*len(corpus.Panic)) {
+		t.Fatalf("stats: %d panics at %v, %d panic frames; want 3 panics, %d frames", st.Panics, st.PanicTimes, st.Panic, 3*len(corpus.Panic))
+	}
+	want := len(expectedPanicLines(corpus))
+	got := map[netip.AddrPort]int{}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	for range 3 * want {
+		line, err := rd.Read(ctx)
+		if err != nil {
+			t.Fatalf("after %v: %v", got, err)
+		}
+		got[line.Source]++
+	}
+	for k := range 3 {
+		if src := plan.PanicSourceN(k); got[src] != want {
+			t.Errorf("panic %d from %v: %d lines forwarded, want %d (all: %v)", k, src, got[src], want, got)
+		}
 	}
 }

@@ -1,0 +1,333 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lastgasp/lastgasp/internal/detect"
+	"github.com/lastgasp/lastgasp/internal/filter"
+	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
+	"github.com/lastgasp/lastgasp/internal/testrig/trafficgen"
+)
+
+// floodReceivers are the receivers of scenario 1, in the order of the rows.
+var floodReceivers = []string{"xdp", "socket", "socket-64m", "recvmmsg"}
+
+// floodLoad is what one receiver did under one load: the fields of an
+// ordinary_only row, and the first of a flood row.
+type floodLoad struct {
+	Receiver    string  `json:"receiver"`
+	OfferedPPS  float64 `json:"offered_pps"`
+	HandledPPS  float64 `json:"handled_pps"`
+	KernelDrops uint64  `json:"kernel_drops"`
+	CPUUserS    float64 `json:"cpu_user_s"`
+	CPUSysS     float64 `json:"cpu_sys_s"`
+	DurationS   float64 `json:"duration_s"`
+}
+
+// floodRow is one row of flood.json's rows: one receiver at one offered
+// rate, with panics injected.
+type floodRow struct {
+	floodLoad
+	PanicsSent         int `json:"panics_sent"`
+	PanicsDetected     int `json:"panics_detected"`
+	PanicLinesSent     int `json:"panic_lines_sent"`
+	PanicLinesReceived int `json:"panic_lines_received"`
+}
+
+// floodResults is flood.json.
+type floodResults struct {
+	Machine      string      `json:"machine"`
+	Kernel       string      `json:"kernel"`
+	Rows         []floodRow  `json:"rows"`
+	OrdinaryOnly []floodLoad `json:"ordinary_only"`
+}
+
+// floodConfig is the size of a run: short (make bench-flood) or full
+// (BENCH_FULL=1).
+type floodConfig struct {
+	rates    []float64 // offered rates asked for; 0 is the generator's top rate, unpaced
+	duration time.Duration
+	panics   int
+}
+
+func floodConfigFromEnv() floodConfig {
+	if os.Getenv("BENCH_FULL") != "" {
+		return floodConfig{
+			rates:    []float64{25e3, 50e3, 100e3, 200e3, 300e3, 400e3, 600e3, 800e3, 1.2e6, 1.6e6, 2.4e6, 0},
+			duration: 10 * time.Second,
+			panics:   50,
+		}
+	}
+	return floodConfig{rates: []float64{50e3, 100e3, 200e3, 400e3, 800e3, 0}, duration: 2 * time.Second, panics: 20}
+}
+
+// BenchmarkFlood is issue 16's scenario 1, all in one invocation: for each
+// offered rate (paced by the in-kernel generator, the last unpaced at its
+// top rate) and each receiver, a fresh veth pair, a flood of ordinary lines
+// from 100 sources for a fixed duration, and panics (the real
+// null-oops-panic capture, every frame) from distinct known sources at
+// known times inside it; then, for each receiver, the same flood at the top
+// rate with no panic (ordinary_only). It writes flood.json, flood.md and
+// the plots to $FLOOD_OUT (default results/, that is bench/results). See
+// bench/README.md for how to read them.
+//
+// A panic is detected when the detect.Assembler fed by the receiver closes
+// a fatal incident from its source with every line it has when that panic
+// arrives alone (the Go twin of the program forwarding them). CPU is the
+// receiver's own thread's (getrusage RUSAGE_THREAD): the receiver's loop
+// and the filter and assembler it feeds run on one goroutine locked to it.
+func BenchmarkFlood(b *testing.B) {
+	corpus, err := trafficgen.LoadCorpus("../testdata/netconsole")
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := floodConfigFromEnv()
+	res := floodResults{Machine: machineName(), Kernel: kernelRelease()}
+	loadStart := loadAverage()
+	for range b.N {
+		res.Rows, res.OrdinaryOnly = nil, nil
+		for _, rate := range cfg.rates {
+			for _, name := range floodReceivers {
+				row := runFlood(b, name, corpus, floodPlan(rate, cfg.duration, cfg.panics))
+				b.Logf("%s at %.0f pps asked: %+v", name, rate, row)
+				res.Rows = append(res.Rows, row)
+			}
+		}
+		for _, name := range floodReceivers {
+			row := runFlood(b, name, corpus, floodPlan(0, cfg.duration, 0))
+			b.Logf("%s ordinary only: %+v", name, row.floodLoad)
+			res.OrdinaryOnly = append(res.OrdinaryOnly, row.floodLoad)
+		}
+	}
+	out := os.Getenv("FLOOD_OUT")
+	if out == "" {
+		out = "results"
+	}
+	if err := writeFloodResults(out, res, cfg, loadStart, loadAverage()); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// floodPlan is the generator's plan for one row: rate 0 is unpaced. A
+// BPF_PROG_TEST_RUN call costs about a millisecond besides its frames, so
+// the calls are kept to about 300 a second: each carries rate/300 frames
+// (at least 100), a burst at the kernel's speed.
+func floodPlan(rate float64, d time.Duration, panics int) trafficgen.Plan {
+	repeat := uint32(10_000)
+	if rate > 0 {
+		repeat = uint32(max(100, rate/300))
+	}
+	return trafficgen.Plan{Repeat: repeat, Sources: 100, Rate: rate, Duration: d, Panics: panics,
+		PanicSource: receiverPanicSource, PanicInterval: 100 * time.Microsecond}
+}
+
+// floodCollected gathers what a receiver forwards: the lines of each panic
+// source counted, every line through a detect.Assembler, and the most
+// lines of a fatal incident from each panic source.
+type floodCollected struct {
+	mu         sync.Mutex
+	asm        *detect.Assembler
+	panicLines map[netip.Addr]int
+	fatalLines map[netip.Addr]int
+}
+
+func newFloodCollected() *floodCollected {
+	return &floodCollected{
+		asm:        detect.NewAssembler(detect.Budget(detect.DefaultMemoryBudget)),
+		panicLines: map[netip.Addr]int{},
+		fatalLines: map[netip.Addr]int{},
+	}
+}
+
+func (c *floodCollected) emit(l filter.Line) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.panicLines[l.Source.Addr()]++
+	c.check(c.asm.Line(l))
+}
+
+func (c *floodCollected) check(incs []detect.Incident) {
+	for _, inc := range incs {
+		if inc.Fatal {
+			c.fatalLines[inc.Source] = max(c.fatalLines[inc.Source], len(inc.Lines))
+		}
+	}
+}
+
+// panicAlone returns how many lines the filter forwards of one panic that
+// arrives alone, and how many lines the assembler's incident then has:
+// what a receiver must deliver for the panic to count as detected.
+func panicAlone(b *testing.B, c *trafficgen.Corpus) (forwarded, incidentLines int) {
+	f := filter.New(filter.Config{})
+	col := newFloodCollected()
+	for _, p := range c.Panic {
+		if line, ok := f.Judge(receiverPanicSource, p, time.Now()); ok {
+			forwarded++
+			col.emit(line)
+		}
+	}
+	col.check(col.asm.Tick(time.Now().Add(time.Minute)))
+	incidentLines = col.fatalLines[receiverPanicSource.Addr()]
+	if incidentLines == 0 {
+		b.Fatal("the panic alone gives no fatal incident")
+	}
+	return forwarded, incidentLines
+}
+
+// runFlood runs one row: receiver name on a fresh pair, the plan from the
+// node's end, the receiver drained, its thread's CPU time read.
+func runFlood(b *testing.B, name string, corpus *trafficgen.Corpus, plan trafficgen.Plan) floodRow {
+	b.StopTimer()
+	defer b.StartTimer()
+	pair := testnet.NewPair(b)
+	plan.Dst = pair.Collector.IPv4
+	rcv := newReceiver(b, name, pair)
+	col := newFloodCollected()
+	ctx, cancel := context.WithCancel(b.Context())
+	defer cancel()
+	type ran struct {
+		err       error
+		user, sys time.Duration
+	}
+	done := make(chan ran, 1)
+	go func() {
+		// The receiver's own thread: its CPU time is the row's.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var before, after unix.Rusage
+		_ = unix.Getrusage(unix.RUSAGE_THREAD, &before)
+		err := rcv.run(ctx, col.emit)
+		_ = unix.Getrusage(unix.RUSAGE_THREAD, &after)
+		done <- ran{err: err,
+			user: time.Duration(after.Utime.Nano() - before.Utime.Nano()),
+			sys:  time.Duration(after.Stime.Nano() - before.Stime.Nano())}
+	}()
+
+	st, err := trafficgen.RunFrom(pair.Node.Netns, pair.Node.Ifname, corpus, plan)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rcv.drain()
+	cancel()
+	r := <-done
+	if r.err != nil {
+		b.Fatalf("%s: %v", name, r.err)
+	}
+	vethDrops, err := trafficgen.TxDropped(pair.Node.Netns, pair.Node.Ifname)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sockDrops := udpRcvbufErrors(b, pair.Collector.Netns)
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	col.check(col.asm.Tick(time.Now().Add(time.Minute))) // close every incident
+
+	row := floodRow{floodLoad: floodLoad{
+		Receiver:    name,
+		OfferedPPS:  st.Offered(),
+		HandledPPS:  float64(rcv.handled()) / st.Elapsed.Seconds(),
+		KernelDrops: vethDrops + sockDrops,
+		CPUUserS:    r.user.Seconds(),
+		CPUSysS:     r.sys.Seconds(),
+		DurationS:   st.Elapsed.Seconds(),
+	}}
+	if st.Panics == 0 {
+		return row
+	}
+	forwarded, incidentLines := panicAlone(b, corpus)
+	row.PanicsSent = st.Panics
+	row.PanicLinesSent = st.Panics * forwarded
+	for k := range st.Panics {
+		src := plan.PanicSourceN(k).Addr()
+		row.PanicLinesReceived += col.panicLines[src]
+		if col.fatalLines[src] >= incidentLines {
+			row.PanicsDetected++
+		}
+	}
+	return row
+}
+
+// udpRcvbufErrors reads the UDP RcvbufErrors counter of ns (the datagrams
+// dropped for a full socket buffer), from its own /proc/net/snmp.
+func udpRcvbufErrors(b *testing.B, ns *testnet.Netns) uint64 {
+	var n uint64
+	if err := ns.Do(func() error {
+		raw, err := os.ReadFile("/proc/thread-self/net/snmp")
+		if err != nil {
+			return err
+		}
+		var names []string
+		for line := range strings.Lines(string(raw)) {
+			f := strings.Fields(line)
+			if len(f) == 0 || f[0] != "Udp:" {
+				continue
+			}
+			if names == nil {
+				names = f
+				continue
+			}
+			for i, name := range names {
+				if name == "RcvbufErrors" && i < len(f) {
+					n, err = strconv.ParseUint(f[i], 10, 64)
+					return err
+				}
+			}
+		}
+		return fmt.Errorf("no Udp RcvbufErrors in /proc/net/snmp")
+	}); err != nil {
+		b.Fatal(err)
+	}
+	return n
+}
+
+// machineName names the CPU and how many this machine has.
+func machineName() string {
+	model := "unknown CPU"
+	if raw, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(raw)) {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%d vCPU, %s", runtime.NumCPU(), model)
+}
+
+// kernelRelease is uname -r.
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// loadAverage is the one-minute load average, NaN if unknown.
+func loadAverage() float64 {
+	raw, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return math.NaN()
+	}
+	f := strings.Fields(string(raw))
+	if len(f) == 0 {
+		return math.NaN()
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return math.NaN()
+	}
+	return v
+}
