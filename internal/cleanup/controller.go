@@ -80,6 +80,10 @@ type Config struct {
 	// a worker: with what was done, the Node it was about ("" when none
 	// was found), and when.
 	OnDone func(inc detect.Incident, outcome Outcome, node string, at time.Time)
+	// Record, if set, keeps what was done about a node's incident (see
+	// Finished), before OnDone is told: an error is retried with backoff
+	// (the incident is not applied again) up to recordTries times.
+	Record func(ctx context.Context, f Finished) error
 }
 
 // Safety is the guards of a Controller against ending a live node, or
@@ -242,6 +246,11 @@ type work struct {
 	// delayed is set once the forgery backoff held it back (counted
 	// once).
 	delayed bool
+	// finishedAs is the outcome of an incident applied whose record
+	// is still to be written; nodeUID, ended, deletedAt and recordID
+	// are what the record keeps (record.go).
+	finishedAs Outcome
+	recordState
 }
 
 // attemptTimeout bounds one attempt at an incident: a probe lasts up to
@@ -375,14 +384,19 @@ func (c *Controller) processNextWorkItem(ctx context.Context) bool {
 	// A bound on one attempt, so that a blackholed connection to the API
 	// server cannot hold a worker forever: the attempt is retried.
 	attempt, cancel := context.WithTimeout(ctx, attemptTimeout)
-	outcome, wait, err := c.apply(attempt, w)
+	// An incident applied already, whose record failed, is not applied
+	// again.
+	outcome, wait, err := w.finishedAs, time.Duration(0), error(nil)
+	if outcome == "" {
+		outcome, wait, err = c.apply(attempt, w)
+	}
 	cancel()
 	switch {
 	case err != nil && permanent(err):
 		c.stats.Failed.Add(1)
 		c.log.Error("applying incident failed for good: the API server refused it, retrying cannot help; finished as failed", "incident", id, "error", err)
 		outcome, wait = OutcomeFailed, 0
-		c.finishWork(id, w, outcome)
+		c.finishWork(ctx, id, w, outcome)
 	case err != nil:
 		// An API error, or the API server away: try again later, with
 		// backoff. Nothing is dropped.
@@ -395,14 +409,18 @@ func (c *Controller) processNextWorkItem(ctx context.Context) bool {
 		c.queue.Forget(id)
 		c.queue.AddAfter(id, wait)
 	default:
-		c.finishWork(id, w, outcome)
+		c.finishWork(ctx, id, w, outcome)
 	}
 	return true
 }
 
-// finishWork forgets an incident's failures and the incident itself, and
-// tells OnDone how it ended.
-func (c *Controller) finishWork(id string, w *work, outcome Outcome) {
+// finishWork records an incident (Config.Record), forgets its failures
+// and the incident itself, and tells OnDone how it ended.
+func (c *Controller) finishWork(ctx context.Context, id string, w *work, outcome Outcome) {
+	if !c.record(ctx, w, outcome) {
+		c.queue.AddRateLimited(id) // the record again, not the incident
+		return
+	}
 	c.queue.Forget(id)
 	c.mu.Lock()
 	delete(c.pending, id)
@@ -457,7 +475,7 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 		return OutcomeUnknownSource, 0, nil
 	}
 	log = log.With("node", node.Name)
-	w.node = node.Name
+	w.node, w.nodeUID = node.Name, node.UID
 	if ambiguous && inc.Fatal {
 		// Two Nodes claim the address (a stale Node with a recycled IP,
 		// or an override annotation naming another's): deleting either
@@ -529,9 +547,9 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 		w.reserved = true
 	}
 	if c.cfg.KeepNode {
-		return OutcomeNodeKept, 0, c.cleanUp(ctx, log, node, inc)
+		return OutcomeNodeKept, 0, c.cleanUp(ctx, log, node, w)
 	}
-	return OutcomeCleanedUp, 0, c.cleanUp(ctx, log, node, inc)
+	return OutcomeCleanedUp, 0, c.cleanUp(ctx, log, node, w)
 }
 
 // undecided handles a confirmation that proved nothing: try again later,
