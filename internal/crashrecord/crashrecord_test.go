@@ -288,7 +288,7 @@ func TestSchemaRefuses(t *testing.T) {
 			}
 			s["lines"] = lines
 		},
-		"negative pods": func(s map[string]any) { s["podCount"] = int64(-1) },
+		"negative pods":   func(s map[string]any) { s["podCount"] = int64(-1) },
 		"time not a time": func(s map[string]any) { s["firstTime"] = "yesterday" },
 	} {
 		kc := record(time.Hour)
@@ -313,8 +313,8 @@ func TestSchemaRefuses(t *testing.T) {
 func TestKernelRelease(t *testing.T) {
 	for line, want := range map[string]string{
 		"[    3.765806] CPU: 0 PID: 104 Comm: insmod Tainted: G           OE      6.1.0-56-amd64 #1  Debian 6.1.192-2": "6.1.0-56-amd64",
-		"CPU: 1 UID: 0 PID: 1 Comm: sh Not tainted 6.18.0-rc4+ #12 PREEMPT(voluntary)":                               "6.18.0-rc4+",
-		"lg-noise: ordinary kernel line 3 from a healthy node":                                                        "",
+		"CPU: 1 UID: 0 PID: 1 Comm: sh Not tainted 6.18.0-rc4+ #12 PREEMPT(voluntary)":                                 "6.18.0-rc4+",
+		"lg-noise: ordinary kernel line 3 from a healthy node":                                                         "",
 	} {
 		if got := crashrecord.KernelRelease([]string{line}); got != want {
 			t.Errorf("%q: %q, want %q", line, got, want)
