@@ -249,8 +249,21 @@ func TestManifests(t *testing.T) {
 		"pods/status": {"patch"},
 		"events":      {"create"},
 	}
-	if got := ruleTable(t, m.clusterRole.Rules, ""); !equalTables(got, wantCluster) {
+	var coreRules, recordRules []rbacv1.PolicyRule
+	for _, r := range m.clusterRole.Rules {
+		if slices.Equal(r.APIGroups, []string{"lastgasp.io"}) {
+			recordRules = append(recordRules, r)
+		} else {
+			coreRules = append(coreRules, r)
+		}
+	}
+	if got := ruleTable(t, coreRules, ""); !equalTables(got, wantCluster) {
 		t.Errorf("ClusterRole rules %v, want %v", got, wantCluster)
+	}
+	// The KernelCrash records: written once, listed and deleted to prune.
+	wantRecords := map[string][]string{"kernelcrashes": {"create", "delete", "list"}}
+	if got := ruleTable(t, recordRules, "lastgasp.io"); !equalTables(got, wantRecords) {
+		t.Errorf("ClusterRole rules for lastgasp.io %v, want %v", got, wantRecords)
 	}
 	wantLease := map[string][]string{"leases": {"get"}}
 	if got := ruleTable(t, m.leaseRole.Rules, "coordination.k8s.io"); !equalTables(got, wantLease) {
@@ -1139,7 +1152,7 @@ func (a access) String() string {
 // met for real.
 func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *manifests) {
 	ctx := t.Context()
-	lease, core, events := "coordination.k8s.io", "", "events.k8s.io"
+	lease, core, events, records := "coordination.k8s.io", "", "events.k8s.io", "lastgasp.io"
 	allowed := []access{
 		{"list", core, "nodes", "", ""}, {"watch", core, "nodes", "", ""},
 		{"patch", core, "nodes", "", ""}, {"delete", core, "nodes", "", ""},
@@ -1147,6 +1160,7 @@ func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *mani
 		{"delete", core, "pods", "", ""}, {"patch", core, "pods", "status", ""},
 		{"create", core, "events", "", ""}, {"create", core, "events", "", "default"},
 		{"get", lease, "leases", "", corev1.NamespaceNodeLease},
+		{"create", records, "kernelcrashes", "", ""}, {"list", records, "kernelcrashes", "", ""}, {"delete", records, "kernelcrashes", "", ""},
 	}
 	denied := []access{
 		{"get", core, "nodes", "", ""}, {"create", core, "nodes", "", ""}, {"update", core, "nodes", "", ""},
@@ -1165,6 +1179,9 @@ func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *mani
 		{"delete", core, "namespaces", "", ""}, {"create", core, "serviceaccounts", "token", m.namespace.Name},
 		{"update", "apps", "daemonsets", "", m.namespace.Name}, {"escalate", "rbac.authorization.k8s.io", "clusterroles", "", ""},
 		{"bind", "rbac.authorization.k8s.io", "clusterroles", "", ""}, {"impersonate", core, "users", "", ""},
+		{"get", records, "kernelcrashes", "", ""}, {"update", records, "kernelcrashes", "", ""}, {"patch", records, "kernelcrashes", "", ""},
+		{"watch", records, "kernelcrashes", "", ""}, {"deletecollection", records, "kernelcrashes", "", ""},
+		{"create", "apiextensions.k8s.io", "customresourcedefinitions", "", ""},
 		{"*", "*", "*", "", ""},
 	}
 	ask := func(a access) bool {
