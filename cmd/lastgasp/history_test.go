@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"github.com/lastgasp/lastgasp/internal/detect"
 	"github.com/lastgasp/lastgasp/internal/pattern"
 	"github.com/lastgasp/lastgasp/internal/testrig/clustertest"
+	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
 )
 
 var crdOnce struct {
@@ -152,5 +154,38 @@ func TestHistoryBadFlags(t *testing.T) {
 		if code := run(context.Background(), append([]string{"history"}, args...), &out, &errs); code != exitUsage {
 			t.Errorf("history %q: exit %d, want %d", args, code, exitUsage)
 		}
+	}
+}
+
+// TestRunRecordsCrash: a collector that ends a node keeps its record in
+// the API server: the real capture's crash, its signature, the pods
+// ended; lastgasp history prints it after the node and the collector
+// are gone.
+func TestRunRecordsCrash(t *testing.T) {
+	store, kubeconfig := records(t)
+	cs, _ := controlPlane(t)
+	pair := testnet.NewPair(t)
+	ctx := context.Background()
+	node := clustertest.Node(t, cs, clustertest.Unique("node"), clustertest.InternalIP(pair.Node.IPv4.String()), nil)
+	ns := clustertest.Unique("ns")
+	clustertest.Pods(t, cs, ns, node.Name, 2)
+
+	c := startCollector(t, pair, "--mode", "xdp", "--interface", pair.Collector.Ifname, "--kubeconfig", kubeconfig, "--confirm", "none")
+	conn := nodeSocket(t, pair)
+	replay(t, conn, &net.UDPAddr{IP: pair.Collector.IPv4.AsSlice(), Port: 6666}, "sysrq-ext-v4.pcap")
+	var all []crashrecord.KernelCrash
+	clustertest.Eventually(t, 30*time.Second, "no record of node "+node.Name, func() bool {
+		all, _ = store.List(ctx, crashrecord.LabelNode+"="+node.Name)
+		return len(all) > 0
+	})
+	c.stop(t)
+	s := all[0].Spec
+	if len(all) != 1 || s.Kind != string(pattern.KindSysrq) || !s.Fatal || s.Outcome != string(cleanup.OutcomeCleanedUp) ||
+		s.PodCount != 2 || s.NodeDeletedAt == nil || len(s.Lines) == 0 || s.Signature.Frames[0] != "sysrq_handle_crash" {
+		t.Errorf("%d records; %+v", len(all), s)
+	}
+	out, code := historyRun(t, kubeconfig, "--node", node.Name)
+	if code != exitOK || !strings.Contains(out, all[0].Name) || !strings.Contains(out, "sysrq: Trigger a crash in sysrq_handle_crash") {
+		t.Errorf("history: exit %d\n%s", code, out)
 	}
 }
