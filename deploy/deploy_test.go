@@ -260,8 +260,9 @@ func TestManifests(t *testing.T) {
 	if got := ruleTable(t, coreRules, ""); !equalTables(got, wantCluster) {
 		t.Errorf("ClusterRole rules %v, want %v", got, wantCluster)
 	}
-	// The KernelCrash records: written once, listed and deleted to prune.
-	wantRecords := map[string][]string{"kernelcrashes": {"create", "delete", "list"}}
+	// The KernelCrash records: written once, listed and deleted to
+	// prune, listed and patched for storms.
+	wantRecords := map[string][]string{"kernelcrashes": {"create", "delete", "list", "patch"}}
 	if got := ruleTable(t, recordRules, "lastgasp.io"); !equalTables(got, wantRecords) {
 		t.Errorf("ClusterRole rules for lastgasp.io %v, want %v", got, wantRecords)
 	}
@@ -1161,6 +1162,7 @@ func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *mani
 		{"create", core, "events", "", ""}, {"create", core, "events", "", "default"},
 		{"get", lease, "leases", "", corev1.NamespaceNodeLease},
 		{"create", records, "kernelcrashes", "", ""}, {"list", records, "kernelcrashes", "", ""}, {"delete", records, "kernelcrashes", "", ""},
+		{"patch", records, "kernelcrashes", "", ""},
 	}
 	denied := []access{
 		{"get", core, "nodes", "", ""}, {"create", core, "nodes", "", ""}, {"update", core, "nodes", "", ""},
@@ -1179,7 +1181,7 @@ func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *mani
 		{"delete", core, "namespaces", "", ""}, {"create", core, "serviceaccounts", "token", m.namespace.Name},
 		{"update", "apps", "daemonsets", "", m.namespace.Name}, {"escalate", "rbac.authorization.k8s.io", "clusterroles", "", ""},
 		{"bind", "rbac.authorization.k8s.io", "clusterroles", "", ""}, {"impersonate", core, "users", "", ""},
-		{"get", records, "kernelcrashes", "", ""}, {"update", records, "kernelcrashes", "", ""}, {"patch", records, "kernelcrashes", "", ""},
+		{"get", records, "kernelcrashes", "", ""}, {"update", records, "kernelcrashes", "", ""},
 		{"watch", records, "kernelcrashes", "", ""}, {"deletecollection", records, "kernelcrashes", "", ""},
 		{"create", "apiextensions.k8s.io", "customresourcedefinitions", "", ""},
 		{"*", "*", "*", "", ""},

@@ -25,6 +25,7 @@ import (
 	"github.com/lastgasp/lastgasp/internal/liveness"
 	"github.com/lastgasp/lastgasp/internal/logagg"
 	"github.com/lastgasp/lastgasp/internal/nodeindex"
+	"github.com/lastgasp/lastgasp/internal/storm"
 )
 
 // cluster is the cleanup controller and what it needs.
@@ -97,15 +98,18 @@ func clusterSide(c runConfig, log *slog.Logger, flood *logagg.Aggregator, done f
 	if cl.records, err = recorder(cfg, c, host, log); err != nil {
 		return nil, err
 	}
+	stormCfg := storm.Config{Nodes: c.stormNodes, Window: c.stormWindow, Logger: log}
 	if cl.records != nil {
 		record, cl.retention = cl.records.Record, c.historyRetention
+		stormCfg.Store = cl.records.Store
 	}
+	storms := storm.New(stormCfg)
 	cl.ctrl = cleanup.New(cleanup.Config{
 		Client: cs, Index: cl.index, Prober: prober, Safety: c.safety,
 		AllowedSources: c.allowed, MaxNodeDeletionsPerMinute: c.maxDeletions,
 		DryRun: c.dryRun, Instance: host, Logger: log, Aggregate: flood,
 		PodAction: c.podAction, KeepNode: c.keepNode, TaintNonFatal: c.taintNonFatal,
-		OnDone: done, Record: record,
+		OnDone: done, Record: record, Hold: storms.Hold,
 	})
 	return cl, nil
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"k8s.io/client-go/dynamic"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/lastgasp/lastgasp/internal/cleanup"
 	"github.com/lastgasp/lastgasp/internal/crashrecord"
@@ -34,9 +33,7 @@ func records(t *testing.T) (*crashrecord.Store, string) {
 	t.Helper()
 	_, kubeconfig := controlPlane(t)
 	crdOnce.Do(func() {
-		_, crdOnce.err = envtest.InstallCRDs(shared.cp.Config, envtest.CRDInstallOptions{
-			Paths: []string{"../../deploy/kernelcrash-crd.yaml"}, ErrorIfPathMissing: true,
-		})
+		crdOnce.err = shared.cp.InstallKernelCrashCRD()
 	})
 	if crdOnce.err != nil {
 		t.Fatal(crdOnce.err)

@@ -20,6 +20,7 @@ import (
 	"github.com/lastgasp/lastgasp/internal/detect"
 	"github.com/lastgasp/lastgasp/internal/liveness"
 	"github.com/lastgasp/lastgasp/internal/pattern"
+	"github.com/lastgasp/lastgasp/internal/storm"
 	"github.com/lastgasp/lastgasp/loader"
 )
 
@@ -59,6 +60,10 @@ type runConfig struct {
 	safety        cleanup.Safety // the guards: undecided, forgery backoff, node selector, brakes
 	// historyRetention is how long KernelCrash records are kept.
 	historyRetention time.Duration
+	// stormNodes and stormWindow: more than stormNodes nodes ended by
+	// one crash signature within stormWindow is a storm.
+	stormNodes  int
+	stormWindow time.Duration
 }
 
 // parseRun parses and checks the flags; a wrong value is one line on
@@ -106,6 +111,8 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	fs.DurationVar(&c.safety.ShareWindow, "share-window", cleanup.DefaultShareWindow, "the share brake's window")
 	brakeLease := fs.String("brake-lease", "", "NAMESPACE/NAME of the Lease that keeps the deletion cap and share brake for all collectors and across restarts (default: this process's own)")
 	fs.DurationVar(&c.historyRetention, "history-retention", crashrecord.DefaultRetention, "how long the KernelCrash records (lastgasp history) are kept after their crash")
+	fs.IntVar(&c.stormNodes, "storm-nodes", storm.DefaultNodes, "a storm: the same crash (signature) on more than this many nodes within --storm-window; then no more nodes of it are ended")
+	fs.DurationVar(&c.stormWindow, "storm-window", storm.DefaultWindow, "the storm's window")
 	configFile := fs.String("config", "", "config file (YAML): keys are these flags' names; the command line wins")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -148,6 +155,8 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 		return c, fmt.Errorf("--shutdown-grace %v: must not be negative", c.shutdownGrace)
 	case c.safety.UndecidedFor <= 0 || c.safety.ForgeryBackoff <= 0 || c.safety.ForgeryBackoffMax < c.safety.ForgeryBackoff || c.safety.ShareWindow <= 0:
 		return c, errors.New("--undecided-for, --forgery-backoff, --forgery-backoff-max (at least --forgery-backoff) and --share-window must be positive")
+	case c.stormNodes <= 0 || c.stormWindow <= 0:
+		return c, errors.New("--storm-nodes and --storm-window must be positive")
 	case c.historyRetention <= 0:
 		return c, fmt.Errorf("--history-retention %v: must be positive", c.historyRetention)
 	case c.safety.MaxEndedShare <= 0:

@@ -435,4 +435,5 @@ type Stats struct {
 	APIErrors      atomic.Uint64 // attempts that failed and were retried
 	Failed         atomic.Uint64 // incidents finished as failed: the API server refused an action for good
 	RecordErrors   atomic.Uint64 // incidents finished without their record (Config.Record failed for good)
+	Stormed        atomic.Uint64 // node cleanups refused by Config.Hold (a storm; finished unconfirmed)
 }

@@ -84,6 +84,11 @@ type Config struct {
 	// Finished), before OnDone is told: an error is retried with backoff
 	// (the incident is not applied again) up to recordTries times.
 	Record func(ctx context.Context, f Finished) error
+	// Hold, if set, is asked before a confirmed dead node is ended: a
+	// reason ("" for none) not to end it, such as a storm of its crash's
+	// signature. A held incident is finished as OutcomeStorm (counted,
+	// the Node annotated, an Event, nothing deleted).
+	Hold func(ctx context.Context, inc detect.Incident, node string) (reason string, err error)
 }
 
 // Safety is the guards of a Controller against ending a live node, or
@@ -135,6 +140,7 @@ const (
 	OutcomeUnconfirmed Outcome = "refused: node alive"      // the panic was not confirmed
 	OutcomeUndecided   Outcome = "unconfirmed: cannot tell" // neither dead nor alive could be proved in UndecidedFor
 	OutcomeBraked      Outcome = "unconfirmed: share brake" // too many nodes ended lately (MaxEndedShare)
+	OutcomeStorm       Outcome = "unconfirmed: storm"       // its crash struck too many nodes lately (Config.Hold)
 	OutcomeNotAllowed  Outcome = "refused: source not allowed"
 	OutcomeNotSelected Outcome = "refused: node not selected" // NodeSelector
 	// OutcomeFailed: the API server refused an action for good
@@ -520,6 +526,17 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 		w.confirmedAt, w.confirmedUID = time.Now(), node.UID
 	}
 
+	if c.cfg.Hold != nil && !w.reserved {
+		reason, err := c.cfg.Hold(ctx, inc, node.Name)
+		if err != nil {
+			return "", 0, err
+		}
+		if reason != "" {
+			c.stats.Stormed.Add(1)
+			log.Error("this node is not ended; nothing deleted", "why", reason)
+			return OutcomeStorm, 0, c.reportUnconfirmed(ctx, log, node, inc, false, reason)
+		}
+	}
 	if !w.reserved {
 		nodes, err := c.cfg.Index.NodeNames()
 		if err != nil {

@@ -148,6 +148,7 @@ func FromFinished(f cleanup.Finished, reportedBy string) *KernelCrash {
 		Outcome:   string(f.Outcome),
 		Pods:      pods, PodCount: len(f.Pods),
 		ReportedBy: reportedBy,
+		Storm:      f.Outcome == cleanup.OutcomeStorm,
 	}
 	if !f.ConfirmedDeadAt.IsZero() {
 		t := metav1.NewTime(f.ConfirmedDeadAt)
@@ -302,7 +303,8 @@ func (s *Store) Prune(ctx context.Context, retention time.Duration, now time.Tim
 	return deleted, nil
 }
 
-// MarkStorm sets Storm on a record (a JSON merge patch).
+// MarkStorm sets Storm on a record (a JSON merge patch); one gone
+// (pruned) is not an error.
 func (s *Store) MarkStorm(ctx context.Context, id string) error {
 	_, err := s.client.Patch(ctx, id, types.MergePatchType, []byte(`{"spec":{"storm":true}}`), metav1.PatchOptions{FieldManager: "lastgasp"})
 	if err != nil && !apierrors.IsNotFound(err) {

@@ -15,7 +15,6 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/lastgasp/lastgasp/internal/cleanup"
 	"github.com/lastgasp/lastgasp/internal/crashrecord"
@@ -42,7 +41,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := 1
-	if err := installCRD(cp); err != nil {
+	if err := cp.InstallKernelCrashCRD(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 	} else {
 		code = m.Run()
@@ -51,14 +50,6 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "stop control plane:", err)
 	}
 	os.Exit(code)
-}
-
-// installCRD creates the CRD as deployed and waits for it to be served.
-func installCRD(cp *controlplane.ControlPlane) error {
-	_, err := envtest.InstallCRDs(cp.Config, envtest.CRDInstallOptions{
-		Paths: []string{"../../deploy/kernelcrash-crd.yaml"}, ErrorIfPathMissing: true,
-	})
-	return err
 }
 
 func clients(t *testing.T) (*kubernetes.Clientset, *crashrecord.Store, dynamic.Interface) {
