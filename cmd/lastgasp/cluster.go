@@ -98,7 +98,10 @@ func clusterSide(c runConfig, log *slog.Logger, flood *logagg.Aggregator, done f
 	if cl.records, err = recorder(cfg, c, host, log); err != nil {
 		return nil, err
 	}
-	stormCfg := storm.Config{Nodes: c.stormNodes, Window: c.stormWindow, Logger: log}
+	stormCfg := storm.Config{Nodes: c.stormNodes, Window: c.stormWindow, Logger: log, Instance: host}
+	if !c.dryRun {
+		stormCfg.Events = cs
+	}
 	if cl.records != nil {
 		record, cl.retention = cl.records.Record, c.historyRetention
 		stormCfg.Store = cl.records.Store

@@ -3,7 +3,8 @@
 // of nodes within a window. That is a bad kernel or a bad workload
 // spreading (a panic loop that moves its pods from node to node), not
 // bad luck; ending node after node only feeds it. A storm is said once,
-// loudly (an error logged, counted, the KernelCrash records marked), and
+// loudly (an error logged, counted, an Event, the KernelCrash records
+// marked), and
 // the cleanup controller is told to end no more nodes of that signature
 // (its Config.Hold) while it lasts.
 //
@@ -19,6 +20,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/lastgasp/lastgasp/internal/crashrecord"
 	"github.com/lastgasp/lastgasp/internal/detect"
@@ -40,9 +46,19 @@ type Config struct {
 	Window time.Duration
 	// Store, if set, holds the KernelCrash records counted and marked.
 	Store *crashrecord.Store
+	// Events, if set, records the storm's Event (EventReasonStorm, in
+	// "default", about the KernelCrash of the incident that tipped it),
+	// named after the signature: one however many collectors see it,
+	// until it expires.
+	Events kubernetes.Interface
+	// Instance names this collector in the Event.
+	Instance string
 	// Logger receives the storm's announcement. Default slog.Default().
 	Logger *slog.Logger
 }
+
+// EventReasonStorm is the reason of a storm's Event.
+const EventReasonStorm = "KernelCrashStorm"
 
 // Detector counts the nodes each signature struck.
 type Detector struct {
@@ -98,6 +114,7 @@ func (d *Detector) Hold(ctx context.Context, inc detect.Incident, node string) (
 		d.cfg.Logger.Error("kernel crash storm: the same crash on too many nodes; no more nodes of it are ended while it lasts",
 			"signature", sig.ID, "title", sig.Title, "nodes", len(nodes), "window", d.cfg.Window.String(), "max_nodes", d.cfg.Nodes)
 		d.mark(ctx, sig.ID)
+		d.event(ctx, sig.ID, inc.ID, reason)
 	}
 	return reason, nil
 }
@@ -138,6 +155,26 @@ func (d *Detector) announce(sig string, now time.Time) bool {
 	}
 	d.announced[sig] = now
 	return true
+}
+
+// event records the storm's Event (a failure is logged).
+func (d *Detector) event(ctx context.Context, sig, incident, message string) {
+	if d.cfg.Events == nil {
+		return
+	}
+	now := metav1.NewTime(time.Now())
+	ev := &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{Name: "lastgasp-storm-" + sig, Namespace: metav1.NamespaceDefault},
+		InvolvedObject: corev1.ObjectReference{Kind: crashrecord.Kind, APIVersion: crashrecord.APIVersion, Name: incident},
+		Reason:         EventReasonStorm, Message: message, Type: corev1.EventTypeWarning,
+		Source:         corev1.EventSource{Component: "lastgasp"},
+		FirstTimestamp: now, LastTimestamp: now, Count: 1,
+		ReportingController: "lastgasp.io/lastgasp", ReportingInstance: d.cfg.Instance,
+	}
+	_, err := d.cfg.Events.CoreV1().Events(metav1.NamespaceDefault).Create(ctx, ev, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		d.cfg.Logger.Warn("storm: the Event is not recorded", "signature", sig, "error", err)
+	}
 }
 
 // mark sets Storm on the records of sig's storm (failures are logged: the

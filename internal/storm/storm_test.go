@@ -84,7 +84,7 @@ func startCollector(t *testing.T, cs kubernetes.Interface, store *crashrecord.St
 	if err != nil {
 		t.Fatal(err)
 	}
-	storms := storm.New(storm.Config{Nodes: nodes, Window: time.Hour, Store: store})
+	storms := storm.New(storm.Config{Nodes: nodes, Window: time.Hour, Store: store, Events: cs, Instance: "test"})
 	rec := &crashrecord.Recorder{Store: store, Instance: "test"}
 	ended := &outcomes{seen: map[string]cleanup.Outcome{}}
 	c := cleanup.New(cleanup.Config{Client: cs, Index: index, Record: rec.Record, Hold: storms.Hold, OnDone: ended.done,
@@ -183,6 +183,15 @@ func TestStormHolds(t *testing.T) {
 	}
 	if n := c.Stats().Stormed.Load(); n != 2 {
 		t.Errorf("%d held, want 2", n)
+	}
+	// One Event, about the crash that tipped it.
+	kc, err := store.Get(context.Background(), ids[3])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := cs.CoreV1().Events(metav1.NamespaceDefault).Get(context.Background(), "lastgasp-storm-"+kc.Spec.Signature.ID, metav1.GetOptions{})
+	if err != nil || ev.Reason != storm.EventReasonStorm || ev.InvolvedObject.Name != ids[3] || !strings.Contains(ev.Message, "struck 4 nodes") {
+		t.Errorf("storm event %+v: %v", ev, err)
 	}
 
 	// A collector started afresh knows nothing in memory: the records
