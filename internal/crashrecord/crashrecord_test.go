@@ -2,6 +2,7 @@ package crashrecord_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -310,5 +311,35 @@ func TestKernelRelease(t *testing.T) {
 		if got := crashrecord.KernelRelease([]string{line}); got != want {
 			t.Errorf("%q: %q, want %q", line, got, want)
 		}
+	}
+}
+
+// TestPrinterColumns: kubectl get kernelcrashes shows the node, kind,
+// reason, outcome, pods and age (and with -o wide the signature), from
+// the API server's own table.
+func TestPrinterColumns(t *testing.T) {
+	cs, store, _ := clients(t)
+	kc := record(time.Minute)
+	if _, err := store.Create(context.Background(), kc); err != nil {
+		t.Fatal(err)
+	}
+	body, err := cs.Discovery().RESTClient().Get().AbsPath("/apis/lastgasp.io/v1alpha1/kernelcrashes", kc.Name).
+		SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").DoRaw(context.Background())
+	if err != nil {
+		t.Fatalf("%v: %s", err, body)
+	}
+	var table metav1.Table
+	if err := json.Unmarshal(body, &table); err != nil {
+		t.Fatalf("%v: %s", err, body)
+	}
+	var names []string
+	for _, c := range table.ColumnDefinitions {
+		names = append(names, c.Name)
+	}
+	if got, want := strings.Join(names, " "), "Name Node Kind Reason Outcome Pods Signature Age"; got != want {
+		t.Errorf("columns %q, want %q", got, want)
+	}
+	if len(table.Rows) != 1 || fmt.Sprint(table.Rows[0].Cells[1:6]) != fmt.Sprint([]any{"gone", "oops", kc.Spec.Reason, "cleaned up", float64(0)}) {
+		t.Errorf("rows %+v", table.Rows)
 	}
 }
