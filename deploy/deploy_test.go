@@ -39,6 +39,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -46,10 +47,12 @@ import (
 	crclient "sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/lastgasp/lastgasp/internal/cleanup"
+	"github.com/lastgasp/lastgasp/internal/crashrecord"
 	"github.com/lastgasp/lastgasp/internal/detect"
 	"github.com/lastgasp/lastgasp/internal/liveness"
 	"github.com/lastgasp/lastgasp/internal/nodeindex"
 	"github.com/lastgasp/lastgasp/internal/pattern"
+	"github.com/lastgasp/lastgasp/internal/storm"
 	"github.com/lastgasp/lastgasp/internal/testrig/clustertest"
 	"github.com/lastgasp/lastgasp/internal/testrig/controlplane"
 	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
@@ -249,8 +252,22 @@ func TestManifests(t *testing.T) {
 		"pods/status": {"patch"},
 		"events":      {"create"},
 	}
-	if got := ruleTable(t, m.clusterRole.Rules, ""); !equalTables(got, wantCluster) {
+	var coreRules, recordRules []rbacv1.PolicyRule
+	for _, r := range m.clusterRole.Rules {
+		if slices.Equal(r.APIGroups, []string{"lastgasp.io"}) {
+			recordRules = append(recordRules, r)
+		} else {
+			coreRules = append(coreRules, r)
+		}
+	}
+	if got := ruleTable(t, coreRules, ""); !equalTables(got, wantCluster) {
 		t.Errorf("ClusterRole rules %v, want %v", got, wantCluster)
+	}
+	// The KernelCrash records: written once, listed and deleted to
+	// prune, listed and patched for storms.
+	wantRecords := map[string][]string{"kernelcrashes": {"create", "delete", "list", "patch"}}
+	if got := ruleTable(t, recordRules, "lastgasp.io"); !equalTables(got, wantRecords) {
+		t.Errorf("ClusterRole rules for lastgasp.io %v, want %v", got, wantRecords)
 	}
 	wantLease := map[string][]string{"leases": {"get"}}
 	if got := ruleTable(t, m.leaseRole.Rules, "coordination.k8s.io"); !equalTables(got, wantLease) {
@@ -808,9 +825,9 @@ func TestCluster(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	sa := serviceAccountClient(t, cp, admin, m)
+	sa, saConfig := serviceAccountClient(t, cp, admin, m)
 	t.Run("daemonset on collector nodes only", func(t *testing.T) { daemonSetPlacement(t, cp, admin, m) })
-	t.Run("rbac allows what lastgasp does", func(t *testing.T) { rbacAllows(t, admin, sa, m) })
+	t.Run("rbac allows what lastgasp does", func(t *testing.T) { rbacAllows(t, cp, admin, sa, saConfig, m) })
 	t.Run("rbac allows nothing else", func(t *testing.T) { rbacAllowsNothingElse(t, admin, sa, m) })
 }
 
@@ -841,7 +858,7 @@ func create(t *testing.T, cp *controlplane.ControlPlane, admin kubernetes.Interf
 // serviceAccountClient returns a client with the identity a collector pod
 // has: a token of the ServiceAccount from the TokenRequest API, as the
 // kubelet mounts one, checked to authenticate as that ServiceAccount.
-func serviceAccountClient(t *testing.T, cp *controlplane.ControlPlane, admin kubernetes.Interface, m *manifests) kubernetes.Interface {
+func serviceAccountClient(t *testing.T, cp *controlplane.ControlPlane, admin kubernetes.Interface, m *manifests) (kubernetes.Interface, *rest.Config) {
 	t.Helper()
 	ctx := t.Context()
 	expiry := int64(3600)
@@ -865,7 +882,7 @@ func serviceAccountClient(t *testing.T, cp *controlplane.ControlPlane, admin kub
 		t.Fatalf("the token authenticates as %q, want %q", review.Status.UserInfo.Username, want)
 	}
 	t.Logf("acting as %s, groups %v", review.Status.UserInfo.Username, review.Status.UserInfo.Groups)
-	return sa
+	return sa, cfg
 }
 
 // daemonSetPlacement runs the real DaemonSet controller: of a collector
@@ -958,8 +975,21 @@ func affinityNode(p *corev1.Pod) string {
 // twice, then a fatal one on a node whose kubelet port is silent. Every
 // call it makes must be allowed: the informers sync, nothing is retried,
 // no Event is lost, and the cluster ends as it should.
-func rbacAllows(t *testing.T, admin, sa kubernetes.Interface, m *manifests) {
+func rbacAllows(t *testing.T, cp *controlplane.ControlPlane, admin, sa kubernetes.Interface, saConfig *rest.Config, m *manifests) {
 	ctx := t.Context()
+	// The KernelCrash records, as deploy/kernelcrash-crd.yaml defines
+	// them, written, counted for storms, marked and pruned with the
+	// ServiceAccount's rights.
+	if err := cp.InstallKernelCrashCRD(); err != nil {
+		t.Fatal(err)
+	}
+	saDynamic, err := dynamic.NewForConfig(saConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	records := crashrecord.NewStore(saDynamic)
+	recorder := &crashrecord.Recorder{Store: records, Instance: "deploy-test"}
+	storms := storm.New(storm.Config{Store: records})
 	pair := testnet.NewPair(t)
 	// An address in the collector's subnet that nobody holds: ARP goes
 	// unanswered, as for a panicked kernel.
@@ -996,6 +1026,7 @@ func rbacAllows(t *testing.T, admin, sa kubernetes.Interface, m *manifests) {
 		// The brake Lease the manifests make, as the config names it.
 		Safety:        cleanup.Safety{BrakeLeaseNamespace: m.brakeLease.Namespace, BrakeLeaseName: m.brakeLease.Name},
 		TaintNonFatal: true, // --taint-non-fatal: a JSON patch of the node
+		Record:        recorder.Record, Hold: storms.Hold,
 		// A refused call shows here, in the test's log, as it is retried.
 		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
 	})
@@ -1076,12 +1107,12 @@ func rbacAllows(t *testing.T, admin, sa kubernetes.Interface, m *manifests) {
 		"pods failed": uint64(len(pods)), "pods deleted": uint64(len(pods)), "nodes deleted": 1,
 		"events": 1 + uint64(len(pods)) + 1, "event errors": 0, "unconfirmed": 0,
 		// A refused call is retried, and counted here.
-		"api errors": 0,
+		"api errors": 0, "record errors": 0,
 	}
 	gotStats := map[string]uint64{
 		"pods failed": stats.PodsFailed.Load(), "pods deleted": stats.PodsDeleted.Load(), "nodes deleted": stats.NodesDeleted.Load(),
 		"events": stats.Events.Load(), "event errors": stats.EventErrors.Load(), "unconfirmed": stats.Unconfirmed.Load(),
-		"api errors": stats.APIErrors.Load(),
+		"api errors": stats.APIErrors.Load(), "record errors": stats.RecordErrors.Load(),
 	}
 	for k, v := range want {
 		if gotStats[k] != v {
@@ -1094,6 +1125,20 @@ func rbacAllows(t *testing.T, admin, sa kubernetes.Interface, m *manifests) {
 	brake, err := admin.CoordinationV1().Leases(m.brakeLease.Namespace).Get(ctx, m.brakeLease.Name, metav1.GetOptions{})
 	if err != nil || !strings.Contains(brake.Annotations[cleanup.AnnotationRecentEnds], `"node":"`+dead.Name+`"`) {
 		t.Errorf("brake lease: %v %v", err, brake.Annotations)
+	}
+	// Both incidents recorded (created; listed for storms), a storm's
+	// mark (patch), and pruning (list, delete).
+	adminRecords := crashrecord.NewStore(dynamic.NewForConfigOrDie(cp.Config)) // the collector never gets one
+	for _, id := range []string{nonFatal.ID, fatal.ID} {
+		if kc, err := adminRecords.Get(ctx, id); err != nil || kc.Spec.Node.Name == "" {
+			t.Errorf("record %s: %v", id, err)
+		}
+	}
+	if err := records.MarkStorm(ctx, fatal.ID); err != nil {
+		t.Errorf("mark a storm's record: %v", err)
+	}
+	if n, err := records.Prune(ctx, time.Nanosecond, time.Now().Add(time.Hour)); err != nil || n != 2 {
+		t.Errorf("prune: %d records, %v", n, err)
 	}
 }
 
@@ -1139,7 +1184,7 @@ func (a access) String() string {
 // met for real.
 func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *manifests) {
 	ctx := t.Context()
-	lease, core, events := "coordination.k8s.io", "", "events.k8s.io"
+	lease, core, events, records := "coordination.k8s.io", "", "events.k8s.io", "lastgasp.io"
 	allowed := []access{
 		{"list", core, "nodes", "", ""}, {"watch", core, "nodes", "", ""},
 		{"patch", core, "nodes", "", ""}, {"delete", core, "nodes", "", ""},
@@ -1147,6 +1192,8 @@ func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *mani
 		{"delete", core, "pods", "", ""}, {"patch", core, "pods", "status", ""},
 		{"create", core, "events", "", ""}, {"create", core, "events", "", "default"},
 		{"get", lease, "leases", "", corev1.NamespaceNodeLease},
+		{"create", records, "kernelcrashes", "", ""}, {"list", records, "kernelcrashes", "", ""}, {"delete", records, "kernelcrashes", "", ""},
+		{"patch", records, "kernelcrashes", "", ""},
 	}
 	denied := []access{
 		{"get", core, "nodes", "", ""}, {"create", core, "nodes", "", ""}, {"update", core, "nodes", "", ""},
@@ -1165,6 +1212,9 @@ func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *mani
 		{"delete", core, "namespaces", "", ""}, {"create", core, "serviceaccounts", "token", m.namespace.Name},
 		{"update", "apps", "daemonsets", "", m.namespace.Name}, {"escalate", "rbac.authorization.k8s.io", "clusterroles", "", ""},
 		{"bind", "rbac.authorization.k8s.io", "clusterroles", "", ""}, {"impersonate", core, "users", "", ""},
+		{"get", records, "kernelcrashes", "", ""}, {"update", records, "kernelcrashes", "", ""},
+		{"watch", records, "kernelcrashes", "", ""}, {"deletecollection", records, "kernelcrashes", "", ""},
+		{"create", "apiextensions.k8s.io", "customresourcedefinitions", "", ""},
 		{"*", "*", "*", "", ""},
 	}
 	ask := func(a access) bool {

@@ -12,16 +12,20 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/lastgasp/lastgasp/internal/cleanup"
+	"github.com/lastgasp/lastgasp/internal/crashrecord"
 	"github.com/lastgasp/lastgasp/internal/detect"
 	"github.com/lastgasp/lastgasp/internal/liveness"
 	"github.com/lastgasp/lastgasp/internal/logagg"
 	"github.com/lastgasp/lastgasp/internal/nodeindex"
+	"github.com/lastgasp/lastgasp/internal/storm"
 )
 
 // cluster is the cleanup controller and what it needs.
@@ -31,6 +35,10 @@ type cluster struct {
 	factory informers.SharedInformerFactory
 	client  kubernetes.Interface
 	prober  *liveness.Prober // nil: --confirm=none
+	// records writes and prunes the KernelCrash records (nil: the CRD
+	// is not installed, or a dry run).
+	records   *crashrecord.Recorder
+	retention time.Duration
 	// reach is the last check of the probe's reach: 1 a live node's
 	// kubelet answered, 0 none did, -1 not checked (yet).
 	reach atomic.Int32
@@ -41,6 +49,9 @@ func (cl *cluster) run(ctx context.Context, log *slog.Logger) {
 	cl.factory.Start(ctx.Done())
 	defer cl.factory.Shutdown()
 	go cl.checkReach(ctx, log)
+	if cl.records != nil {
+		go cl.records.Prune(ctx, cl.retention)
+	}
 	if err := cl.ctrl.Run(ctx, 4); err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("cleanup controller stopped", "error", err)
 	}
@@ -83,14 +94,48 @@ func clusterSide(c runConfig, log *slog.Logger, flood *logagg.Aggregator, done f
 		log.Warn("--confirm=none: a forged panic line can delete a live node")
 	}
 	host, _ := os.Hostname()
+	var record func(context.Context, cleanup.Finished) error
+	if cl.records, err = recorder(cfg, c, host, log); err != nil {
+		return nil, err
+	}
+	stormCfg := storm.Config{Nodes: c.stormNodes, Window: c.stormWindow, Logger: log, Instance: host}
+	if !c.dryRun {
+		stormCfg.Events = cs
+	}
+	if cl.records != nil {
+		record, cl.retention = cl.records.Record, c.historyRetention
+		stormCfg.Store = cl.records.Store
+	}
+	storms := storm.New(stormCfg)
 	cl.ctrl = cleanup.New(cleanup.Config{
 		Client: cs, Index: cl.index, Prober: prober, Safety: c.safety,
 		AllowedSources: c.allowed, MaxNodeDeletionsPerMinute: c.maxDeletions,
 		DryRun: c.dryRun, Instance: host, Logger: log, Aggregate: flood,
 		PodAction: c.podAction, KeepNode: c.keepNode, TaintNonFatal: c.taintNonFatal,
-		OnDone: done,
+		OnDone: done, Record: record, Hold: storms.Hold,
 	})
 	return cl, nil
+}
+
+// recorder returns what writes the KernelCrash records, or nil when they
+// cannot be written: a dry run, or the CRD not installed (said once).
+func recorder(cfg *rest.Config, c runConfig, host string, log *slog.Logger) (*crashrecord.Recorder, error) {
+	if c.dryRun {
+		return nil, nil
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("discovery client: %w", err)
+	}
+	if _, err := dc.ServerResourcesForGroupVersion(crashrecord.APIVersion); err != nil {
+		log.Warn("no KernelCrash records: the CRD is not served (kubectl apply -f deploy/kernelcrash-crd.yaml)", "error", err)
+		return nil, nil
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("dynamic client: %w", err)
+	}
+	return &crashrecord.Recorder{Store: crashrecord.NewStore(dyn), Instance: host, Logger: log}, nil
 }
 
 // Checking the probe's reach: every reachEvery, up to reachSample nodes

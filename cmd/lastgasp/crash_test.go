@@ -49,7 +49,8 @@ func TestDaemonKilledAnyInstant(t *testing.T) {
 	args := []string{"--mode", "xdp", "--interface", pair.Collector.Ifname, "--xdp-mode", "native",
 		"--kubeconfig", kubeconfigIn(t, pair.Collector.Netns), "--confirm", "none",
 		"--journal", t.TempDir(), "--pin-path", pinPath(t),
-		"--max-ended-share", "1"} // 20 nodes end here: no share brake
+		"--max-ended-share", "1", // 20 nodes end here: no share brake,
+		"--storm-nodes", "100"} // and no storm of their one crash
 	dst := &net.UDPAddr{IP: pair.Collector.IPv4.AsSlice(), Port: 6666}
 
 	var d *daemonProc

@@ -4,6 +4,7 @@
 //	lastgasp run [flags]         the collector: data path, detection, cleanup
 //	lastgasp tail [--lines]      watch a running collector's incidents
 //	lastgasp scan FILE.pcap...   run captures through the XDP program
+//	lastgasp history [ID]        the kernel crashes recorded in the cluster
 package main
 
 import (
@@ -38,6 +39,9 @@ commands:
                  forwarded lines) as they come
   scan FILE...   run pcap/pcapng captures through the XDP program and print
                  the incidents (or lines) found, one JSON object a line
+  history [ID]   the kernel crashes recorded in the cluster, one line a
+                 crash (--node, --pod NS/NAME, --since 7d, --json); with
+                 an incident ID, its whole record and kernel lines
 
 Run "lastgasp COMMAND -h" for a command's flags.
 `
@@ -55,6 +59,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return scan(ctx, args[1:], stdout, stderr)
 	case "tail":
 		return tailCmd(ctx, args[1:], stdout, stderr)
+	case "history":
+		return historyCmd(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK

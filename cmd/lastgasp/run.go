@@ -16,9 +16,11 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/lastgasp/lastgasp/internal/cleanup"
+	"github.com/lastgasp/lastgasp/internal/crashrecord"
 	"github.com/lastgasp/lastgasp/internal/detect"
 	"github.com/lastgasp/lastgasp/internal/liveness"
 	"github.com/lastgasp/lastgasp/internal/pattern"
+	"github.com/lastgasp/lastgasp/internal/storm"
 	"github.com/lastgasp/lastgasp/internal/udpreceiver"
 	"github.com/lastgasp/lastgasp/loader"
 )
@@ -58,6 +60,12 @@ type runConfig struct {
 	memoryBudget  int            // bytes decoding and assembling may hold
 	socketBuffer  int            // the UDP sockets' receive buffer, bytes
 	safety        cleanup.Safety // the guards: undecided, forgery backoff, node selector, brakes
+	// historyRetention is how long KernelCrash records are kept.
+	historyRetention time.Duration
+	// stormNodes and stormWindow: more than stormNodes nodes ended by
+	// one crash signature within stormWindow is a storm.
+	stormNodes  int
+	stormWindow time.Duration
 }
 
 // parseRun parses and checks the flags; a wrong value is one line on
@@ -105,6 +113,9 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	fs.Float64Var(&c.safety.MaxEndedShare, "max-ended-share", cleanup.DefaultMaxEndedShare, "share brake: no node is ended while more than this share of the cluster's nodes were ended within --share-window (1: off)")
 	fs.DurationVar(&c.safety.ShareWindow, "share-window", cleanup.DefaultShareWindow, "the share brake's window")
 	brakeLease := fs.String("brake-lease", "", "NAMESPACE/NAME of the Lease that keeps the deletion cap and share brake for all collectors and across restarts (default: this process's own)")
+	fs.DurationVar(&c.historyRetention, "history-retention", crashrecord.DefaultRetention, "how long the KernelCrash records (lastgasp history) are kept after their crash")
+	fs.IntVar(&c.stormNodes, "storm-nodes", storm.DefaultNodes, "a storm: the same crash (signature) on more than this many nodes within --storm-window; then no more nodes of it are ended")
+	fs.DurationVar(&c.stormWindow, "storm-window", storm.DefaultWindow, "the storm's window")
 	configFile := fs.String("config", "", "config file (YAML): keys are these flags' names; the command line wins")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -147,6 +158,10 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 		return c, fmt.Errorf("--shutdown-grace %v: must not be negative", c.shutdownGrace)
 	case c.safety.UndecidedFor <= 0 || c.safety.ForgeryBackoff <= 0 || c.safety.ForgeryBackoffMax < c.safety.ForgeryBackoff || c.safety.ShareWindow <= 0:
 		return c, errors.New("--undecided-for, --forgery-backoff, --forgery-backoff-max (at least --forgery-backoff) and --share-window must be positive")
+	case c.stormNodes <= 0 || c.stormWindow <= 0:
+		return c, errors.New("--storm-nodes and --storm-window must be positive")
+	case c.historyRetention <= 0:
+		return c, fmt.Errorf("--history-retention %v: must be positive", c.historyRetention)
 	case c.safety.MaxEndedShare <= 0:
 		return c, fmt.Errorf("--max-ended-share %v: must be positive", c.safety.MaxEndedShare)
 	}

@@ -109,7 +109,8 @@ func endingIncident(pods []*corev1.Pod, now time.Time) string {
 
 // cleanUp ends the Pods bound to the node, in parallel, then the Node;
 // the Events come last, off the path to the Node's deletion.
-func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1.Node, inc detect.Incident) error {
+func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1.Node, w *work) error {
+	inc := w.inc
 	pods, err := c.cfg.Index.PodsOn(node.Name)
 	if err != nil {
 		return err
@@ -122,6 +123,7 @@ func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1
 		log.Info("this node's pods are being ended under another id of the same death: writing under that one", "adopted", other)
 		inc.ID = other
 	}
+	w.recordID = inc.ID
 	log.Info("cleaning up a dead node", "pods", len(pods), "pod_action", c.cfg.PodAction, "keep_node", c.cfg.KeepNode, "reason", inc.Reason, "cause", inc.Cause)
 	if c.cfg.PodAction != PodsNone {
 		g, gctx := errgroup.WithContext(ctx)
@@ -135,6 +137,7 @@ func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1
 		if err := g.Wait(); err != nil {
 			return err
 		}
+		w.ended = endedPods(pods)
 	}
 	annotations := map[string]string{
 		AnnotationReason:     terminationReason(inc),
@@ -161,6 +164,7 @@ func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1
 		if err != nil {
 			return err
 		}
+		w.deletedAt = time.Now()
 	}
 	log.Info("node ended", "pods", len(pods), "node_kept", c.cfg.KeepNode, "dry_run", c.cfg.DryRun)
 
@@ -176,6 +180,7 @@ func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1
 			})
 		}
 		g.Wait()
+		c.ownerEvents(ctx, log, pods, inc)
 	}
 	return nil
 }
@@ -435,4 +440,6 @@ type Stats struct {
 	EventErrors    atomic.Uint64 // Events that could not be recorded (logged; the cleanup goes on)
 	APIErrors      atomic.Uint64 // attempts that failed and were retried
 	Failed         atomic.Uint64 // incidents finished as failed: the API server refused an action for good
+	RecordErrors   atomic.Uint64 // incidents finished without their record (Config.Record failed for good)
+	Stormed        atomic.Uint64 // node cleanups refused by Config.Hold (a storm; finished unconfirmed)
 }

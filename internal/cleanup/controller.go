@@ -80,6 +80,15 @@ type Config struct {
 	// a worker: with what was done, the Node it was about ("" when none
 	// was found), and when.
 	OnDone func(inc detect.Incident, outcome Outcome, node string, at time.Time)
+	// Record, if set, keeps what was done about a node's incident (see
+	// Finished), before OnDone is told: an error is retried with backoff
+	// (the incident is not applied again) up to recordTries times.
+	Record func(ctx context.Context, f Finished) error
+	// Hold, if set, is asked before a confirmed dead node is ended: a
+	// reason ("" for none) not to end it, such as a storm of its crash's
+	// signature. A held incident is finished as OutcomeStorm (counted,
+	// the Node annotated, an Event, nothing deleted).
+	Hold func(ctx context.Context, inc detect.Incident, node string) (reason string, err error)
 }
 
 // Safety is the guards of a Controller against ending a live node, or
@@ -131,6 +140,7 @@ const (
 	OutcomeUnconfirmed Outcome = "refused: node alive"      // the panic was not confirmed
 	OutcomeUndecided   Outcome = "unconfirmed: cannot tell" // neither dead nor alive could be proved in UndecidedFor
 	OutcomeBraked      Outcome = "unconfirmed: share brake" // too many nodes ended lately (MaxEndedShare)
+	OutcomeStorm       Outcome = "unconfirmed: storm"       // its crash struck too many nodes lately (Config.Hold)
 	OutcomeNotAllowed  Outcome = "refused: source not allowed"
 	OutcomeNotSelected Outcome = "refused: node not selected" // NodeSelector
 	// OutcomeFailed: the API server refused an action for good
@@ -242,6 +252,11 @@ type work struct {
 	// delayed is set once the forgery backoff held it back (counted
 	// once).
 	delayed bool
+	// finishedAs is the outcome of an incident applied whose record
+	// is still to be written; nodeUID, ended, deletedAt and recordID
+	// are what the record keeps (record.go).
+	finishedAs Outcome
+	recordState
 }
 
 // attemptTimeout bounds one attempt at an incident: a probe lasts up to
@@ -375,14 +390,19 @@ func (c *Controller) processNextWorkItem(ctx context.Context) bool {
 	// A bound on one attempt, so that a blackholed connection to the API
 	// server cannot hold a worker forever: the attempt is retried.
 	attempt, cancel := context.WithTimeout(ctx, attemptTimeout)
-	outcome, wait, err := c.apply(attempt, w)
+	// An incident applied already, whose record failed, is not applied
+	// again.
+	outcome, wait, err := w.finishedAs, time.Duration(0), error(nil)
+	if outcome == "" {
+		outcome, wait, err = c.apply(attempt, w)
+	}
 	cancel()
 	switch {
 	case err != nil && permanent(err):
 		c.stats.Failed.Add(1)
 		c.log.Error("applying incident failed for good: the API server refused it, retrying cannot help; finished as failed", "incident", id, "error", err)
 		outcome, wait = OutcomeFailed, 0
-		c.finishWork(id, w, outcome)
+		c.finishWork(ctx, id, w, outcome)
 	case err != nil:
 		// An API error, or the API server away: try again later, with
 		// backoff. Nothing is dropped.
@@ -395,14 +415,18 @@ func (c *Controller) processNextWorkItem(ctx context.Context) bool {
 		c.queue.Forget(id)
 		c.queue.AddAfter(id, wait)
 	default:
-		c.finishWork(id, w, outcome)
+		c.finishWork(ctx, id, w, outcome)
 	}
 	return true
 }
 
-// finishWork forgets an incident's failures and the incident itself, and
-// tells OnDone how it ended.
-func (c *Controller) finishWork(id string, w *work, outcome Outcome) {
+// finishWork records an incident (Config.Record), forgets its failures
+// and the incident itself, and tells OnDone how it ended.
+func (c *Controller) finishWork(ctx context.Context, id string, w *work, outcome Outcome) {
+	if !c.record(ctx, w, outcome) {
+		c.queue.AddRateLimited(id) // the record again, not the incident
+		return
+	}
 	c.queue.Forget(id)
 	c.mu.Lock()
 	delete(c.pending, id)
@@ -457,7 +481,7 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 		return OutcomeUnknownSource, 0, nil
 	}
 	log = log.With("node", node.Name)
-	w.node = node.Name
+	w.node, w.nodeUID = node.Name, node.UID
 	if ambiguous && inc.Fatal {
 		// Two Nodes claim the address (a stale Node with a recycled IP,
 		// or an override annotation naming another's): deleting either
@@ -502,6 +526,17 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 		w.confirmedAt, w.confirmedUID = time.Now(), node.UID
 	}
 
+	if c.cfg.Hold != nil && !w.reserved {
+		reason, err := c.cfg.Hold(ctx, inc, node.Name)
+		if err != nil {
+			return "", 0, err
+		}
+		if reason != "" {
+			c.stats.Stormed.Add(1)
+			log.Error("this node is not ended; nothing deleted", "why", reason)
+			return OutcomeStorm, 0, c.reportUnconfirmed(ctx, log, node, inc, false, reason)
+		}
+	}
 	if !w.reserved {
 		nodes, err := c.cfg.Index.NodeNames()
 		if err != nil {
@@ -529,9 +564,9 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 		w.reserved = true
 	}
 	if c.cfg.KeepNode {
-		return OutcomeNodeKept, 0, c.cleanUp(ctx, log, node, inc)
+		return OutcomeNodeKept, 0, c.cleanUp(ctx, log, node, w)
 	}
-	return OutcomeCleanedUp, 0, c.cleanUp(ctx, log, node, inc)
+	return OutcomeCleanedUp, 0, c.cleanUp(ctx, log, node, w)
 }
 
 // undecided handles a confirmation that proved nothing: try again later,

@@ -266,6 +266,8 @@ var (
 		def[cleanup.Stats]{"lastgasp_cleanup_event_errors_total", "Kubernetes Events that could not be recorded (logged; the cleanup goes on).", func(c *cleanup.Stats) uint64 { return c.EventErrors.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_failed_incidents_total", "Incidents finished as failed: the API server refused an action for good (Forbidden, Invalid).", func(c *cleanup.Stats) uint64 { return c.Failed.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_api_errors_total", "API calls that failed and were retried.", func(c *cleanup.Stats) uint64 { return c.APIErrors.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_record_errors_total", "Incidents finished without their KernelCrash record: it could not be written (logged).", func(c *cleanup.Stats) uint64 { return c.RecordErrors.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_storm_held_incidents_total", "Node ends refused in a storm: the same crash on more than --storm-nodes nodes within --storm-window (finished unconfirmed, nothing deleted). Alert on any increase.", func(c *cleanup.Stats) uint64 { return c.Stormed.Load() }},
 	)
 
 	ringDesc = prometheus.NewDesc("lastgasp_ringbuf_malformed_records_total", "Ring buffer records that could not be decoded.", nil, nil)
