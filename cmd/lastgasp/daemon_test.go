@@ -362,6 +362,7 @@ journal: %s
 kube-api-qps: 20
 kube-api-burst: 1
 shutdown-grace: 30s
+feed-addr: ""
 `, port, kubeconfig, journalDir)), 0o600); err != nil {
 		t.Fatal(err)
 	}

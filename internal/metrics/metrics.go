@@ -207,6 +207,7 @@ var (
 		def[udpreceiver.Counters]{"lastgasp_socket_matched_lines_total", "Lines the sockets forwarded as a pattern match.", func(c *udpreceiver.Counters) uint64 { return c.Matched }},
 		def[udpreceiver.Counters]{"lastgasp_socket_context_lines_total", "Lines the sockets forwarded as a burst's context.", func(c *udpreceiver.Counters) uint64 { return c.Context }},
 		def[udpreceiver.Counters]{"lastgasp_socket_truncated_lines_total", "Datagrams longer than a forwarded line may be, cut.", func(c *udpreceiver.Counters) uint64 { return c.Truncated }},
+		def[udpreceiver.Counters]{"lastgasp_socket_reads_total", "Read calls (recvmmsg) the sockets made: datagrams over reads is the batch size reached.", func(c *udpreceiver.Counters) uint64 { return c.Reads }},
 		def[udpreceiver.Counters]{"lastgasp_socket_dropped_datagrams_total", "Datagrams the kernel dropped before the sockets could read them (a full buffer): lost lines.", func(c *udpreceiver.Counters) uint64 { return c.Drops }},
 	)
 	decoderCounters = counters(
