@@ -4,6 +4,7 @@
 //	lastgasp run [flags]         the collector: data path, detection, cleanup
 //	lastgasp tail [--lines]      watch a running collector's incidents
 //	lastgasp scan FILE.pcap...   run captures through the XDP program
+//	lastgasp netconsole-setup    point this machine's netconsole at the collectors
 package main
 
 import (
@@ -38,6 +39,8 @@ commands:
                  forwarded lines) as they come
   scan FILE...   run pcap/pcapng captures through the XDP program and print
                  the incidents (or lines) found, one JSON object a line
+  netconsole-setup --collector ADDR[,ADDR...]
+                 point this machine's netconsole at the collectors, once
 
 Run "lastgasp COMMAND -h" for a command's flags.
 `
@@ -55,6 +58,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return scan(ctx, args[1:], stdout, stderr)
 	case "tail":
 		return tailCmd(ctx, args[1:], stdout, stderr)
+	case "netconsole-setup":
+		return netconsoleSetupCmd(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
