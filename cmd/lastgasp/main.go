@@ -5,6 +5,7 @@
 //	lastgasp tail [--lines]      watch a running collector's incidents
 //	lastgasp scan FILE.pcap...   run captures through the XDP program
 //	lastgasp netconsole-setup    point this machine's netconsole at the collectors
+//	lastgasp agent               the same on every node, kept up to date (a DaemonSet)
 package main
 
 import (
@@ -41,6 +42,8 @@ commands:
                  the incidents (or lines) found, one JSON object a line
   netconsole-setup --collector ADDR[,ADDR...]
                  point this machine's netconsole at the collectors, once
+  agent          on every node: netconsole kept pointed at two collectors of
+                 the collector Service, the Node annotated with its source
 
 Run "lastgasp COMMAND -h" for a command's flags.
 `
@@ -60,6 +63,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return tailCmd(ctx, args[1:], stdout, stderr)
 	case "netconsole-setup":
 		return netconsoleSetupCmd(ctx, args[1:], stdout, stderr)
+	case "agent":
+		return agentCmd(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
