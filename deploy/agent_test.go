@@ -21,7 +21,7 @@ import (
 )
 
 // agentFile holds the agent's objects.
-const agentFile = "agent.yaml"
+const agentFile = "components/agent/agent.yaml"
 
 // TestAgentCluster creates every object of lastgasp.yaml's Namespace and
 // agent.yaml in a real kube-apiserver, then runs the agent's own code

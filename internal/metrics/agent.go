@@ -1,6 +1,9 @@
 package metrics
 
 import (
+	"regexp"
+	"slices"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -56,3 +59,27 @@ type notSynced struct{}
 func (notSynced) Error() string { return "EndpointSlice cache not synced" }
 
 var errNotSynced error = notSynced{}
+
+// fqName finds a Desc's name in its String form (Desc has no accessor).
+var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+// Families returns the name of every family of the collector's and the
+// agent's own (lastgasp_) metrics: what alert rules may use.
+func Families() []string {
+	m := New(Sources{})
+	ch := make(chan *prometheus.Desc, 512)
+	go func() {
+		for _, c := range []prometheus.Collector{m.incidents, m.finished, m.nodeDeleted, m.reloads, buildInfo(), &scrape{}, &agentScrape{}} {
+			c.Describe(ch)
+		}
+		close(ch)
+	}()
+	var out []string
+	for d := range ch {
+		if n := fqName.FindStringSubmatch(d.String()); n != nil {
+			out = append(out, n[1])
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
