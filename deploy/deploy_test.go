@@ -58,6 +58,9 @@ import (
 // manifestFile is the file under test.
 const manifestFile = "lastgasp.yaml"
 
+// configFile is the collector's config file, the ConfigMap's data.
+const configFile = "config.yaml"
+
 // configKey is the ConfigMap key that holds the config file.
 const configKey = "config.yaml"
 
@@ -118,6 +121,25 @@ func load(t *testing.T) *manifests {
 		}
 		if dup {
 			t.Fatalf("%s, object %d: a second %T", manifestFile, doc, obj)
+		}
+	}
+	// The ConfigMap kustomization.yaml generates from config.yaml, named
+	// as the DaemonSet's volume names it (kustomize adds the hash).
+	if m.daemonSet != nil && m.config == nil {
+		data, err := os.ReadFile(configFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range m.daemonSet.Spec.Template.Spec.Volumes {
+			if v.ConfigMap != nil {
+				m.config = &corev1.ConfigMap{
+					TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
+					ObjectMeta: metav1.ObjectMeta{Name: v.ConfigMap.Name, Namespace: m.daemonSet.Namespace,
+						Labels: map[string]string{"app.kubernetes.io/name": "lastgasp"}},
+					Data: map[string]string{configKey: string(data)},
+				}
+				m.objects = slices.Insert(m.objects, len(m.objects)-1, runtime.Object(m.config))
+			}
 		}
 	}
 	if m.namespace == nil || m.account == nil || m.clusterRole == nil || m.clusterBind == nil ||

@@ -62,6 +62,26 @@ func TestKustomize(t *testing.T) {
 		t.Fatalf("rendered %d objects %v, want %d", len(objs), kinds, want)
 	}
 
+	// The config's ConfigMap is named by a hash of its contents, and the
+	// collectors' DaemonSet mounts that name: a change rolls it.
+	var cmName, mounted string
+	for _, u := range objs {
+		switch {
+		case u.GetKind() == "ConfigMap":
+			cmName = u.GetName()
+		case u.GetKind() == "DaemonSet" && u.GetName() == "lastgasp":
+			vols, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "volumes")
+			for _, v := range vols {
+				if name, ok, _ := unstructured.NestedString(v.(map[string]any), "configMap", "name"); ok {
+					mounted = name
+				}
+			}
+		}
+	}
+	if !strings.HasPrefix(cmName, "lastgasp-config-") || mounted != cmName {
+		t.Errorf("ConfigMap %q, DaemonSet mounts %q: want one name with a hash", cmName, mounted)
+	}
+
 	// The alerts, on metrics that exist.
 	families := metrics.Families()
 	var alerts []string
