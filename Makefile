@@ -54,6 +54,11 @@ check-generated: ## fail if the committed BPF object and bindings are stale
 build: ## build bin/lastgasp
 	$(GO) build -o bin/lastgasp ./cmd/lastgasp
 
+.PHONY: image
+image: ## write the container image (static lastgasp, FROM scratch) as an OCI layout in bin/image, no Docker needed
+	CGO_ENABLED=0 $(GO) build -o bin/lastgasp-static ./cmd/lastgasp
+	$(GO) run ./cmd/image -binary bin/lastgasp-static -o bin/image
+
 .PHONY: test
 test: deps check-generated ## set up this machine and run every test
 	$(GO) vet ./...

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 
+	"github.com/lastgasp/lastgasp/internal/image"
 	"github.com/lastgasp/lastgasp/internal/metrics"
 	"github.com/lastgasp/lastgasp/internal/testrig/clustertest"
 	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
@@ -49,11 +50,14 @@ func TestKustomize(t *testing.T) {
 	var objs []*unstructured.Unstructured
 	kinds := map[string]int{}
 	for _, r := range rendered.Resources() {
-		m, err := r.Map()
+		data, err := r.MarshalJSON()
 		if err != nil {
 			t.Fatal(err)
 		}
-		u := &unstructured.Unstructured{Object: m}
+		u := &unstructured.Unstructured{}
+		if err := u.UnmarshalJSON(data); err != nil { // numbers as int64, as NestedSlice copies them
+			t.Fatal(err)
+		}
 		objs = append(objs, u)
 		kinds[u.GetKind()]++
 	}
@@ -80,6 +84,19 @@ func TestKustomize(t *testing.T) {
 	}
 	if !strings.HasPrefix(cmName, "lastgasp-config-") || mounted != cmName {
 		t.Errorf("ConfigMap %q, DaemonSet mounts %q: want one name with a hash", cmName, mounted)
+	}
+
+	// Both DaemonSets run the image make image writes.
+	for _, u := range objs {
+		if u.GetKind() != "DaemonSet" {
+			continue
+		}
+		containers, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "containers")
+		for _, c := range containers {
+			if img := c.(map[string]any)["image"]; img != image.DefaultTag {
+				t.Errorf("DaemonSet %s: image %v, want %s (make image)", u.GetName(), img, image.DefaultTag)
+			}
+		}
 	}
 
 	// The alerts, on metrics that exist.
