@@ -207,3 +207,50 @@ func decodeYAMLFile(t *testing.T, path string) [][]byte {
 	}
 	return docs
 }
+
+// monitoringDir holds the alert rules and their promtool tests.
+const monitoringDir = "components/monitoring"
+
+// TestAlertRules runs promtool's unit tests of the alert rules
+// (components/monitoring/rules-test.yaml) on the groups of the
+// PrometheusRule, written as a plain rule file: each alert fires on what it
+// is for, with its labels and summary, and stays quiet otherwise.
+func TestAlertRules(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Skip("skipped: no promtool (apt-get install prometheus; make deps does)")
+	}
+	var rule struct {
+		Spec struct {
+			Groups []any `json:"groups"`
+		} `json:"spec"`
+	}
+	data, err := os.ReadFile(filepath.Join(monitoringDir, "rules.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(data, &rule); err != nil {
+		t.Fatalf("rules.yaml: %v", err)
+	}
+	dir := t.TempDir()
+	groups, err := yaml.Marshal(map[string]any{"groups": rule.Spec.Groups})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests, err := os.ReadFile(filepath.Join(monitoringDir, "rules-test.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string][]byte{"rules.yaml": groups, "rules-test.yaml": tests} {
+		if err := os.WriteFile(filepath.Join(dir, name), content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(promtool, "test", "rules", "rules-test.yaml")
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("promtool test rules: %v\n%s", err, out)
+	}
+	t.Logf("%s", out)
+}
