@@ -61,7 +61,7 @@ func TestKustomize(t *testing.T) {
 		objs = append(objs, u)
 		kinds[u.GetKind()]++
 	}
-	want := len(load(t).objects) + len(decodeFile(t, agentFile)) + 3 // 2 PodMonitors, 1 PrometheusRule
+	want := len(load(t).objects) + len(decodeFile(t, agentFile)) + 4 // 2 PodMonitors, 1 PrometheusRule, the dashboard
 	if len(objs) != want || kinds["PodMonitor"] != 2 || kinds["PrometheusRule"] != 1 || kinds["DaemonSet"] != 2 {
 		t.Fatalf("rendered %d objects %v, want %d", len(objs), kinds, want)
 	}
@@ -71,7 +71,7 @@ func TestKustomize(t *testing.T) {
 	var cmName, mounted string
 	for _, u := range objs {
 		switch {
-		case u.GetKind() == "ConfigMap":
+		case u.GetKind() == "ConfigMap" && strings.HasPrefix(u.GetName(), "lastgasp-config"):
 			cmName = u.GetName()
 		case u.GetKind() == "DaemonSet" && u.GetName() == "lastgasp":
 			vols, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "volumes")
@@ -125,6 +125,30 @@ func TestKustomize(t *testing.T) {
 			}
 		}
 	}
+	// The dashboard's queries, on metrics that exist too.
+	var dashboard struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	data, err := os.ReadFile(filepath.Join(monitoringDir, "dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &dashboard); err != nil || len(dashboard.Panels) == 0 {
+		t.Fatalf("dashboard.json: %v, %d panels", err, len(dashboard.Panels))
+	}
+	for _, p := range dashboard.Panels {
+		for _, q := range p.Targets {
+			for _, name := range metricName.FindAllString(q.Expr, -1) {
+				if f := strings.TrimSuffix(name, "_bucket"); !slices.Contains(families, name) && !slices.Contains(families, f) {
+					t.Errorf("dashboard panel %q: no metric %s in internal/metrics", p.Title, name)
+				}
+			}
+		}
+	}
+
 	for _, a := range []string{"LastgaspKernelPanic", "LastgaspPanicUnconfirmed", "LastgaspForgedPanicRefused",
 		"LastgaspRingBufferFull", "LastgaspLinesLost", "LastgaspDeletionCapHit", "LastgaspCollectorDown",
 		"LastgaspNetconsoleSetupFailed"} {
