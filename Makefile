@@ -10,11 +10,12 @@ GO ?= go
 # headers; iproute2 builds the test network namespaces; the real-kernel rig
 # (internal/testrig/kernelrig/) boots Debian's 6.1 kernel under qemu with a busybox
 # initramfs and builds its test module against the kernel's headers;
-# nftables gives a test node a firewall that rejects (liveness).
+# nftables gives a test node a firewall that rejects (liveness); prometheus
+# gives promtool, which unit-tests the alert rules (deploy/).
 KERNEL_ABI := 6.1.0-56-amd64
 DEBIAN_PACKAGES := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 jq \
 	qemu-system-x86 linux-image-$(KERNEL_ABI) linux-headers-$(KERNEL_ABI) busybox-static gcc make libc6-dev \
-	nftables
+	nftables prometheus
 
 .PHONY: help
 help: ## list the targets
@@ -53,6 +54,11 @@ check-generated: ## fail if the committed BPF object and bindings are stale
 .PHONY: build
 build: ## build bin/lastgasp
 	$(GO) build -o bin/lastgasp ./cmd/lastgasp
+
+.PHONY: image
+image: ## write the container image (static lastgasp, FROM scratch) as an OCI layout in bin/image, no Docker needed
+	CGO_ENABLED=0 $(GO) build -o bin/lastgasp-static ./cmd/lastgasp
+	$(GO) run ./cmd/image -binary bin/lastgasp-static -o bin/image
 
 .PHONY: test
 test: deps check-generated ## set up this machine and run every test

@@ -61,6 +61,9 @@ import (
 // manifestFile is the file under test.
 const manifestFile = "lastgasp.yaml"
 
+// configFile is the collector's config file, the ConfigMap's data.
+const configFile = "config.yaml"
+
 // configKey is the ConfigMap key that holds the config file.
 const configKey = "config.yaml"
 
@@ -84,28 +87,9 @@ type manifests struct {
 // repeated field is an error, not silently dropped.
 func load(t *testing.T) *manifests {
 	t.Helper()
-	data, err := os.ReadFile(manifestFile)
-	if err != nil {
-		t.Fatalf("read manifests: %v", err)
-	}
-	decoder := serializer.NewCodecFactory(scheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
-	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
 	m := &manifests{}
-	for doc := 1; ; doc++ {
-		raw, err := reader.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("read %s, document %d: %v", manifestFile, doc, err)
-		}
-		if onlyComments(raw) {
-			continue
-		}
-		obj, _, err := decoder.Decode(raw, nil, nil)
-		if err != nil {
-			t.Fatalf("decode %s, document %d: %v", manifestFile, doc, err)
-		}
+	for i, obj := range decodeFile(t, manifestFile) {
+		doc := i + 1
 		m.objects = append(m.objects, obj)
 		var dup bool
 		switch o := obj.(type) {
@@ -136,10 +120,29 @@ func load(t *testing.T) *manifests {
 		case *appsv1.DaemonSet:
 			dup, m.daemonSet = m.daemonSet != nil, o
 		default:
-			t.Fatalf("%s, document %d: unexpected %T", manifestFile, doc, obj)
+			t.Fatalf("%s, object %d: unexpected %T", manifestFile, doc, obj)
 		}
 		if dup {
-			t.Fatalf("%s, document %d: a second %T", manifestFile, doc, obj)
+			t.Fatalf("%s, object %d: a second %T", manifestFile, doc, obj)
+		}
+	}
+	// The ConfigMap kustomization.yaml generates from config.yaml, named
+	// as the DaemonSet's volume names it (kustomize adds the hash).
+	if m.daemonSet != nil && m.config == nil {
+		data, err := os.ReadFile(configFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range m.daemonSet.Spec.Template.Spec.Volumes {
+			if v.ConfigMap != nil {
+				m.config = &corev1.ConfigMap{
+					TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
+					ObjectMeta: metav1.ObjectMeta{Name: v.ConfigMap.Name, Namespace: m.daemonSet.Namespace,
+						Labels: map[string]string{"app.kubernetes.io/name": "lastgasp"}},
+					Data: map[string]string{configKey: string(data)},
+				}
+				m.objects = slices.Insert(m.objects, len(m.objects)-1, runtime.Object(m.config))
+			}
 		}
 	}
 	if m.namespace == nil || m.account == nil || m.clusterRole == nil || m.clusterBind == nil ||
@@ -148,6 +151,36 @@ func load(t *testing.T) *manifests {
 		t.Fatalf("%s: an object is missing: %+v", manifestFile, m)
 	}
 	return m
+}
+
+// decodeFile decodes every document of a manifest file strictly: an
+// unknown or repeated field is an error, not silently dropped.
+func decodeFile(t *testing.T, file string) []runtime.Object {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatalf("read manifests: %v", err)
+	}
+	decoder := serializer.NewCodecFactory(scheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
+	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	var out []runtime.Object
+	for doc := 1; ; doc++ {
+		raw, err := reader.Read()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("read %s, document %d: %v", file, doc, err)
+		}
+		if onlyComments(raw) {
+			continue
+		}
+		obj, _, err := decoder.Decode(raw, nil, nil)
+		if err != nil {
+			t.Fatalf("decode %s, document %d: %v", file, doc, err)
+		}
+		out = append(out, obj)
+	}
 }
 
 // onlyComments reports whether a YAML document holds nothing but comments.
@@ -806,29 +839,36 @@ func randomHex() string {
 func TestCluster(t *testing.T) {
 	testnet.RequireRoot(t) // the control plane's cache and the probe's namespaces
 	m := load(t)
-	ctx := t.Context()
-	cp, err := controlplane.Start(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := cp.Stop(); err != nil {
-			t.Errorf("stop control plane: %v", err)
-		}
-	}()
-	admin, err := cp.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
+	cp, admin := startControlPlane(t)
 
 	t.Run("create", func(t *testing.T) { create(t, cp, admin, m) })
 	if t.Failed() {
 		return
 	}
-	sa, saConfig := serviceAccountClient(t, cp, admin, m)
+	sa, saConfig := serviceAccountClient(t, cp, admin, m.account)
 	t.Run("daemonset on collector nodes only", func(t *testing.T) { daemonSetPlacement(t, cp, admin, m) })
 	t.Run("rbac allows what lastgasp does", func(t *testing.T) { rbacAllows(t, cp, admin, sa, saConfig, m) })
 	t.Run("rbac allows nothing else", func(t *testing.T) { rbacAllowsNothingElse(t, admin, sa, m) })
+}
+
+// startControlPlane starts a control plane, stopped when the test ends,
+// and returns it with an administrator's client.
+func startControlPlane(t *testing.T) (*controlplane.ControlPlane, kubernetes.Interface) {
+	t.Helper()
+	cp, err := controlplane.Start(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := cp.Stop(); err != nil {
+			t.Errorf("stop control plane: %v", err)
+		}
+	})
+	admin, err := cp.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cp, admin
 }
 
 // create creates every object, in file order, as an administrator would
@@ -858,11 +898,11 @@ func create(t *testing.T, cp *controlplane.ControlPlane, admin kubernetes.Interf
 // serviceAccountClient returns a client with the identity a collector pod
 // has: a token of the ServiceAccount from the TokenRequest API, as the
 // kubelet mounts one, checked to authenticate as that ServiceAccount.
-func serviceAccountClient(t *testing.T, cp *controlplane.ControlPlane, admin kubernetes.Interface, m *manifests) (kubernetes.Interface, *rest.Config) {
+func serviceAccountClient(t *testing.T, cp *controlplane.ControlPlane, admin kubernetes.Interface, account *corev1.ServiceAccount) (kubernetes.Interface, *rest.Config) {
 	t.Helper()
 	ctx := t.Context()
 	expiry := int64(3600)
-	tr, err := admin.CoreV1().ServiceAccounts(m.account.Namespace).CreateToken(ctx, m.account.Name,
+	tr, err := admin.CoreV1().ServiceAccounts(account.Namespace).CreateToken(ctx, account.Name,
 		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &expiry}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("token for the ServiceAccount: %v", err)
@@ -878,7 +918,7 @@ func serviceAccountClient(t *testing.T, cp *controlplane.ControlPlane, admin kub
 	if err != nil {
 		t.Fatalf("who am I: %v", err)
 	}
-	if want := "system:serviceaccount:" + m.account.Namespace + ":" + m.account.Name; review.Status.UserInfo.Username != want {
+	if want := "system:serviceaccount:" + account.Namespace + ":" + account.Name; review.Status.UserInfo.Username != want {
 		t.Fatalf("the token authenticates as %q, want %q", review.Status.UserInfo.Username, want)
 	}
 	t.Logf("acting as %s, groups %v", review.Status.UserInfo.Username, review.Status.UserInfo.Groups)
@@ -1181,6 +1221,20 @@ func (a access) String() string {
 // it, and none of a list of rights it does not need (reads it does from
 // caches instead, updates, other subresources, other groups, secrets,
 // other namespaces' leases, escalation). Then a few of those refusals are
+// mayDo asks the API server whether sa may do a.
+func mayDo(t *testing.T, sa kubernetes.Interface, a access) bool {
+	t.Helper()
+	review, err := sa.AuthorizationV1().SelfSubjectAccessReviews().Create(t.Context(), &authorizationv1.SelfSubjectAccessReview{
+		Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+			Verb: a.verb, Group: a.group, Resource: a.resource, Subresource: a.subresource, Namespace: a.namespace,
+		}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("access review %s: %v", a, err)
+	}
+	return review.Status.Allowed
+}
+
 // met for real.
 func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *manifests) {
 	ctx := t.Context()
@@ -1217,18 +1271,7 @@ func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *mani
 		{"create", "apiextensions.k8s.io", "customresourcedefinitions", "", ""},
 		{"*", "*", "*", "", ""},
 	}
-	ask := func(a access) bool {
-		t.Helper()
-		review, err := sa.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
-			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
-				Verb: a.verb, Group: a.group, Resource: a.resource, Subresource: a.subresource, Namespace: a.namespace,
-			}},
-		}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatalf("access review %s: %v", a, err)
-		}
-		return review.Status.Allowed
-	}
+	ask := func(a access) bool { return mayDo(t, sa, a) }
 	for _, a := range allowed {
 		if !ask(a) {
 			t.Errorf("refused: %s", a)

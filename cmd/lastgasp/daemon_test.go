@@ -122,11 +122,18 @@ type daemonProc struct {
 // namespace's bpffs (ip netns exec would remount /sys).
 func startDaemon(t *testing.T, ns *testnet.Netns, args ...string) *daemonProc {
 	t.Helper()
+	return startCommand(t, ns, "lastgasp collecting", append([]string{"run"}, args...)...)
+}
+
+// startCommand starts "lastgasp args" as startDaemon does and waits until
+// its output holds ready.
+func startCommand(t *testing.T, ns *testnet.Netns, ready string, args ...string) *daemonProc {
+	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	argv := append([]string{self, "run"}, args...)
+	argv := append([]string{self}, args...)
 	if ns != nil {
 		argv = append([]string{"nsenter", "--net=" + ns.Path(), "--"}, argv...)
 	}
@@ -144,14 +151,14 @@ func startDaemon(t *testing.T, ns *testnet.Netns, args ...string) *daemonProc {
 	}()
 	t.Cleanup(func() { d.kill() })
 	deadline := time.Now().Add(15 * time.Second)
-	for !strings.Contains(d.out.String(), "lastgasp collecting") {
+	for !strings.Contains(d.out.String(), ready) {
 		select {
 		case <-d.exited:
-			t.Fatalf("lastgasp run exited (%d) before collecting:\n%s", d.code, d.out.String())
+			t.Fatalf("lastgasp %s exited (%d) before %q:\n%s", args[0], d.code, ready, d.out.String())
 		case <-time.After(20 * time.Millisecond): // the log is the only signal
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("lastgasp run never said it is collecting:\n%s", d.out.String())
+			t.Fatalf("lastgasp %s never said %q:\n%s", args[0], ready, d.out.String())
 		}
 	}
 	return d

@@ -5,6 +5,8 @@
 //	lastgasp tail [--lines]      watch a running collector's incidents
 //	lastgasp scan FILE.pcap...   run captures through the XDP program
 //	lastgasp history [ID]        the kernel crashes recorded in the cluster
+//	lastgasp netconsole-setup    point this machine's netconsole at the collectors
+//	lastgasp agent               the same on every node, kept up to date (a DaemonSet)
 package main
 
 import (
@@ -42,6 +44,10 @@ commands:
   history [ID]   the kernel crashes recorded in the cluster, one line a
                  crash (--node, --pod NS/NAME, --since 7d, --json); with
                  an incident ID, its whole record and kernel lines
+  netconsole-setup --collector ADDR[,ADDR...]
+                 point this machine's netconsole at the collectors, once
+  agent          on every node: netconsole kept pointed at two collectors of
+                 the collector Service, the Node annotated with its source
 
 Run "lastgasp COMMAND -h" for a command's flags.
 `
@@ -61,6 +67,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return tailCmd(ctx, args[1:], stdout, stderr)
 	case "history":
 		return historyCmd(ctx, args[1:], stdout, stderr)
+	case "netconsole-setup":
+		return netconsoleSetupCmd(ctx, args[1:], stdout, stderr)
+	case "agent":
+		return agentCmd(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK

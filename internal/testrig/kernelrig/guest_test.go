@@ -1,7 +1,6 @@
 package kernelrig_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -40,21 +39,14 @@ func TestGuestKernel(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipped in -short mode: boots qemu")
 	}
-	goTool, err := exec.LookPath(filepath.Join(runtime.GOROOT(), "bin", "go"))
-	if err != nil {
-		t.Skipf("skipped: no go tool to build lastgasp with: %v", err)
-	}
 	_, file, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(file), "..", "..", "..")
 	tmp := t.TempDir()
 
 	// A static lastgasp, built for this run, never kept.
-	bin := filepath.Join(tmp, "lastgasp")
-	build := exec.Command(goTool, "build", "-o", bin, "./cmd/lastgasp")
-	build.Dir = root
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build a static lastgasp: %v\n%s", err, out)
+	bin, err := rig.BuildLastgasp(t.Context(), tmp)
+	if err != nil {
+		t.Fatal(err)
 	}
 
 	// What the host's kernel makes of the capture: the guest must agree.
@@ -102,7 +94,11 @@ func TestGuestKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("boot to end: %s", res.Elapsed.Round(100*time.Millisecond))
-	out := guestLines(t, res.Console)
+	consoleLog, err := os.ReadFile(res.Console)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := kernelrig.GuestLines(consoleLog)
 	defer func() {
 		if t.Failed() {
 			data, _ := os.ReadFile(res.Console)
@@ -184,28 +180,6 @@ func sendWhenReady(ctx context.Context, ns *testnet.Netns, console string, frame
 		}
 		return nil
 	})
-}
-
-// guestLines returns the console's "lg-...: " lines by prefix, the
-// prefix taken off.
-func guestLines(t *testing.T, console string) map[string][]string {
-	t.Helper()
-	data, err := os.ReadFile(console)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string][]string{}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line := strings.TrimRight(sc.Text(), "\r")
-		prefix, rest, ok := strings.Cut(line, ": ")
-		if !ok || !strings.HasPrefix(prefix, "lg-") {
-			continue
-		}
-		out[prefix] = append(out[prefix], rest)
-	}
-	return out
 }
 
 func contains(list []string, s string) bool {

@@ -36,6 +36,7 @@
 package kernelrig
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -349,6 +350,21 @@ func (r *Rig) Build(ctx context.Context) (*Artifacts, error) {
 	return a, nil
 }
 
+// BuildLastgasp builds a static lastgasp (CGO_ENABLED=0) from the
+// repository this rig is part of into dir/lastgasp, for a guest's
+// initramfs, and returns its path.
+func (r *Rig) BuildLastgasp(ctx context.Context, dir string) (string, error) {
+	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	bin := filepath.Join(dir, "lastgasp")
+	build := exec.CommandContext(ctx, goTool, "build", "-o", bin, "./cmd/lastgasp")
+	build.Dir = filepath.Join(r.sourceDir(), "..", "..", "..")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("kernelrig: build a static lastgasp: %w\n%s", err, out)
+	}
+	return bin, nil
+}
+
 // appendFiles writes to path to a copy of the initramfs base followed by
 // a second gzipped newc archive holding files. The kernel unpacks
 // concatenated archives in order, a later one adding to (or replacing
@@ -464,6 +480,10 @@ type Scenario struct {
 	Extended bool
 	// IPv6 sends to the collector's IPv6 address, from the guest's.
 	IPv6 bool
+	// NoNetconsole leaves netconsole out of the kernel command line:
+	// /init does not load it, the scenario's script does (bare, to be
+	// configured through configfs).
+	NoNetconsole bool
 	// Sysctls are set before the failure: "kernel.panic_on_oops=1", or
 	// a path, "/sys/module/rcupdate/parameters/rcu_cpu_stall_timeout=3".
 	Sysctls []string
@@ -502,8 +522,12 @@ type File struct {
 	Mode os.FileMode
 }
 
-// netconsoleParam returns the netconsole= parameter for s.
+// netconsoleParam returns the netconsole= parameter for s ("" with
+// NoNetconsole).
 func (s Scenario) netconsoleParam() string {
+	if s.NoNetconsole {
+		return ""
+	}
 	src, dst := NodeIPv4, CollectorIPv4
 	if s.IPv6 {
 		src, dst = NodeIPv6, CollectorIPv6
@@ -662,6 +686,23 @@ func (r *Rig) Run(ctx context.Context, s Scenario, dir string) (*Result, error) 
 	r.logf("kernelrig: %s: %d datagrams in %s (panicked %v, alive %v, timed out %v)",
 		s.Name, res.Packets, res.Elapsed.Round(100*time.Millisecond), res.Panicked, res.Alive, res.TimedOut)
 	return res, nil
+}
+
+// GuestLines returns a serial console log's lines for the test, those
+// starting "lg-...: ", by prefix, the prefix taken off.
+func GuestLines(console []byte) map[string][]string {
+	out := map[string][]string{}
+	sc := bufio.NewScanner(bytes.NewReader(console))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		prefix, rest, ok := strings.Cut(line, ": ")
+		if !ok || !strings.HasPrefix(prefix, "lg-") {
+			continue
+		}
+		out[prefix] = append(out[prefix], rest)
+	}
+	return out
 }
 
 // newTapNetns creates a network namespace holding a tap device with the
