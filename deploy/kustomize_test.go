@@ -61,8 +61,8 @@ func TestKustomize(t *testing.T) {
 		objs = append(objs, u)
 		kinds[u.GetKind()]++
 	}
-	want := len(load(t).objects) + len(decodeFile(t, agentFile)) + 4 // 2 PodMonitors, 1 PrometheusRule, the dashboard
-	if len(objs) != want || kinds["PodMonitor"] != 2 || kinds["PrometheusRule"] != 1 || kinds["DaemonSet"] != 2 {
+	want := len(load(t).objects) + len(decodeFile(t, agentFile)) + 4 + 1 // 2 PodMonitors, 1 PrometheusRule, the dashboard; the KernelCrash CRD
+	if len(objs) != want || kinds["PodMonitor"] != 2 || kinds["PrometheusRule"] != 1 || kinds["DaemonSet"] != 2 || kinds["CustomResourceDefinition"] != 1 {
 		t.Fatalf("rendered %d objects %v, want %d", len(objs), kinds, want)
 	}
 
