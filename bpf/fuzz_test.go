@@ -83,9 +83,12 @@ func FuzzKernelBurstsMatchGo(f *testing.F) {
 		f.Add(bytes.Join(seeds[i:i+30], nil))
 	}
 	f.Add([]byte("0Kernel panic - not syncing\n1a\n0b\n0c\n2Oops: \n2d\n"))
+	// One source ('[' % 3): a report, its end marker, the tail, a panic's
+	// end marker (itself a match).
+	f.Add([]byte("[1] Oops: \n[1] a\n[1] b\n[1] ---[ end trace 0 ]---\n[1] c\n[1] d\n[1] e\n[1] f\n[1] ---[ end Kernel panic\n[1] g\n[1] h\n[1] i\n[1] j\n"))
 
-	const contextLines = 3
-	cfg := loader.Config{ContextLines: contextLines}
+	const contextLines, burstLines = 3, 6
+	cfg := loader.Config{ContextLines: contextLines, BurstLines: burstLines}
 	if os.Geteuid() != 0 {
 		f.Skip("loading BPF programs needs root")
 	}
@@ -108,7 +111,7 @@ func FuzzKernelBurstsMatchGo(f *testing.F) {
 			}
 		}
 		h.t = t
-		twin := filter.New(filter.Config{ContextLines: contextLines})
+		twin := filter.New(filter.Config{ContextLines: contextLines, BurstLines: burstLines})
 		base := uint32(iteration%5000000) * 3
 		chunks := bytes.Split(data, []byte("\n"))
 		if len(chunks) > 64 {
