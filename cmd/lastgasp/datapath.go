@@ -206,6 +206,11 @@ func openXDP(c runConfig, table *pattern.Table, log *slog.Logger) (*xdpPath, err
 			return nil, err
 		}
 	}
+	// Links pinned by an earlier run for interfaces no longer configured
+	// would go on filtering there, unread, for ever.
+	if _, err := prog.DetachStale(); err != nil {
+		log.Warn("links pinned for interfaces no longer configured not all detached", "error", err)
+	}
 	rd, err := ringbuf.NewReader(prog.Events())
 	if err != nil {
 		w.Close()
