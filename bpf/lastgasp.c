@@ -84,6 +84,15 @@ struct {
 	__type(value, struct pattern_value);
 } patterns SEC(".maps");
 
+/* The first bytes of the patterns (struct first_bytes), a single entry
+ * (index 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct first_bytes);
+} pattern_first_bytes SEC(".maps");
+
 /* Context bursts: key a source address, value its open burst. LRU, so a
  * flood of sources forgets the oldest bursts instead of failing. */
 struct {
@@ -297,7 +306,9 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 	struct head_buf head;
 	struct pattern_key key = {};
 	struct pattern_value *val;
-	__u32 n, text, klen;
+	struct first_bytes *fb;
+	__u32 n, text, klen, zero = 0;
+	__u8 c;
 
 	n = l->len < HEADER_SCAN_LEN ? l->len : HEADER_SCAN_LEN;
 	if (n == 0)
@@ -320,6 +331,10 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 		return 0; /* cannot happen, as above */
 	key.prefixlen = klen * 8;
 	*end = is_end_marker(&key);
+	fb = bpf_map_lookup_elem(&pattern_first_bytes, &zero);
+	c = key.data[0];
+	if (fb && !(fb->bits[c >> 6] & (1ULL << (c & 63))))
+		return 0; /* no pattern starts with this byte */
 	val = bpf_map_lookup_elem(&patterns, &key);
 	return val ? val->id : 0;
 }

@@ -113,6 +113,15 @@ struct pattern_value {
 	__u32 id;
 };
 
+/* The first bytes of the patterns in the table: bit c of bits[c / 64] is
+ * set when some pattern starts with byte c. A text whose first byte has
+ * no bit set cannot match: the trie is not looked up (most ordinary
+ * lines). Go sets a byte's bit before a pattern with it enters the trie,
+ * and clears it only after the last such pattern left. */
+struct first_bytes {
+	__u64 bits[4];
+};
+
 /* Key of the burst table: the source address, IPv4 as ::ffff:a.b.c.d. */
 struct burst_key {
 	__u8 addr[16];

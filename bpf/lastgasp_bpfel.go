@@ -25,6 +25,11 @@ type LastgaspBurstKey struct {
 	Addr [16]uint8
 }
 
+type LastgaspFirstBytes struct {
+	_    structs.HostLayout
+	Bits [4]uint64
+}
+
 type LastgaspLimits uint32
 
 const (
@@ -105,24 +110,25 @@ type LastgaspSharedState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	LastgaspMapBursts         = "bursts"
-	LastgaspMapCounters       = "counters"
-	LastgaspMapEvents         = "events"
-	LastgaspMapLocalAddrs     = "local_addrs"
-	LastgaspMapPatterns       = "patterns"
-	LastgaspMapPorts          = "ports"
-	LastgaspMapScratch        = "scratch"
-	LastgaspMapState          = "state"
-	LastgaspProgLastgaspXdp   = "lastgasp_xdp"
-	LastgaspVarBurstLines     = "burst_lines"
-	LastgaspVarBurstTimeoutNs = "burst_timeout_ns"
-	LastgaspVarContextLines   = "context_lines"
-	LastgaspVarForwardPass    = "forward_pass"
-	LastgaspVarLocalOnly      = "local_only"
-	LastgaspVarUnusedFlags    = "unused_flags"
-	LastgaspVarUnusedLimits   = "unused_limits"
-	LastgaspVarUnusedRecord   = "unused_record"
-	LastgaspVarWakeBytes      = "wake_bytes"
+	LastgaspMapBursts            = "bursts"
+	LastgaspMapCounters          = "counters"
+	LastgaspMapEvents            = "events"
+	LastgaspMapLocalAddrs        = "local_addrs"
+	LastgaspMapPatternFirstBytes = "pattern_first_bytes"
+	LastgaspMapPatterns          = "patterns"
+	LastgaspMapPorts             = "ports"
+	LastgaspMapScratch           = "scratch"
+	LastgaspMapState             = "state"
+	LastgaspProgLastgaspXdp      = "lastgasp_xdp"
+	LastgaspVarBurstLines        = "burst_lines"
+	LastgaspVarBurstTimeoutNs    = "burst_timeout_ns"
+	LastgaspVarContextLines      = "context_lines"
+	LastgaspVarForwardPass       = "forward_pass"
+	LastgaspVarLocalOnly         = "local_only"
+	LastgaspVarUnusedFlags       = "unused_flags"
+	LastgaspVarUnusedLimits      = "unused_limits"
+	LastgaspVarUnusedRecord      = "unused_record"
+	LastgaspVarWakeBytes         = "wake_bytes"
 )
 
 // LoadLastgasp returns the embedded CollectionSpec for Lastgasp.
@@ -174,14 +180,15 @@ type LastgaspProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LastgaspMapSpecs struct {
-	Bursts     *ebpf.MapSpec `ebpf:"bursts"`
-	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	LocalAddrs *ebpf.MapSpec `ebpf:"local_addrs"`
-	Patterns   *ebpf.MapSpec `ebpf:"patterns"`
-	Ports      *ebpf.MapSpec `ebpf:"ports"`
-	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
-	State      *ebpf.MapSpec `ebpf:"state"`
+	Bursts            *ebpf.MapSpec `ebpf:"bursts"`
+	Counters          *ebpf.MapSpec `ebpf:"counters"`
+	Events            *ebpf.MapSpec `ebpf:"events"`
+	LocalAddrs        *ebpf.MapSpec `ebpf:"local_addrs"`
+	PatternFirstBytes *ebpf.MapSpec `ebpf:"pattern_first_bytes"`
+	Patterns          *ebpf.MapSpec `ebpf:"patterns"`
+	Ports             *ebpf.MapSpec `ebpf:"ports"`
+	Scratch           *ebpf.MapSpec `ebpf:"scratch"`
+	State             *ebpf.MapSpec `ebpf:"state"`
 }
 
 // LastgaspVariableSpecs contains global variables before they are loaded into the kernel.
@@ -219,14 +226,15 @@ func (o *LastgaspObjects) Close() error {
 //
 // It can be passed to LoadLastgaspObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LastgaspMaps struct {
-	Bursts     *ebpf.Map `ebpf:"bursts"`
-	Counters   *ebpf.Map `ebpf:"counters"`
-	Events     *ebpf.Map `ebpf:"events"`
-	LocalAddrs *ebpf.Map `ebpf:"local_addrs"`
-	Patterns   *ebpf.Map `ebpf:"patterns"`
-	Ports      *ebpf.Map `ebpf:"ports"`
-	Scratch    *ebpf.Map `ebpf:"scratch"`
-	State      *ebpf.Map `ebpf:"state"`
+	Bursts            *ebpf.Map `ebpf:"bursts"`
+	Counters          *ebpf.Map `ebpf:"counters"`
+	Events            *ebpf.Map `ebpf:"events"`
+	LocalAddrs        *ebpf.Map `ebpf:"local_addrs"`
+	PatternFirstBytes *ebpf.Map `ebpf:"pattern_first_bytes"`
+	Patterns          *ebpf.Map `ebpf:"patterns"`
+	Ports             *ebpf.Map `ebpf:"ports"`
+	Scratch           *ebpf.Map `ebpf:"scratch"`
+	State             *ebpf.Map `ebpf:"state"`
 }
 
 func (m *LastgaspMaps) Close() error {
@@ -235,6 +243,7 @@ func (m *LastgaspMaps) Close() error {
 		m.Counters,
 		m.Events,
 		m.LocalAddrs,
+		m.PatternFirstBytes,
 		m.Patterns,
 		m.Ports,
 		m.Scratch,

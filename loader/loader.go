@@ -254,6 +254,7 @@ var pinnedMaps = []string{
 	bpf.LastgaspMapPorts,
 	bpf.LastgaspMapLocalAddrs,
 	bpf.LastgaspMapPatterns,
+	bpf.LastgaspMapPatternFirstBytes,
 	bpf.LastgaspMapBursts,
 	bpf.LastgaspMapState,
 	bpf.LastgaspMapCounters,

@@ -86,23 +86,33 @@ func (p *Program) SetLocalAddresses(addrs []netip.Addr) error {
 // reloading. The old table's patterns that t drops are deleted first (so
 // the trie, of PATTERNS_MAX entries, never has to hold both tables), then
 // t's are written; a pattern kept in both tables is never deleted, so it
-// never stops matching.
+// never stops matching. The first-byte bitmap (struct first_bytes) holds
+// the bytes of both tables while the trie changes, and t's alone after.
 func (p *Program) SetPatterns(t *pattern.Table) error {
 	want := make(map[bpf.LastgaspPatternKey]bool)
+	var bits, both bpf.LastgaspFirstBytes
 	for _, pat := range t.Patterns() {
 		want[patternKey(pat.Prefix)] = true
+		setBit(&bits, pat.Prefix[0])
 	}
+	both = bits
 	var stale []bpf.LastgaspPatternKey
 	var key bpf.LastgaspPatternKey
 	var value bpf.LastgaspPatternValue
 	iter := p.objs.Patterns.Iterate()
 	for iter.Next(&key, &value) {
+		if key.Prefixlen > 0 {
+			setBit(&both, key.Data[0])
+		}
 		if !want[key] {
 			stale = append(stale, key)
 		}
 	}
 	if err := iter.Err(); err != nil {
 		return fmt.Errorf("set patterns: list: %w", err)
+	}
+	if err := p.objs.PatternFirstBytes.Put(uint32(0), both); err != nil {
+		return fmt.Errorf("set patterns: first bytes: %w", err)
 	}
 	for _, key := range stale {
 		if err := p.objs.Patterns.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -114,9 +124,15 @@ func (p *Program) SetPatterns(t *pattern.Table) error {
 			return fmt.Errorf("set patterns: add %q: %w", pat.Prefix, err)
 		}
 	}
+	if err := p.objs.PatternFirstBytes.Put(uint32(0), bits); err != nil {
+		return fmt.Errorf("set patterns: first bytes: %w", err)
+	}
 	p.cfg.Patterns = t
 	return nil
 }
+
+// setBit sets byte c's bit in b.
+func setBit(b *bpf.LastgaspFirstBytes, c byte) { b.Bits[c/64] |= 1 << (c % 64) }
 
 // patternKey is the LPM trie key of a prefix: its bytes and its length in
 // bits. pattern.NewTable has checked that it fits.
