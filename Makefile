@@ -64,6 +64,22 @@ image: ## write the container image (static lastgasp, FROM scratch) as an OCI la
 test: deps check-generated ## set up this machine and run every test
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 15m ./...
+	$(MAKE) --no-print-directory fuzz
+
+# Every fuzz target runs this long in `make fuzz` (and so in `make test`):
+# its seeds and the corpus kept in its package's testdata/fuzz first, then
+# new inputs. A failing input is written to testdata/fuzz: commit it.
+FUZZTIME ?= 10s
+
+.PHONY: fuzz
+fuzz: ## run each fuzz target for FUZZTIME (10s), one after the other
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
+		pkg=$$(dirname $$f); \
+		for name in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
 
 .PHONY: bench
 bench: deps ## run the benchmarks (see bench/README.md)

@@ -85,8 +85,7 @@ func BenchmarkJudge(b *testing.B) {
 // ringbuf.Clock, the live reader's: time.Now, and a clock_gettime system
 // call (golang.org/x/sys/unix does not go through the vDSO) once a second.
 func BenchmarkDecode(b *testing.B) {
-	raw := make([]byte, unsafe.Sizeof(bpf.LastgaspRecord{}))
-	rec := (*bpf.LastgaspRecord)(unsafe.Pointer(unsafe.SliceData(raw)))
+	var rec bpf.LastgaspRecord
 	rec.Saddr = packettest.NodeV4.As16() // ::ffff:10.99.0.2, as the program writes it
 	rec.TimeNs = 3_053_091_000
 	rec.Sport, rec.Dport = packettest.NodePort, packettest.NetconsolePort
@@ -94,6 +93,9 @@ func BenchmarkDecode(b *testing.B) {
 	rec.WireLen = rec.Len
 	rec.PatternId = 1
 	rec.Flags = uint8(bpf.LastgaspRecordFlagsRECORD_MATCH)
+	rec.Version = uint8(bpf.LastgaspLimitsCONTRACT_VERSION)
+	// What the program sends: the head and the line, no more.
+	raw := unsafe.Slice((*byte)(unsafe.Pointer(&rec)), int(unsafe.Offsetof(rec.Payload))+int(rec.Len))
 
 	fixed := time.Now()
 	var clock ringbuf.Clock

@@ -33,12 +33,16 @@ const (
 )
 
 const (
-	// recordSlot is what one record takes in the ring buffer: the record
-	// and the kernel's 8-byte header, rounded up to 8 bytes.
-	recordSlot = (int(unsafe.Sizeof(bpf.LastgaspRecord{})) + 8 + 7) &^ 7
 	// maxChunk bounds one BPF_PROG_TEST_RUN call (repeat is a uint32).
 	maxChunk = 1 << 30
 )
+
+// recordSlot is what the record of a line of n payload bytes takes in
+// the ring buffer: its head and payload (the program sizes records to the
+// line) and the kernel's 8-byte header, rounded up to 8 bytes.
+func recordSlot(n int) int {
+	return (int(unsafe.Offsetof(bpf.LastgaspRecord{}.Payload)) + n + 8 + 7) &^ 7
+}
 
 // xdpCase is one path through the XDP program.
 type xdpCase struct {
@@ -144,7 +148,7 @@ func xdpCases() []xdpCase {
 			frame:     line(matchingBasic),
 			cfg:       loader.Config{RingBufSize: uint32(os.Getpagesize())},
 			prime:     line(matchingBasic),
-			primeRuns: os.Getpagesize()/recordSlot + 1,
+			primeRuns: os.Getpagesize()/recordSlot(len(matchingBasic)) + 1,
 			verdict:   xdpPass,
 			perPacket: map[string]uint64{"matched": 1, "ringbuf_full": 1, "passed": 1},
 		},
@@ -182,7 +186,7 @@ func runXDP(b *testing.B, c xdpCase) {
 	chunk := maxChunk
 	if c.forwards {
 		cfg := lp.Config()
-		chunk = int(min(cfg.RingBufSize, cfg.WakeBytes))/recordSlot - 1
+		chunk = int(min(cfg.RingBufSize, cfg.WakeBytes))/recordSlot(len(packettest.UDPPayload(c.frame))) - 1
 	}
 	var kernel time.Duration // sum over the runs of the kernel's time
 	read := 0                // records read from the ring buffer

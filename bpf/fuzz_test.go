@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,9 +84,12 @@ func FuzzKernelBurstsMatchGo(f *testing.F) {
 		f.Add(bytes.Join(seeds[i:i+30], nil))
 	}
 	f.Add([]byte("0Kernel panic - not syncing\n1a\n0b\n0c\n2Oops: \n2d\n"))
+	// One source ('[' % 3): a report, its end marker, the tail, a panic's
+	// end marker (itself a match).
+	f.Add([]byte("[1] Oops: \n[1] a\n[1] b\n[1] ---[ end trace 0 ]---\n[1] c\n[1] d\n[1] e\n[1] f\n[1] ---[ end Kernel panic\n[1] g\n[1] h\n[1] i\n[1] j\n"))
 
-	const contextLines = 3
-	cfg := loader.Config{ContextLines: contextLines}
+	const contextLines, burstLines = 3, 6
+	cfg := loader.Config{ContextLines: contextLines, BurstLines: burstLines}
 	if os.Geteuid() != 0 {
 		f.Skip("loading BPF programs needs root")
 	}
@@ -108,7 +112,7 @@ func FuzzKernelBurstsMatchGo(f *testing.F) {
 			}
 		}
 		h.t = t
-		twin := filter.New(filter.Config{ContextLines: contextLines})
+		twin := filter.New(filter.Config{ContextLines: contextLines, BurstLines: burstLines})
 		base := uint32(iteration%5000000) * 3
 		chunks := bytes.Split(data, []byte("\n"))
 		if len(chunks) > 64 {
@@ -139,6 +143,55 @@ func FuzzKernelBurstsMatchGo(f *testing.F) {
 			if got != exp {
 				t.Fatalf("datagram %d %q from %v: kernel %s, Go %s", i, payload, src, got, exp)
 			}
+		}
+	})
+}
+
+// FuzzKernelTablesMatchGo varies the pattern table as well as the
+// payload: table holds up to 16 prefixes, one a line (cut to the longest
+// a pattern may be; empty and repeated ones left out), each of kind
+// "fuzz" and id its line number. The kernel's LPM trie, given the table
+// with SetPatterns, must pick the same pattern as the Go matcher: nested
+// prefixes (the longest wins), 64-byte patterns, patterns that start with
+// '[' or a digit (which a header may look like).
+func FuzzKernelTablesMatchGo(f *testing.F) {
+	f.Add([]byte("Kernel\nKernel panic\nKernel panic - not syncing"), []byte("[    1.000000] Kernel panic - not syncing: x\n"))
+	f.Add([]byte("Kernel\nKernel panic\nKernel panic - not syncing"), []byte("4,1,1,-;Kernel pan\n"))
+	f.Add([]byte(strings.Repeat("A", 64)+"\n"+strings.Repeat("A", 63)), []byte(strings.Repeat("A", 80)))
+	f.Add([]byte("[x]\n[\n[    1.0\n0,1,1,-;K"), []byte("[x] text"))
+	f.Add([]byte("4,1\n42\n4"), []byte("4,1,1,-;4,1 text\n"))
+	f.Add([]byte("---[ end \n---[ end Kernel panic"), []byte("[  1.0] ---[ end Kernel panic - not syncing ]---"))
+	h := newHarness(f, loader.Config{NoContext: true})
+	f.Fuzz(func(t *testing.T, spec, payload []byte) {
+		if len(payload) > maxFuzzPayload {
+			payload = payload[:maxFuzzPayload]
+		}
+		var ps []pattern.Pattern
+		seen := map[string]bool{}
+		for i, line := range bytes.SplitN(spec, []byte("\n"), 16) {
+			prefix := string(line[:min(len(line), pattern.MaxPrefixLen)])
+			if prefix == "" || seen[prefix] {
+				continue
+			}
+			seen[prefix] = true
+			ps = append(ps, pattern.Pattern{ID: uint32(i + 1), Prefix: prefix, Kind: "fuzz"})
+		}
+		table, err := pattern.NewTable(ps)
+		if err != nil {
+			t.Fatalf("table from %q: %v", spec, err)
+		}
+		h.t = t
+		if err := h.sc.Program().SetPatterns(table); err != nil {
+			t.Fatalf("set patterns: %v", err)
+		}
+		_, lines := h.send(packettest.Line(string(payload)).Frame())
+		want, ok := table.Match(payload)
+		got := uint32(0)
+		if len(lines) == 1 {
+			got = lines[0].PatternID
+		}
+		if len(lines) > 1 || got != want.ID || ok != (got != 0) {
+			t.Fatalf("table %q, payload %q: kernel pattern %d (%d lines), Go %d %q", spec, payload, got, len(lines), want.ID, want.Prefix)
 		}
 	})
 }

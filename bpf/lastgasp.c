@@ -10,6 +10,7 @@
  *
  *   packet ─ Ethernet, VLAN ─ IPv4 / IPv6 ─ UDP to a netconsole port?
  *     no  ─────────────────────────────────────────────────► XDP_PASS
+ *     yes, but to an address not this host's (local_only) ──► XDP_PASS
  *     yes ─ message text starts with a pattern?  (LPM trie)
  *             yes ─ record MATCH, open the source's context burst
  *             no  ─ burst open for this source?  (LRU hash)
@@ -29,7 +30,15 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Load-time configuration, set from Go before the program is loaded
  * (spec.Variables). The verifier prunes what they switch off. */
 
-/* Lines forwarded as context after a match (0: no bursts). */
+/* Most lines a burst forwards after the match that opened or extended it
+ * (0: no bursts). A kernel report (an Oops: registers, the trace, the
+ * modules) runs on well past 20 lines; the burst stays open until the
+ * report's end marker, this bound, or burst_timeout_ns, whichever comes
+ * first. */
+volatile const __u32 burst_lines = 256;
+/* Lines still forwarded after the end marker ("---[ end trace ...",
+ * "---[ end Kernel panic ..."): what the kernel prints after a report
+ * (an Oops prints its registers again, then panics). */
 volatile const __u32 context_lines = 20;
 /* A burst closes this long after the match that opened or extended it,
  * even if it has lines left: a dead node's burst never finishes by count. */
@@ -37,6 +46,11 @@ volatile const __u64 burst_timeout_ns = 10ULL * 1000 * 1000 * 1000;
 /* 1: netconsole packets go on up the stack after we handled them (so a
  * syslog receiver on this host still gets every line); 0: dropped. */
 volatile const __u8 forward_pass = 0;
+/* 1: only datagrams to one of this host's addresses (local_addrs), or to
+ * a broadcast or multicast address, are netconsole lines; others pass, to
+ * be routed on, counted in not_local. 0: the destination address is not
+ * looked at (an offline scan of a capture). */
+volatile const __u8 local_only = 0;
 /* Context records are written without waking the reader, which polls; once
  * this many bytes wait in the ring buffer, the next one wakes it. */
 volatile const __u32 wake_bytes = 1 << 20;
@@ -49,6 +63,17 @@ struct {
 	__type(value, __u8);
 } ports SEC(".maps");
 
+/* This host's addresses (IPv4 as ::ffff:a.b.c.d), and its interfaces'
+ * broadcast addresses: key the address, value unused. Go fills it from
+ * the kernel's address list and keeps it current (package localaddr). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LOCAL_ADDRS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct burst_key);
+	__type(value, __u8);
+} local_addrs SEC(".maps");
+
 /* Pattern table: key the first bytes of the message text with a length in
  * bits, value the id of the longest stored pattern that prefixes them. */
 struct {
@@ -58,6 +83,15 @@ struct {
 	__type(key, struct pattern_key);
 	__type(value, struct pattern_value);
 } patterns SEC(".maps");
+
+/* The first bytes of the patterns (struct first_bytes), a single entry
+ * (index 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct first_bytes);
+} pattern_first_bytes SEC(".maps");
 
 /* Context bursts: key a source address, value its open burst. LRU, so a
  * flood of sources forgets the oldest bursts instead of failing. */
@@ -83,6 +117,16 @@ struct {
 	__type(key, __u32);
 	__type(value, struct packet_counters);
 } counters SEC(".maps");
+
+/* Where a record is built before it is copied into the ring buffer at
+ * the length of its line (a single per-CPU entry, index 0): an XDP
+ * program runs to its end on one CPU, so no other line shares it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct record);
+} scratch SEC(".maps");
 
 /* Forwarded lines (struct record). Its size is set from Go. */
 struct {
@@ -219,19 +263,52 @@ static __always_inline __u32 copy_size(__u32 n, __u32 max)
 _Static_assert((PATTERN_MAX_LEN & (PATTERN_MAX_LEN - 1)) == 0, "PATTERN_MAX_LEN: a power of two");
 _Static_assert((RECORD_PAYLOAD_LEN & (RECORD_PAYLOAD_LEN - 1)) == 0, "RECORD_PAYLOAD_LEN: a power of two");
 
+/* The text that starts the kernel's end marker of a report: "---[ end
+ * trace 0000000000000000 ]---" after an Oops, a BUG or a WARN, "---[ end
+ * Kernel panic - not syncing: ... ]---" after a panic. */
+#define END_MARKER "---[ end "
+#define END_MARKER_LEN (sizeof(END_MARKER) - 1)
+_Static_assert(END_MARKER_LEN <= PATTERN_MAX_LEN, "end marker longer than a key");
+
+/*
+ * is_end_marker - 1 if the key's text starts with END_MARKER, else 0.
+ *
+ * Without a branch: the differences of the END_MARKER_LEN bytes are OR-ed
+ * together and the answer computed from the sum. A branch a byte made the
+ * verifier carry each outcome (and what it had learnt of each byte)
+ * through everything after it: 129,000 instructions verified became
+ * 348,000 (TestVerifierBudget). The bytes past klen are zero in the key,
+ * never a '-' or a ' ' of the marker, so klen need not be tested.
+ */
+static __always_inline __u32 is_end_marker(const struct pattern_key *key)
+{
+	const char m[] = END_MARKER;
+	__u64 diff = 0;
+
+#pragma unroll
+	for (int i = 0; i < END_MARKER_LEN; i++)
+		diff |= key->data[i] ^ (__u8)m[i];
+	/* diff is 0..255: diff - 1 wraps to all ones only for 0. */
+	return (diff - 1) >> 63;
+}
+
 /*
  * match_line - id of the longest pattern that prefixes the line's text.
  * @unknown: set when the text cannot be found (find_text's TEXT_UNKNOWN).
+ * @end: set when the text starts with END_MARKER.
  * Return: the pattern id, or 0 for no match (or an empty text, or an
  * unknown one).
  */
 static __always_inline __u32 match_line(struct xdp_md *ctx,
-					const struct line *l, int *unknown)
+					const struct line *l, int *unknown,
+					int *end)
 {
 	struct head_buf head;
 	struct pattern_key key = {};
 	struct pattern_value *val;
-	__u32 n, text, klen;
+	struct first_bytes *fb;
+	__u32 n, text, klen, zero = 0;
+	__u8 c;
 
 	n = l->len < HEADER_SCAN_LEN ? l->len : HEADER_SCAN_LEN;
 	if (n == 0)
@@ -253,25 +330,47 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 	if (bpf_xdp_load_bytes(ctx, l->off + text, key.data, klen) < 0)
 		return 0; /* cannot happen, as above */
 	key.prefixlen = klen * 8;
+	*end = is_end_marker(&key);
+	fb = bpf_map_lookup_elem(&pattern_first_bytes, &zero);
+	c = key.data[0];
+	if (fb && !(fb->bits[c >> 6] & (1ULL << (c & 63))))
+		return 0; /* no pattern starts with this byte */
 	val = bpf_map_lookup_elem(&patterns, &key);
 	return val ? val->id : 0;
 }
 
-/* open_burst - start (or restart, on a match within one) @src's burst. */
+/*
+ * open_burst - start (or restart, on a match within one) @src's burst:
+ * burst_lines lines, or only context_lines if the match is itself an end
+ * marker (@end: "---[ end Kernel panic").
+ */
 static __always_inline void open_burst(struct packet_counters *cnt,
-				       const struct burst_key *src, __u64 now)
+				       const struct burst_key *src, __u64 now,
+				       int end)
 {
 	struct burst b = {
-		.remaining = context_lines,
+		.remaining = end ? context_lines : burst_lines,
 		.expires_ns = now + burst_timeout_ns,
 	};
 	__u32 zero = 0;
 	struct shared_state *st;
+	struct burst *open;
 
-	if (context_lines == 0)
+	if (burst_lines == 0)
 		return;
-	/* May fail only under memory pressure; the match itself is kept. */
-	bpf_map_update_elem(&bursts, src, &b, BPF_ANY);
+	/* A source that has a burst (open or closed) gets it restarted in
+	 * place: an update with BPF_ANY allocates a new LRU element and frees
+	 * the old one, about 130 ns of the 300 a match cost. The two stores
+	 * are not one atomic step: a line of this source taken on another
+	 * CPU meanwhile is at worst counted against the old burst. */
+	open = bpf_map_lookup_elem(&bursts, src);
+	if (open) {
+		open->expires_ns = b.expires_ns;
+		open->remaining = b.remaining;
+	} else {
+		/* May fail only under memory pressure; the match is kept. */
+		bpf_map_update_elem(&bursts, src, &b, BPF_ANY);
+	}
 	st = bpf_map_lookup_elem(&state, &zero);
 	if (st)
 		st->last_match_ns = now;
@@ -281,17 +380,19 @@ static __always_inline void open_burst(struct packet_counters *cnt,
 /*
  * take_context - whether a line from @src is context of an open burst, and
  * if so take one line off the burst.
+ * @end: the line is an end marker: the burst keeps at most context_lines
+ * more lines.
  * @last: set when this is the burst's final line.
  */
 static __always_inline int take_context(const struct burst_key *src,
-					__u64 now, int *last)
+					__u64 now, int end, int *last)
 {
 	__u32 zero = 0;
 	struct shared_state *st;
 	struct burst *b;
 	__s32 before;
 
-	if (context_lines == 0)
+	if (burst_lines == 0)
 		return 0;
 	/* Fast path: no match anywhere within a burst timeout. */
 	st = bpf_map_lookup_elem(&state, &zero);
@@ -306,36 +407,47 @@ static __always_inline int take_context(const struct burst_key *src,
 	if (before <= 0)
 		return 0;
 	*last = before == 1;
+	if (end && before - 1 > (__s32)context_lines) {
+		/* Not atomic with the decrement above: a line of this source
+		 * taken on another CPU meanwhile is lost from the count, so
+		 * the tail is at worst a line short or long. */
+		b->remaining = context_lines;
+		*last = context_lines == 0;
+	}
 	return 1;
 }
 
+/* Bytes of a record before its payload. */
+#define RECORD_HEAD_LEN __builtin_offsetof(struct record, payload)
+
 /*
- * forward - write the line to the ring buffer.
+ * forward - write the line to the ring buffer, sized to it.
+ *
+ * The record is built in the CPU's scratch entry, then copied with
+ * bpf_ringbuf_output at RECORD_HEAD_LEN + len bytes: a 60-byte line takes
+ * 112 bytes of the ring (and the kernel's 8-byte header), not the 1,072
+ * of a whole struct record, so a 16 MiB ring holds about nine times as
+ * many lines (bench/README.md). bpf_ringbuf_reserve would need a size
+ * known when the program is verified.
  * Return: 0, or -1 if the ring buffer is full (counted).
  */
 static __always_inline int forward(struct xdp_md *ctx, struct packet_counters *cnt,
 				   const struct line *l, __u8 flags, __u32 id,
 				   __u64 wake)
 {
+	__u32 zero = 0, n = l->len;
 	struct record *rec;
-	__u32 n = l->len;
 
-	rec = bpf_ringbuf_reserve(&events, sizeof(*rec), 0);
-	if (!rec) {
-		cnt->ringbuf_full++;
-		return -1;
-	}
+	rec = bpf_map_lookup_elem(&scratch, &zero);
+	if (!rec)
+		return -1; /* cannot happen: index 0 always exists */
 	if (n > RECORD_PAYLOAD_LEN) {
 		n = RECORD_PAYLOAD_LEN;
 		flags |= RECORD_TRUNCATED;
-		cnt->truncated++;
 	}
 	if (n > 0 && bpf_xdp_load_bytes(ctx, l->off, rec->payload,
-					copy_size(n, RECORD_PAYLOAD_LEN)) < 0) {
-		/* cannot happen: the UDP length was checked */
-		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
-		return -1;
-	}
+					copy_size(n, RECORD_PAYLOAD_LEN)) < 0)
+		return -1; /* cannot happen: the UDP length was checked */
 	__builtin_memcpy(rec->saddr, l->src.addr, sizeof(rec->saddr));
 	rec->time_ns = bpf_ktime_get_ns();
 	rec->ifindex = ctx->ingress_ifindex;
@@ -345,8 +457,20 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet_counters *c
 	rec->wire_len = l->len;
 	rec->pattern_id = id;
 	rec->flags = flags | l->flags;
-	__builtin_memset(rec->_pad, 0, sizeof(rec->_pad));
-	bpf_ringbuf_submit(rec, wake);
+	rec->version = CONTRACT_VERSION;
+	rec->_pad[0] = 0;
+	rec->_pad[1] = 0;
+	/* n <= RECORD_PAYLOAD_LEN already; said again where the verifier
+	 * sees it, so that it knows the copy stays inside the scratch entry. */
+	barrier_var(n);
+	if (n > RECORD_PAYLOAD_LEN)
+		return -1;
+	if (bpf_ringbuf_output(&events, rec, RECORD_HEAD_LEN + n, wake) < 0) {
+		cnt->ringbuf_full++;
+		return -1;
+	}
+	if (flags & RECORD_TRUNCATED)
+		cnt->truncated++;
 	return 0;
 }
 
@@ -356,8 +480,8 @@ static __always_inline int judge_line(struct xdp_md *ctx, struct packet_counters
 {
 	int handled = forward_pass ? XDP_PASS : XDP_DROP;
 	__u64 now = bpf_ktime_get_coarse_ns();
-	int last = 0, unknown = 0;
-	__u32 id = match_line(ctx, l, &unknown);
+	int last = 0, unknown = 0, end = 0;
+	__u32 id = match_line(ctx, l, &unknown, &end);
 	__u64 wake;
 	__u8 flags;
 
@@ -366,7 +490,7 @@ static __always_inline int judge_line(struct xdp_md *ctx, struct packet_counters
 
 	if (id) {
 		cnt->matched++;
-		open_burst(cnt, &l->src, now);
+		open_burst(cnt, &l->src, now, end);
 		flags = RECORD_MATCH;
 		/* Adaptive: wakes the reader if it has read everything before
 		 * this record (it is asleep), not otherwise (it is awake, or
@@ -374,7 +498,7 @@ static __always_inline int judge_line(struct xdp_md *ctx, struct packet_counters
 		 * A forced wakeup costs about 5 us here: a storm of matches
 		 * must not pay it for every line. */
 		wake = 0;
-	} else if (take_context(&l->src, now, &last)) {
+	} else if (take_context(&l->src, now, end, &last)) {
 		cnt->context++;
 		flags = RECORD_CONTEXT;
 		wake = BPF_RB_NO_WAKEUP; /* the reader polls for these; the last
@@ -396,6 +520,28 @@ static __always_inline int judge_line(struct xdp_md *ctx, struct packet_counters
 	return handled;
 }
 
+/*
+ * addressed_here - whether @dst (IPv4 as ::ffff:a.b.c.d) is for this
+ * host: one of its addresses, or a multicast address (IPv6 ff00::/8, IPv4
+ * 224.0.0.0/4) or the IPv4 limited broadcast 255.255.255.255, which a
+ * netconsole target may be set to. A subnet's broadcast address is in
+ * local_addrs.
+ */
+static __always_inline int addressed_here(const struct burst_key *dst)
+{
+	const __u8 *a = dst->addr;
+	int v4 = a[10] == 0xff && a[11] == 0xff &&
+		 (a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] |
+		  a[8] | a[9]) == 0;
+
+	if (!v4 && a[0] == 0xff)
+		return 1;
+	if (v4 && ((a[12] & 0xf0) == 0xe0 ||
+		   (a[12] & a[13] & a[14] & a[15]) == 0xff))
+		return 1;
+	return bpf_map_lookup_elem(&local_addrs, dst) != NULL;
+}
+
 /* judge - the verdict for one packet. */
 static __always_inline int judge(struct xdp_md *ctx, struct packet_counters *cnt)
 {
@@ -403,6 +549,7 @@ static __always_inline int judge(struct xdp_md *ctx, struct packet_counters *cnt
 	void *data_end = (void *)(long)ctx->data_end;
 	struct hdr_cursor nh = { .pos = data };
 	struct line l = {};
+	struct burst_key dst = {};
 	struct udphdr *udp;
 	__u32 l3_end = 0;
 	int proto, res;
@@ -413,9 +560,9 @@ static __always_inline int judge(struct xdp_md *ctx, struct packet_counters *cnt
 		return XDP_PASS; /* frame ends inside its Ethernet/VLAN headers */
 	}
 	if (proto == bpf_htons(ETH_P_IP)) {
-		res = parse_iphdr(ctx, &nh, data, data_end, l.src.addr, &l3_end);
+		res = parse_iphdr(ctx, &nh, data, data_end, l.src.addr, dst.addr, &l3_end);
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		res = parse_ip6hdr(ctx, &nh, data, data_end, l.src.addr, &l3_end);
+		res = parse_ip6hdr(ctx, &nh, data, data_end, l.src.addr, dst.addr, &l3_end);
 		l.flags = RECORD_IPV6;
 	} else {
 		return XDP_PASS; /* not IP: not ours */
@@ -445,6 +592,10 @@ static __always_inline int judge(struct xdp_md *ctx, struct packet_counters *cnt
 	l.dport = bpf_ntohs(udp->dest);
 	if (!bpf_map_lookup_elem(&ports, &l.dport))
 		return XDP_PASS; /* UDP, but not to a netconsole port */
+	if (local_only && !addressed_here(&dst)) {
+		cnt->not_local++;
+		return XDP_PASS; /* routed through this host: not ours */
+	}
 	l.sport = bpf_ntohs(udp->source);
 	cnt->netconsole++;
 	return judge_line(ctx, cnt, &l);

@@ -39,8 +39,17 @@ enum limits {
 	PATTERNS_MAX = 1024,
 	/* Sources tracked for context bursts (LRU: the oldest are forgotten). */
 	BURSTS_MAX = 100000,
+	/* Most addresses in the table of this host's own (local_addrs). */
+	LOCAL_ADDRS_MAX = 65536,
 	/* IPv6 extension headers walked before giving up on a packet. */
 	IPV6_EXT_MAX = 8,
+	/* Version of this contract: the record's layout and the maps'. It is
+	 * in every record (struct record's version) and in the pinned state
+	 * map (struct shared_state's version); Go replaces pinned maps of
+	 * another version, and rejects records of another version. Raise it
+	 * with every change to a struct or map here. Records of version 1
+	 * (up to the end of 2026) had no version field: a zero there. */
+	CONTRACT_VERSION = 2,
 };
 
 /* Why a line was forwarded, and what else is known about it. */
@@ -51,7 +60,9 @@ enum record_flags {
 	RECORD_TRUNCATED = 1 << 3, /* payload longer than RECORD_PAYLOAD_LEN */
 };
 
-/* One forwarded netconsole line, as written to the ring buffer. */
+/* One forwarded netconsole line, as written to the ring buffer: the
+ * fields, then len bytes of payload and no more (a record is sized to its
+ * line: offsetof(struct record, payload) + len bytes). */
 struct record {
 	__u8 saddr[16];     /* source address; IPv4 as ::ffff:a.b.c.d */
 	__u64 time_ns;      /* bpf_ktime_get_ns() at receive (CLOCK_MONOTONIC) */
@@ -62,8 +73,9 @@ struct record {
 	__u16 wire_len;     /* UDP payload length on the wire (>= len) */
 	__u32 pattern_id;   /* pattern matched (RECORD_MATCH), else 0 */
 	__u8 flags;         /* enum record_flags */
-	__u8 _pad[3];
-	__u8 payload[RECORD_PAYLOAD_LEN];
+	__u8 version;       /* CONTRACT_VERSION */
+	__u8 _pad[2];
+	__u8 payload[RECORD_PAYLOAD_LEN]; /* only len bytes are sent */
 };
 
 /* Per-CPU packet counters, one field per verdict or event. Every packet
@@ -83,6 +95,9 @@ struct packet_counters {
 	__u64 long_header;  /* netconsole lines whose header does not end
 			     * within HEADER_SCAN_LEN: matched against
 			     * nothing, passed (unless forwarded as context) */
+	__u64 not_local;    /* UDP to a netconsole port but to an address
+			     * not this host's (local_only): passed, not
+			     * judged (a router's, a gateway's traffic) */
 };
 
 /* Key of the pattern table (BPF_MAP_TYPE_LPM_TRIE). prefixlen is in bits:
@@ -96,6 +111,15 @@ struct pattern_key {
 /* Value of the pattern table: the id Go gave the pattern (never 0). */
 struct pattern_value {
 	__u32 id;
+};
+
+/* The first bytes of the patterns in the table: bit c of bits[c / 64] is
+ * set when some pattern starts with byte c. A text whose first byte has
+ * no bit set cannot match: the trie is not looked up (most ordinary
+ * lines). Go sets a byte's bit before a pattern with it enters the trie,
+ * and clears it only after the last such pattern left. */
+struct first_bytes {
+	__u64 bits[4];
 };
 
 /* Key of the burst table: the source address, IPv4 as ::ffff:a.b.c.d. */
@@ -116,6 +140,10 @@ struct shared_state {
 	 * now >= last_match_ns + burst_timeout_ns no burst can be open, and
 	 * ordinary lines skip the burst table lookup altogether. */
 	__u64 last_match_ns;
+	/* CONTRACT_VERSION of the program that made the maps: written by Go
+	 * when it creates them, checked when it finds them pinned. */
+	__u32 version;
+	__u32 _pad;
 };
 
 #endif /* LASTGASP_H */

@@ -25,6 +25,11 @@ type LastgaspBurstKey struct {
 	Addr [16]uint8
 }
 
+type LastgaspFirstBytes struct {
+	_    structs.HostLayout
+	Bits [4]uint64
+}
+
 type LastgaspLimits uint32
 
 const (
@@ -35,7 +40,9 @@ const (
 	LastgaspLimitsPORTS_MAX          LastgaspLimits = 64
 	LastgaspLimitsPATTERNS_MAX       LastgaspLimits = 1024
 	LastgaspLimitsBURSTS_MAX         LastgaspLimits = 100000
+	LastgaspLimitsLOCAL_ADDRS_MAX    LastgaspLimits = 65536
 	LastgaspLimitsIPV6EXT_MAX        LastgaspLimits = 8
+	LastgaspLimitsCONTRACT_VERSION   LastgaspLimits = 2
 )
 
 type LastgaspPacketCounters struct {
@@ -52,6 +59,7 @@ type LastgaspPacketCounters struct {
 	Truncated   uint64
 	Bursts      uint64
 	LongHeader  uint64
+	NotLocal    uint64
 }
 
 type LastgaspPatternKey struct {
@@ -76,7 +84,8 @@ type LastgaspRecord struct {
 	WireLen   uint16
 	PatternId uint32
 	Flags     uint8
-	Pad       [3]uint8
+	Version   uint8
+	Pad       [2]uint8
 	Payload   [1024]uint8
 	_         [4]byte
 }
@@ -93,26 +102,33 @@ const (
 type LastgaspSharedState struct {
 	_           structs.HostLayout
 	LastMatchNs uint64
+	Version     uint32
+	Pad         uint32
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	LastgaspMapBursts         = "bursts"
-	LastgaspMapCounters       = "counters"
-	LastgaspMapEvents         = "events"
-	LastgaspMapPatterns       = "patterns"
-	LastgaspMapPorts          = "ports"
-	LastgaspMapState          = "state"
-	LastgaspProgLastgaspXdp   = "lastgasp_xdp"
-	LastgaspVarBurstTimeoutNs = "burst_timeout_ns"
-	LastgaspVarContextLines   = "context_lines"
-	LastgaspVarForwardPass    = "forward_pass"
-	LastgaspVarUnusedFlags    = "unused_flags"
-	LastgaspVarUnusedLimits   = "unused_limits"
-	LastgaspVarUnusedRecord   = "unused_record"
-	LastgaspVarWakeBytes      = "wake_bytes"
+	LastgaspMapBursts            = "bursts"
+	LastgaspMapCounters          = "counters"
+	LastgaspMapEvents            = "events"
+	LastgaspMapLocalAddrs        = "local_addrs"
+	LastgaspMapPatternFirstBytes = "pattern_first_bytes"
+	LastgaspMapPatterns          = "patterns"
+	LastgaspMapPorts             = "ports"
+	LastgaspMapScratch           = "scratch"
+	LastgaspMapState             = "state"
+	LastgaspProgLastgaspXdp      = "lastgasp_xdp"
+	LastgaspVarBurstLines        = "burst_lines"
+	LastgaspVarBurstTimeoutNs    = "burst_timeout_ns"
+	LastgaspVarContextLines      = "context_lines"
+	LastgaspVarForwardPass       = "forward_pass"
+	LastgaspVarLocalOnly         = "local_only"
+	LastgaspVarUnusedFlags       = "unused_flags"
+	LastgaspVarUnusedLimits      = "unused_limits"
+	LastgaspVarUnusedRecord      = "unused_record"
+	LastgaspVarWakeBytes         = "wake_bytes"
 )
 
 // LoadLastgasp returns the embedded CollectionSpec for Lastgasp.
@@ -164,21 +180,26 @@ type LastgaspProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LastgaspMapSpecs struct {
-	Bursts   *ebpf.MapSpec `ebpf:"bursts"`
-	Counters *ebpf.MapSpec `ebpf:"counters"`
-	Events   *ebpf.MapSpec `ebpf:"events"`
-	Patterns *ebpf.MapSpec `ebpf:"patterns"`
-	Ports    *ebpf.MapSpec `ebpf:"ports"`
-	State    *ebpf.MapSpec `ebpf:"state"`
+	Bursts            *ebpf.MapSpec `ebpf:"bursts"`
+	Counters          *ebpf.MapSpec `ebpf:"counters"`
+	Events            *ebpf.MapSpec `ebpf:"events"`
+	LocalAddrs        *ebpf.MapSpec `ebpf:"local_addrs"`
+	PatternFirstBytes *ebpf.MapSpec `ebpf:"pattern_first_bytes"`
+	Patterns          *ebpf.MapSpec `ebpf:"patterns"`
+	Ports             *ebpf.MapSpec `ebpf:"ports"`
+	Scratch           *ebpf.MapSpec `ebpf:"scratch"`
+	State             *ebpf.MapSpec `ebpf:"state"`
 }
 
 // LastgaspVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LastgaspVariableSpecs struct {
+	BurstLines     *ebpf.VariableSpec `ebpf:"burst_lines"`
 	BurstTimeoutNs *ebpf.VariableSpec `ebpf:"burst_timeout_ns"`
 	ContextLines   *ebpf.VariableSpec `ebpf:"context_lines"`
 	ForwardPass    *ebpf.VariableSpec `ebpf:"forward_pass"`
+	LocalOnly      *ebpf.VariableSpec `ebpf:"local_only"`
 	UnusedFlags    *ebpf.VariableSpec `ebpf:"unused_flags"`
 	UnusedLimits   *ebpf.VariableSpec `ebpf:"unused_limits"`
 	UnusedRecord   *ebpf.VariableSpec `ebpf:"unused_record"`
@@ -205,12 +226,15 @@ func (o *LastgaspObjects) Close() error {
 //
 // It can be passed to LoadLastgaspObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LastgaspMaps struct {
-	Bursts   *ebpf.Map `ebpf:"bursts"`
-	Counters *ebpf.Map `ebpf:"counters"`
-	Events   *ebpf.Map `ebpf:"events"`
-	Patterns *ebpf.Map `ebpf:"patterns"`
-	Ports    *ebpf.Map `ebpf:"ports"`
-	State    *ebpf.Map `ebpf:"state"`
+	Bursts            *ebpf.Map `ebpf:"bursts"`
+	Counters          *ebpf.Map `ebpf:"counters"`
+	Events            *ebpf.Map `ebpf:"events"`
+	LocalAddrs        *ebpf.Map `ebpf:"local_addrs"`
+	PatternFirstBytes *ebpf.Map `ebpf:"pattern_first_bytes"`
+	Patterns          *ebpf.Map `ebpf:"patterns"`
+	Ports             *ebpf.Map `ebpf:"ports"`
+	Scratch           *ebpf.Map `ebpf:"scratch"`
+	State             *ebpf.Map `ebpf:"state"`
 }
 
 func (m *LastgaspMaps) Close() error {
@@ -218,8 +242,11 @@ func (m *LastgaspMaps) Close() error {
 		m.Bursts,
 		m.Counters,
 		m.Events,
+		m.LocalAddrs,
+		m.PatternFirstBytes,
 		m.Patterns,
 		m.Ports,
+		m.Scratch,
 		m.State,
 	)
 }
@@ -228,9 +255,11 @@ func (m *LastgaspMaps) Close() error {
 //
 // It can be passed to LoadLastgaspObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LastgaspVariables struct {
+	BurstLines     *ebpf.Variable `ebpf:"burst_lines"`
 	BurstTimeoutNs *ebpf.Variable `ebpf:"burst_timeout_ns"`
 	ContextLines   *ebpf.Variable `ebpf:"context_lines"`
 	ForwardPass    *ebpf.Variable `ebpf:"forward_pass"`
+	LocalOnly      *ebpf.Variable `ebpf:"local_only"`
 	UnusedFlags    *ebpf.Variable `ebpf:"unused_flags"`
 	UnusedLimits   *ebpf.Variable `ebpf:"unused_limits"`
 	UnusedRecord   *ebpf.Variable `ebpf:"unused_record"`

@@ -116,14 +116,15 @@ static __always_inline void set_v4_mapped(__u8 out[16], __be32 a)
  * options included, is in the packet; tot_len covers the header and does
  * not reach past the packet, fragments included (pkt_has; bytes after
  * tot_len are Ethernet padding).
- * @saddr gets the IPv4-mapped source address, @l3_end the offset from @data
+ * @saddr gets the IPv4-mapped source address, @daddr the destination's,
+ * @l3_end the offset from @data
  * at which the datagram ends.
  * Return: PARSE_UDP (cursor at the UDP header), PARSE_OTHER, PARSE_FRAGMENT
  * (MF set or a non-zero offset) or PARSE_MALFORMED.
  */
 static __always_inline int parse_iphdr(struct xdp_md *ctx, struct hdr_cursor *nh,
 				       void *data, void *data_end, __u8 saddr[16],
-				       __u32 *l3_end)
+				       __u8 daddr[16], __u32 *l3_end)
 {
 	struct iphdr *iph = nh->pos;
 	__u32 hdr_len, tot_len, start;
@@ -142,6 +143,7 @@ static __always_inline int parse_iphdr(struct xdp_md *ctx, struct hdr_cursor *nh
 		return PARSE_MALFORMED;
 
 	set_v4_mapped(saddr, iph->saddr);
+	set_v4_mapped(daddr, iph->daddr);
 	*l3_end = start + tot_len;
 	if (iph->frag_off & bpf_htons(IP4_MF | IP4_OFFSET))
 		return PARSE_FRAGMENT;
@@ -171,7 +173,7 @@ static __always_inline int ipv6_is_ext(__u8 nexthdr)
  */
 static __always_inline int parse_ip6hdr(struct xdp_md *ctx, struct hdr_cursor *nh,
 					void *data, void *data_end, __u8 saddr[16],
-					__u32 *l3_end)
+					__u8 daddr[16], __u32 *l3_end)
 {
 	struct ipv6hdr *ip6 = nh->pos;
 	__u32 start, payload_len;
@@ -189,6 +191,7 @@ static __always_inline int parse_ip6hdr(struct xdp_md *ctx, struct hdr_cursor *n
 		return PARSE_MALFORMED;
 
 	__builtin_memcpy(saddr, &ip6->saddr, 16);
+	__builtin_memcpy(daddr, &ip6->daddr, 16);
 	*l3_end = start + sizeof(*ip6) + payload_len;
 	nexthdr = ip6->nexthdr;
 	nh->pos = ip6 + 1;

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 
+	"github.com/lastgasp/lastgasp/bpf"
 	"github.com/lastgasp/lastgasp/internal/filter"
 	"github.com/lastgasp/lastgasp/internal/pattern"
 	"github.com/lastgasp/lastgasp/internal/pcapscan"
@@ -358,7 +361,7 @@ func TestEveryDefaultPattern(t *testing.T) {
 // closes by count and by time.
 func TestBursts(t *testing.T) {
 	const context = 5
-	h := newHarness(t, loader.Config{ContextLines: context, BurstTimeout: 200 * time.Millisecond})
+	h := newHarness(t, loader.Config{BurstLines: context, ContextLines: context, BurstTimeout: 200 * time.Millisecond})
 	other := netip.MustParseAddr("10.99.0.3")
 	ordinary := func(src netip.Addr, i int) []byte {
 		return packettest.UDP{Src: src, Payload: []byte(fmt.Sprintf("[    3.%06d] ordinary line %d\n", i, i))}.Frame()
@@ -421,7 +424,7 @@ func TestRingBufferFull(t *testing.T) {
 	prog := h.sc.Program()
 	// Fill the ring without reading it: run the program directly.
 	var full, verdicts []uint32
-	for range 8 {
+	for range 64 { // a record a line: more than a page's worth
 		v, err := prog.XDP().Run(&ebpf.RunOptions{Data: packettest.Line(panicLine).Frame()})
 		if err != nil {
 			t.Fatal(err)
@@ -434,7 +437,7 @@ func TestRingBufferFull(t *testing.T) {
 			full = append(full, v)
 		}
 	}
-	if d.RingbufFull == 0 || d.RingbufFull != uint64(len(full)) || d.Matched != 8 {
+	if d.RingbufFull == 0 || d.RingbufFull != uint64(len(full)) || d.Matched != 64 {
 		t.Errorf("verdicts %v, counters %+v: want every line without room passed and counted", verdicts, d)
 	}
 }
@@ -529,5 +532,90 @@ func TestLongHeaders(t *testing.T) {
 		if _, ok := pattern.Default().Match([]byte(c.payload)); ok != (c.flag == filter.Match) {
 			t.Errorf("%s: Go matcher says %v, kernel %v", c.name, ok, c.flag)
 		}
+	}
+}
+
+// TestReportsForwardedToTheirEnd runs every real IPv4 capture through the
+// program with the default configuration and checks that every line of a
+// kernel report, from the first line that matches up to the kernel's end
+// marker ("---[ end trace ...", "---[ end Kernel panic ..."), is forwarded,
+// and the ContextLines lines after the marker too. With a fixed burst of
+// 20 lines, 34 lines of the Oops in null-oops-panic (its trace and its
+// registers) never reached the ring buffer.
+func TestReportsForwardedToTheirEnd(t *testing.T) {
+	files, err := filepath.Glob("../testdata/netconsole/*.pcap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	more, _ := filepath.Glob("../testdata/kernel/*-v4.pcap")
+	files = append(files, more...)
+	if len(files) < 10 {
+		t.Fatalf("%d captures found, want the testdata sets", len(files))
+	}
+	table := pattern.Default()
+	for _, file := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(file), ".pcap"), func(t *testing.T) {
+			h := newHarness(t, loader.Config{})
+			frames, err := packettest.ReadCapture(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// tail: lines still due after an end marker; -1 outside a report.
+			inReport, tail, checked, ends := false, -1, 0, 0
+			for i, fr := range frames {
+				payload := packettest.UDPPayload(fr.Frame)
+				if payload == nil {
+					continue
+				}
+				_, lines := h.send(fr.Frame)
+				_, match := table.Match(payload)
+				end := pattern.ReportEnd(payload)
+				if match && !end {
+					inReport, tail = true, -1
+				}
+				due := inReport || match || tail > 0
+				if due {
+					checked++
+					if len(lines) != 1 || !bytes.Equal(lines[0].Payload, payload) {
+						t.Errorf("frame %d %q: %d lines forwarded, want it (a line of a report)", i, payload, len(lines))
+					}
+				}
+				switch {
+				case end && (inReport || match):
+					ends++
+					inReport, tail = false, loader.DefaultContextLines
+				case tail > 0 && !match:
+					tail--
+				}
+			}
+			if healthy := strings.Contains(file, "healthy") || strings.Contains(file, "undetected"); checked == 0 && !healthy {
+				t.Errorf("no line of a report checked: want a report")
+			}
+			if strings.Contains(file, "oops") && ends == 0 {
+				t.Errorf("no end marker: want the Oops's")
+			}
+			t.Logf("%d lines of reports forwarded, %d end markers", checked, ends)
+		})
+	}
+}
+
+// TestRingCapacity fills a ring buffer of the default size (16 MiB) with
+// a typical match, a 59-byte line, and counts the lines it holds: each
+// record is sized to its line (its head, the line, the kernel's 8-byte
+// header, rounded up to 8 bytes: 112 bytes), so 149,796 lines. At 1,072
+// bytes whatever the line, as records once were, it held 15,650.
+func TestRingCapacity(t *testing.T) {
+	h := newHarness(t, loader.Config{NoContext: true, RingBufSize: loader.DefaultRingBufSize})
+	head := int(unsafe.Offsetof(bpf.LastgaspRecord{}.Payload))
+	slot := (head + len(panicLine) + 8 + 7) &^ 7
+	want := loader.DefaultRingBufSize / slot
+	if _, err := h.sc.Program().XDP().Run(&ebpf.RunOptions{Data: packettest.Line(panicLine).Frame(), Repeat: uint32(want + 1000)}); err != nil {
+		t.Fatal(err)
+	}
+	d := h.delta()
+	held := int(d.Matched - d.RingbufFull)
+	t.Logf("a 16 MiB ring holds %d lines of %d bytes (%d-byte records)", held, len(panicLine), slot)
+	if held != want || d.RingbufFull != 1000 {
+		t.Errorf("the ring held %d lines (%d found it full), want %d", held, d.RingbufFull, want)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -31,20 +32,35 @@ type Config struct {
 	// Patterns is the pattern table. Default: pattern.Default(). It can be
 	// changed later with SetPatterns.
 	Patterns *pattern.Table
-	// ContextLines is how many lines from a source are forwarded after a
-	// match (a match within a burst starts it again). Default 20; set
-	// NoContext for none.
+	// BurstLines is the most lines from a source forwarded as context
+	// after a match (a match within a burst starts it again): a burst
+	// stays open until the kernel's end marker of the report ("---[ end
+	// trace", "---[ end Kernel panic"), this many lines, or BurstTimeout.
+	// Default DefaultBurstLines; never less than ContextLines.
+	BurstLines uint32
+	// ContextLines is how many lines a burst still forwards after the end
+	// marker (an Oops prints its registers again after it, then the
+	// panic). Default 20; set NoContext for no bursts at all.
 	ContextLines uint32
 	// NoContext turns context bursts off.
 	NoContext bool
 	// BurstTimeout closes a burst this long after its last match, whatever
 	// lines it has left. Default 10s.
 	BurstTimeout time.Duration
+	// LocalOnly judges only datagrams addressed to this host: to an
+	// address of the local address table (SetLocalAddresses), or to a
+	// broadcast or multicast address. Others to a netconsole port (a
+	// router's or gateway's traffic) are passed, to be routed on, and
+	// counted in not_local. The table starts empty: fill it before
+	// attaching (package localaddr lists the addresses and follows
+	// their changes).
+	LocalOnly bool
 	// ForwardPass lets every netconsole packet go on up the network stack
 	// after the program handled it; by default they are dropped.
 	ForwardPass bool
 	// RingBufSize is the ring buffer's size in bytes: a power of two and a
-	// multiple of the page size. Default 16 MiB (about 15,000 records).
+	// multiple of the page size. Default 16 MiB (records are sized to
+	// their line: about 150,000 lines of 60 bytes).
 	RingBufSize uint32
 	// WakeBytes: context records do not wake the reader until this many
 	// bytes wait in the ring buffer. Default RingBufSize/8.
@@ -64,6 +80,7 @@ type Config struct {
 // Defaults of Config.
 const (
 	DefaultContextLines = 20
+	DefaultBurstLines   = 256
 	DefaultBurstTimeout = 10 * time.Second
 	DefaultRingBufSize  = 16 << 20
 )
@@ -78,9 +95,15 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.Patterns = pattern.Default()
 	}
 	if cfg.NoContext {
-		cfg.ContextLines = 0
-	} else if cfg.ContextLines == 0 {
-		cfg.ContextLines = DefaultContextLines
+		cfg.ContextLines, cfg.BurstLines = 0, 0
+	} else {
+		if cfg.ContextLines == 0 {
+			cfg.ContextLines = DefaultContextLines
+		}
+		if cfg.BurstLines == 0 {
+			cfg.BurstLines = DefaultBurstLines
+		}
+		cfg.BurstLines = max(cfg.BurstLines, cfg.ContextLines)
 	}
 	if cfg.BurstTimeout == 0 {
 		cfg.BurstTimeout = DefaultBurstTimeout
@@ -127,9 +150,11 @@ func Load(cfg Config) (*Program, error) {
 	}
 
 	consts := map[string]any{
+		bpf.LastgaspVarBurstLines:     cfg.BurstLines,
 		bpf.LastgaspVarContextLines:   cfg.ContextLines,
 		bpf.LastgaspVarBurstTimeoutNs: uint64(cfg.BurstTimeout),
 		bpf.LastgaspVarForwardPass:    boolByte(cfg.ForwardPass),
+		bpf.LastgaspVarLocalOnly:      boolByte(cfg.LocalOnly),
 		bpf.LastgaspVarWakeBytes:      cfg.WakeBytes,
 	}
 	for name, value := range consts {
@@ -151,11 +176,20 @@ func Load(cfg Config) (*Program, error) {
 			spec.Maps[name].Pinning = ebpf.PinByName
 		}
 		opts.Maps.PinPath = cfg.PinPath
+		if err := p.replaceIncompatible(spec); err != nil {
+			p.unlock()
+			return nil, fmt.Errorf("load XDP program: %w", err)
+		}
 	}
 
 	if err := spec.LoadAndAssign(&p.objs, &opts); err != nil {
 		p.unlock()
 		return nil, fmt.Errorf("load XDP program: %w", explain(err, cfg.PinPath))
+	}
+	if err := p.stampVersion(); err != nil {
+		p.objs.Close()
+		p.unlock()
+		return nil, fmt.Errorf("load XDP program: %w", err)
 	}
 	if err := p.SetPorts(cfg.Ports); err != nil {
 		p.objs.Close()
@@ -218,11 +252,89 @@ func (p *Program) unlock() error {
 // counters and the lines not yet read.
 var pinnedMaps = []string{
 	bpf.LastgaspMapPorts,
+	bpf.LastgaspMapLocalAddrs,
 	bpf.LastgaspMapPatterns,
+	bpf.LastgaspMapPatternFirstBytes,
 	bpf.LastgaspMapBursts,
 	bpf.LastgaspMapState,
 	bpf.LastgaspMapCounters,
 	bpf.LastgaspMapEvents,
+}
+
+// contractVersion is the version of the contract with the program (struct
+// record, the maps' layouts: CONTRACT_VERSION in bpf/lastgasp.h).
+const contractVersion = uint32(bpf.LastgaspLimitsCONTRACT_VERSION)
+
+// replaceIncompatible removes the maps pinned under the pin path if any of
+// them is not what this program needs: a layout that differs from spec's
+// (an older lastgasp's state, bursts or record layout), or a state map of
+// another contract version. All of them go, not only the one that
+// differs: they are one set (a ring buffer of the old records, bursts of
+// the old semantics). Without this, Load would fail on the first one
+// (ebpf.ErrMapIncompatible), and the old program, still attached through
+// its pinned link, would run on with nobody reading its ring buffer.
+//
+// Unpinning does not destroy a map in use: the old program keeps its maps
+// until Attach swaps it out of the pinned link for this one, which runs
+// on the maps LoadAndAssign then creates and pins afresh. Lines the old
+// program writes in that gap (Load to Attach), and any unread in its ring
+// buffer, are lost: they were of a record layout this reader cannot
+// decode anyway.
+func (p *Program) replaceIncompatible(spec *ebpf.CollectionSpec) error {
+	var why []error
+	var pinned []string
+	for _, name := range pinnedMaps {
+		path := filepath.Join(p.cfg.PinPath, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		pinned = append(pinned, path)
+		if err != nil {
+			why = append(why, fmt.Errorf("%s: %w", name, err))
+			continue
+		}
+		if err := spec.Maps[name].Compatible(m); err != nil {
+			why = append(why, fmt.Errorf("%s: %w", name, err))
+		} else if name == bpf.LastgaspMapState {
+			var st bpf.LastgaspSharedState
+			if err := m.Lookup(uint32(0), &st); err != nil {
+				why = append(why, fmt.Errorf("%s: read version: %w", name, err))
+			} else if st.Version != contractVersion {
+				why = append(why, fmt.Errorf("%s: contract version %d, want %d", name, st.Version, contractVersion))
+			}
+		}
+		m.Close()
+	}
+	if len(why) == 0 {
+		return nil
+	}
+	p.log.Warn("maps pinned by another version of lastgasp: replacing them (lines not yet read from the old ring buffer are lost)",
+		"pin_path", p.cfg.PinPath, "why", errors.Join(why...).Error())
+	for _, path := range pinned {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("replace incompatible pinned map: %w", err)
+		}
+	}
+	return nil
+}
+
+// stampVersion writes the contract version into maps just created (a
+// state map of version 0). Maps found pinned carry it already: their
+// state is never rewritten, since the program may be updating it.
+func (p *Program) stampVersion() error {
+	var st bpf.LastgaspSharedState
+	if err := p.objs.State.Lookup(uint32(0), &st); err != nil {
+		return fmt.Errorf("read state: %w", err)
+	}
+	if st.Version == contractVersion {
+		return nil
+	}
+	st.Version = contractVersion
+	if err := p.objs.State.Put(uint32(0), st); err != nil {
+		return fmt.Errorf("write contract version: %w", err)
+	}
+	return nil
 }
 
 // explain turns a load error into one a person can act on.

@@ -3,6 +3,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"reflect"
 
 	"github.com/cilium/ebpf"
@@ -21,32 +22,62 @@ func (p *Program) SetPorts(ports []uint16) error {
 	if max := int(bpf.LastgaspLimitsPORTS_MAX); len(ports) > max {
 		return fmt.Errorf("set ports: %d ports, at most %d allowed", len(ports), max)
 	}
-	want := make(map[uint16]bool, len(ports))
 	for _, port := range ports {
 		if port == 0 {
 			return errors.New("set ports: port 0 is not a port")
 		}
-		want[port] = true
-		if err := p.objs.Ports.Put(port, uint8(1)); err != nil {
-			return fmt.Errorf("set ports: add %d: %w", port, err)
+	}
+	if err := syncSet(p.objs.Ports, ports); err != nil {
+		return fmt.Errorf("set ports: %w", err)
+	}
+	return nil
+}
+
+// syncSet makes keys the keys of the set m (a hash map whose values are
+// an unused byte 1): the keys missing are added first, then those no
+// longer wanted removed, so that a key in both sets is never missing.
+func syncSet[K comparable](m *ebpf.Map, keys []K) error {
+	want := make(map[K]bool, len(keys))
+	for _, k := range keys {
+		want[k] = true
+		if err := m.Put(k, uint8(1)); err != nil {
+			return fmt.Errorf("add %v: %w", k, err)
 		}
 	}
-	var stale []uint16
-	var port uint16
+	var stale []K
+	var k K
 	var unused uint8
-	iter := p.objs.Ports.Iterate()
-	for iter.Next(&port, &unused) {
-		if !want[port] {
-			stale = append(stale, port)
+	iter := m.Iterate()
+	for iter.Next(&k, &unused) {
+		if !want[k] {
+			stale = append(stale, k)
 		}
 	}
 	if err := iter.Err(); err != nil {
-		return fmt.Errorf("set ports: list: %w", err)
+		return fmt.Errorf("list: %w", err)
 	}
-	for _, port := range stale {
-		if err := p.objs.Ports.Delete(port); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("set ports: remove %d: %w", port, err)
+	for _, k := range stale {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("remove %v: %w", k, err)
 		}
+	}
+	return nil
+}
+
+// SetLocalAddresses makes addrs the program's table of this host's
+// addresses (used with Config.LocalOnly), at run time: the new ones are
+// added before those no longer there are removed, so an address kept in
+// both is never missing.
+func (p *Program) SetLocalAddresses(addrs []netip.Addr) error {
+	if max := int(bpf.LastgaspLimitsLOCAL_ADDRS_MAX); len(addrs) > max {
+		return fmt.Errorf("set local addresses: %d addresses, at most %d allowed", len(addrs), max)
+	}
+	keys := make([]bpf.LastgaspBurstKey, len(addrs))
+	for i, a := range addrs {
+		keys[i] = bpf.LastgaspBurstKey{Addr: a.Unmap().As16()}
+	}
+	if err := syncSet(p.objs.LocalAddrs, keys); err != nil {
+		return fmt.Errorf("set local addresses: %w", err)
 	}
 	return nil
 }
@@ -55,23 +86,33 @@ func (p *Program) SetPorts(ports []uint16) error {
 // reloading. The old table's patterns that t drops are deleted first (so
 // the trie, of PATTERNS_MAX entries, never has to hold both tables), then
 // t's are written; a pattern kept in both tables is never deleted, so it
-// never stops matching.
+// never stops matching. The first-byte bitmap (struct first_bytes) holds
+// the bytes of both tables while the trie changes, and t's alone after.
 func (p *Program) SetPatterns(t *pattern.Table) error {
 	want := make(map[bpf.LastgaspPatternKey]bool)
+	var bits, both bpf.LastgaspFirstBytes
 	for _, pat := range t.Patterns() {
 		want[patternKey(pat.Prefix)] = true
+		setBit(&bits, pat.Prefix[0])
 	}
+	both = bits
 	var stale []bpf.LastgaspPatternKey
 	var key bpf.LastgaspPatternKey
 	var value bpf.LastgaspPatternValue
 	iter := p.objs.Patterns.Iterate()
 	for iter.Next(&key, &value) {
+		if key.Prefixlen > 0 {
+			setBit(&both, key.Data[0])
+		}
 		if !want[key] {
 			stale = append(stale, key)
 		}
 	}
 	if err := iter.Err(); err != nil {
 		return fmt.Errorf("set patterns: list: %w", err)
+	}
+	if err := p.objs.PatternFirstBytes.Put(uint32(0), both); err != nil {
+		return fmt.Errorf("set patterns: first bytes: %w", err)
 	}
 	for _, key := range stale {
 		if err := p.objs.Patterns.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -83,9 +124,15 @@ func (p *Program) SetPatterns(t *pattern.Table) error {
 			return fmt.Errorf("set patterns: add %q: %w", pat.Prefix, err)
 		}
 	}
+	if err := p.objs.PatternFirstBytes.Put(uint32(0), bits); err != nil {
+		return fmt.Errorf("set patterns: first bytes: %w", err)
+	}
 	p.cfg.Patterns = t
 	return nil
 }
+
+// setBit sets byte c's bit in b.
+func setBit(b *bpf.LastgaspFirstBytes, c byte) { b.Bits[c/64] |= 1 << (c % 64) }
 
 // patternKey is the LPM trie key of a prefix: its bytes and its length in
 // bits. pattern.NewTable has checked that it fits.

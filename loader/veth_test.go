@@ -261,8 +261,8 @@ func TestPinnedTakeover(t *testing.T) {
 	// The second collector takes over the link and finds the line.
 	prog2 := load(t, cfg)
 	a2 := attach(t, pair, prog2, loader.ModeNative)
-	if a2.Pinned != a1.Pinned || a2.Mode != "" {
-		t.Errorf("took over Pinned %q Mode %q, want Pinned %q and no mode (taken over)", a2.Pinned, a2.Mode, a1.Pinned)
+	if a2.Pinned != a1.Pinned || a2.Mode != loader.ModeNative {
+		t.Errorf("took over Pinned %q Mode %q, want Pinned %q and the mode the kernel reports, native", a2.Pinned, a2.Mode, a1.Pinned)
 	}
 	expectXDP(t, pair, testnet.XDPState{Mode: "native", ProgID: progID(t, prog2)})
 	rd2 := newReader(t, prog2)

@@ -33,9 +33,10 @@ const PollInterval = 100 * time.Millisecond
 // ErrClosed is returned by Read once the reader is closed.
 var ErrClosed = cilium.ErrClosed
 
-// recordSize is the size of every sample: the program reserves whole
-// records.
-const recordSize = int(unsafe.Sizeof(bpf.LastgaspRecord{}))
+// headLen is the size of a record's fields before its payload: a sample
+// is these and then the record's len bytes of payload, no more (the
+// program sizes each record to its line).
+const headLen = int(unsafe.Offsetof(bpf.LastgaspRecord{}.Payload))
 
 // Reader reads forwarded lines from the ring buffer. Read is not safe for
 // concurrent use; Close may be called from any goroutine to stop it.
@@ -127,12 +128,17 @@ func (r *Reader) Close() error {
 // CLOCK_MONOTONIC receive time to wall time (Clock.Stamp does it for a
 // live reader; an offline scan substitutes the capture's own time).
 func Decode(raw []byte, stamp func(monoNS uint64) time.Time) (filter.Line, error) {
-	if len(raw) != recordSize {
-		return filter.Line{}, fmt.Errorf("decode record: %d bytes, want %d", len(raw), recordSize)
+	if len(raw) < headLen {
+		return filter.Line{}, fmt.Errorf("decode record: %d bytes, shorter than its %d-byte head", len(raw), headLen)
 	}
-	rec := (*bpf.LastgaspRecord)(unsafe.Pointer(unsafe.SliceData(raw)))
-	if int(rec.Len) > len(rec.Payload) || rec.Len > rec.WireLen {
-		return filter.Line{}, fmt.Errorf("decode record: payload length %d of %d on the wire", rec.Len, rec.WireLen)
+	// The head only: raw is shorter than a whole struct record.
+	var rec bpf.LastgaspRecord
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&rec)), headLen), raw)
+	if rec.Version != uint8(bpf.LastgaspLimitsCONTRACT_VERSION) {
+		return filter.Line{}, fmt.Errorf("decode record: version %d, want %d", rec.Version, bpf.LastgaspLimitsCONTRACT_VERSION)
+	}
+	if int(rec.Len) > len(rec.Payload) || rec.Len > rec.WireLen || len(raw) != headLen+int(rec.Len) {
+		return filter.Line{}, fmt.Errorf("decode record: %d bytes, payload length %d of %d on the wire", len(raw), rec.Len, rec.WireLen)
 	}
 	flags := bpf.LastgaspRecordFlags(rec.Flags)
 	var flag filter.Flag
@@ -151,7 +157,7 @@ func Decode(raw []byte, stamp func(monoNS uint64) time.Time) (filter.Line, error
 		Flag:      flag,
 		PatternID: uint32(rec.PatternId),
 		Truncated: flags&bpf.LastgaspRecordFlagsRECORD_TRUNCATED != 0,
-		Payload:   raw[unsafe.Offsetof(rec.Payload):][:rec.Len],
+		Payload:   raw[headLen:],
 	}, nil
 }
 

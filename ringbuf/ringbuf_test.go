@@ -1,6 +1,7 @@
 package ringbuf_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -82,23 +83,31 @@ func TestReadKeepsLinesAndStopsOnCancel(t *testing.T) {
 }
 
 func TestDecodeRejectsBadRecords(t *testing.T) {
-	size := int(unsafe.Sizeof(bpf.LastgaspRecord{}))
+	head := int(unsafe.Offsetof(bpf.LastgaspRecord{}.Payload))
+	// record is a record of 5 payload bytes (the program sends a record's
+	// head and its payload, no more), edited by edit.
 	record := func(edit func(*bpf.LastgaspRecord)) []byte {
-		raw := make([]byte, size)
-		rec := (*bpf.LastgaspRecord)(unsafe.Pointer(&raw[0]))
+		var rec bpf.LastgaspRecord
 		rec.Len, rec.WireLen = 5, 5
 		rec.Flags = uint8(bpf.LastgaspRecordFlagsRECORD_MATCH)
 		rec.PatternId = 1
-		edit(rec)
-		return raw
+		rec.Version = uint8(bpf.LastgaspLimitsCONTRACT_VERSION)
+		copy(rec.Payload[:], "hello")
+		edit(&rec)
+		return bytes.Clone(unsafe.Slice((*byte)(unsafe.Pointer(&rec)), head+5))
 	}
 	stamp := func(uint64) time.Time { return time.Time{} }
-	if _, err := ringbuf.Decode(record(func(*bpf.LastgaspRecord) {}), stamp); err != nil {
-		t.Fatalf("a good record: %v", err)
+	if l, err := ringbuf.Decode(record(func(*bpf.LastgaspRecord) {}), stamp); err != nil || string(l.Payload) != "hello" {
+		t.Fatalf("a good record: %q, %v", l.Payload, err)
 	}
+	good := record(func(*bpf.LastgaspRecord) {})
 	bad := map[string][]byte{
-		"short":              make([]byte, size-1),
-		"long":               make([]byte, size+8),
+		"shorter than the head": good[:head-1],
+		"payload cut":           good[:len(good)-1],
+		"longer than len":       append(bytes.Clone(good), 0),
+		// A version 1 record, 1,072 bytes whatever its line: no version.
+		"version 1":          append(record(func(r *bpf.LastgaspRecord) { r.Version = 0 }), make([]byte, 1019)...),
+		"a later version":    record(func(r *bpf.LastgaspRecord) { r.Version++ }),
 		"len past payload":   record(func(r *bpf.LastgaspRecord) { r.Len, r.WireLen = 2000, 2000 }),
 		"len past wire":      record(func(r *bpf.LastgaspRecord) { r.Len = 6 }),
 		"no flag":            record(func(r *bpf.LastgaspRecord) { r.Flags = 0 }),

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 
 	"github.com/lastgasp/lastgasp/internal/collector"
 	"github.com/lastgasp/lastgasp/internal/filter"
+	"github.com/lastgasp/lastgasp/internal/localaddr"
 	"github.com/lastgasp/lastgasp/internal/metrics"
 	"github.com/lastgasp/lastgasp/internal/pattern"
 	"github.com/lastgasp/lastgasp/internal/udpreceiver"
@@ -155,11 +157,14 @@ func (s *sockets) Close() {
 	}
 }
 
-// xdpPath is the XDP program attached to the interfaces, and the reader
-// of its ring buffer.
+// xdpPath is the XDP program attached to the interfaces, the reader of
+// its ring buffer, and the watcher that keeps its table of this host's
+// addresses current.
 type xdpPath struct {
-	prog *loader.Program
-	rd   *ringbuf.Reader
+	prog  *loader.Program
+	rd    *ringbuf.Reader
+	addrs *localaddr.Watcher
+	log   *slog.Logger
 }
 
 // openXDP loads the program (or takes over a pinned one), attaches it to
@@ -173,28 +178,69 @@ func openXDP(c runConfig, table *pattern.Table, log *slog.Logger) (*xdpPath, err
 		ForwardPass:  c.forwardPass,
 		RingBufSize:  c.ringBytes,
 		PinPath:      c.pinPath,
+		LocalOnly:    true,
 		Logger:       log,
 	})
 	if err != nil {
 		return nil, err
 	}
-	for _, ifname := range c.interfaces {
-		if _, err := prog.Attach(ifname, c.xdpMode); err != nil {
-			prog.Close()
-			return nil, err
-		}
-	}
-	rd, err := ringbuf.NewReader(prog.Events())
+	// This host's addresses, before any packet is judged: datagrams to
+	// port 6666 of other addresses (routed through this host) pass.
+	w, err := localaddr.Open()
 	if err != nil {
 		prog.Close()
 		return nil, err
 	}
-	return &xdpPath{prog: prog, rd: rd}, nil
+	addrs, err := w.Addrs()
+	if err == nil {
+		err = prog.SetLocalAddresses(addrs)
+	}
+	if err != nil {
+		w.Close()
+		prog.Close()
+		return nil, err
+	}
+	for _, ifname := range c.interfaces {
+		if _, err := prog.Attach(ifname, c.xdpMode); err != nil {
+			w.Close()
+			prog.Close()
+			return nil, err
+		}
+	}
+	// Links pinned by an earlier run for interfaces no longer configured
+	// would go on filtering there, unread, for ever.
+	if _, err := prog.DetachStale(); err != nil {
+		log.Warn("links pinned for interfaces no longer configured not all detached", "error", err)
+	}
+	rd, err := ringbuf.NewReader(prog.Events())
+	if err != nil {
+		w.Close()
+		prog.Close()
+		return nil, err
+	}
+	return &xdpPath{prog: prog, rd: rd, addrs: w, log: log}, nil
 }
 
-// Run reads the ring buffer until ctx is done.
+// Run reads the ring buffer, and follows this host's addresses into the
+// program's table, until ctx is done.
 func (x *xdpPath) Run(ctx context.Context, emit func(filter.Line)) error {
-	return x.rd.Run(ctx, emit)
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		err := x.addrs.Run(wctx, func(addrs []netip.Addr) {
+			if err := x.prog.SetLocalAddresses(addrs); err != nil {
+				x.log.Error("local address table not updated: datagrams to a new address pass unjudged", "error", err)
+			}
+		})
+		if err != nil {
+			x.log.Error("local addresses no longer followed: datagrams to a new address pass unjudged", "error", err)
+		}
+	}()
+	err := x.rd.Run(ctx, emit)
+	stop()
+	<-done
+	return err
 }
 
 // SetPatterns gives the kernel program a new table; if it refuses, the
@@ -215,5 +261,6 @@ func (x *xdpPath) Counters() (loader.Counters, error) { return x.prog.Counters()
 // Close closes the reader and the program.
 func (x *xdpPath) Close() {
 	x.rd.Close()
+	x.addrs.Close()
 	x.prog.Close()
 }

@@ -82,7 +82,7 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	fs.StringVar(&c.listen, "listen", "::", "address the UDP sockets listen on: the socket data path, or the backstop in xdp mode")
 	xdpMode := fs.String("xdp-mode", "auto", "XDP attach mode: native, generic or auto (native, falling back to generic)")
 	forward := fs.String("forward", "drop", "what the XDP program does with netconsole packets once handled: drop or pass")
-	fs.IntVar(&c.contextLines, "context-lines", loader.DefaultContextLines, "lines forwarded after a match from the same source (0: none)")
+	fs.IntVar(&c.contextLines, "context-lines", loader.DefaultContextLines, "lines of a source still forwarded after the end marker (\"---[ end\") of a report that matched; a burst forwards at most 256 lines after a match (0: no bursts)")
 	fs.StringVar(&c.pinPath, "pin-path", "", "bpffs directory to pin the program's maps and links in, so a restart loses nothing")
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config; neither: report-only)")
 	fs.BoolVar(&c.reportOnlyArg, "report-only", false, "never write to the cluster, even with a kubeconfig")

@@ -147,8 +147,9 @@ func TestRunSocketReportOnly(t *testing.T) {
 		t.Errorf("incident %v", inc)
 	}
 	direct := func(fn func() error) error { return fn() }
-	scrapeFor(t, direct, r.metricsAddr, `lastgasp_incidents_total{fatal="true",kind="sysrq"} 1`, `lastgasp_decoder_messages_total 22`,
-		`lastgasp_socket_matched_lines_total 2`, `lastgasp_socket_context_lines_total 20`, `lastgasp_socket_dropped_datagrams_total 0`)
+	scrapeFor(t, direct, r.metricsAddr, `lastgasp_incidents_total{fatal="true",kind="sysrq"} 1`, `lastgasp_decoder_messages_total 37`,
+		// Every line from the sysrq line to the panic's end marker.
+		`lastgasp_socket_matched_lines_total 2`, `lastgasp_socket_context_lines_total 35`, `lastgasp_socket_dropped_datagrams_total 0`)
 	for _, path := range []string{"/healthz", "/readyz"} {
 		if body := get(t, direct, "http://"+r.metricsAddr+path); body != "ok\n" {
 			t.Errorf("%s: %q", path, body)

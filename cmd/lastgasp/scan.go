@@ -37,7 +37,7 @@ func scan(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Var(&ports, "port", "netconsole UDP port(s), comma-separated or repeated")
 	printLines := fs.Bool("lines", false, "print the forwarded lines instead of incidents")
 	stats := fs.Bool("stats", false, "print the XDP program's counters to stderr at the end, as JSON")
-	contextLines := fs.Int("context-lines", loader.DefaultContextLines, "lines forwarded after a match from the same source (0: none)")
+	contextLines := fs.Int("context-lines", loader.DefaultContextLines, "lines of a source still forwarded after the end marker (\"---[ end\") of a report that matched; a burst forwards at most 256 lines after a match (0: no bursts)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK

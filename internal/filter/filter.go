@@ -69,7 +69,12 @@ type Line struct {
 type Config struct {
 	// Patterns is the pattern table. Default pattern.Default().
 	Patterns *pattern.Table
-	// ContextLines is how many lines follow a match. Default 20.
+	// BurstLines is the most lines that follow a match as context: a
+	// burst stays open until the report's end marker, this many lines, or
+	// BurstTimeout. Default 256, never less than ContextLines.
+	BurstLines int
+	// ContextLines is how many lines still follow the end marker.
+	// Default 20.
 	ContextLines int
 	// NoContext turns bursts off.
 	NoContext bool
@@ -113,9 +118,15 @@ func New(cfg Config) *Filter {
 		cfg.Patterns = pattern.Default()
 	}
 	if cfg.NoContext {
-		cfg.ContextLines = 0
-	} else if cfg.ContextLines <= 0 {
-		cfg.ContextLines = 20
+		cfg.ContextLines, cfg.BurstLines = 0, 0
+	} else {
+		if cfg.ContextLines <= 0 {
+			cfg.ContextLines = 20
+		}
+		if cfg.BurstLines <= 0 {
+			cfg.BurstLines = 256
+		}
+		cfg.BurstLines = max(cfg.BurstLines, cfg.ContextLines)
 	}
 	if cfg.BurstTimeout <= 0 {
 		cfg.BurstTimeout = 10 * time.Second
@@ -147,31 +158,38 @@ func (f *Filter) Judge(src netip.AddrPort, payload []byte, now time.Time) (Line,
 		line.Payload = line.Payload[:MaxPayload]
 		line.Truncated = true
 	}
+	end := pattern.ReportEnd(payload)
 	if p, ok := f.patterns.Load().Match(payload); ok {
 		line.Flag, line.PatternID = Match, p.ID
-		f.openBurst(src.Addr(), now)
+		f.openBurst(src.Addr(), now, end)
 		return line, true
 	}
-	if f.cfg.ForwardAll || f.takeContext(src.Addr(), now) {
+	if f.cfg.ForwardAll || f.takeContext(src.Addr(), now, end) {
 		line.Flag = Context
 		return line, true
 	}
 	return Line{}, false
 }
 
-// openBurst starts or restarts addr's burst (open_burst in the C).
-func (f *Filter) openBurst(addr netip.Addr, now time.Time) {
-	if f.cfg.ContextLines == 0 {
+// openBurst starts or restarts addr's burst (open_burst in the C): for
+// BurstLines lines, or ContextLines if the match is an end marker.
+func (f *Filter) openBurst(addr netip.Addr, now time.Time, end bool) {
+	if f.cfg.BurstLines == 0 {
 		return
 	}
-	f.bursts.Add(addr, &burst{remaining: f.cfg.ContextLines, expires: now.Add(f.cfg.BurstTimeout)})
+	n := f.cfg.BurstLines
+	if end {
+		n = f.cfg.ContextLines
+	}
+	f.bursts.Add(addr, &burst{remaining: n, expires: now.Add(f.cfg.BurstTimeout)})
 	f.lastMatch = now
 }
 
 // takeContext reports whether a line from addr is context, and takes it
-// off the burst (take_context in the C).
-func (f *Filter) takeContext(addr netip.Addr, now time.Time) bool {
-	if f.cfg.ContextLines == 0 || !now.Before(f.lastMatch.Add(f.cfg.BurstTimeout)) {
+// off the burst (take_context in the C); an end marker leaves the burst
+// at most ContextLines more.
+func (f *Filter) takeContext(addr netip.Addr, now time.Time, end bool) bool {
+	if f.cfg.BurstLines == 0 || !now.Before(f.lastMatch.Add(f.cfg.BurstTimeout)) {
 		return false
 	}
 	b, ok := f.bursts.Get(addr)
@@ -182,5 +200,8 @@ func (f *Filter) takeContext(addr netip.Addr, now time.Time) bool {
 		return false
 	}
 	b.remaining--
+	if end {
+		b.remaining = min(b.remaining, f.cfg.ContextLines)
+	}
 	return true
 }

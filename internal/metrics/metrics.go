@@ -200,6 +200,7 @@ var (
 		def[loader.Counters]{"lastgasp_xdp_ringbuf_full_lines_total", "Lines to forward that found the ring buffer full (passed, to the backstop socket).", func(c *loader.Counters) uint64 { return c.RingbufFull }},
 		def[loader.Counters]{"lastgasp_xdp_truncated_lines_total", "Forwarded lines cut to the ring buffer record's payload.", func(c *loader.Counters) uint64 { return c.Truncated }},
 		def[loader.Counters]{"lastgasp_xdp_long_header_lines_total", "netconsole lines whose header does not end in the program's header window (passed, never dropped: to the backstop socket).", func(c *loader.Counters) uint64 { return c.LongHeader }},
+		def[loader.Counters]{"lastgasp_xdp_not_local_datagrams_total", "UDP datagrams to a netconsole port but not to an address of this host (routed through it): passed, not judged.", func(c *loader.Counters) uint64 { return c.NotLocal }},
 		def[loader.Counters]{"lastgasp_xdp_bursts_total", "Context bursts opened or extended by a match.", func(c *loader.Counters) uint64 { return c.Bursts }},
 	)
 	socketCounters = counters(

@@ -311,3 +311,18 @@ func TextStart(payload []byte) int {
 	}
 	return off
 }
+
+// ReportEndPrefix starts the kernel's end marker of a report: "---[ end
+// trace 0000000000000000 ]---" after an Oops, a BUG or a WARN, "---[ end
+// Kernel panic - not syncing: ... ]---" after a panic.
+const ReportEndPrefix = "---[ end "
+
+// ReportEnd reports whether a netconsole payload's message text starts
+// with ReportEndPrefix, as the XDP program sees it (is_end_marker in
+// bpf/lastgasp.c): the text found by TextStart, none for a LongHeader.
+func ReportEnd(payload []byte) bool {
+	if LongHeader(payload) {
+		return false
+	}
+	return bytes.HasPrefix(payload[TextStart(payload):], []byte(ReportEndPrefix))
+}

@@ -16,7 +16,7 @@ import (
 func TestReceiver(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	rx, err := udpreceiver.Listen(ctx, "127.0.0.1:0", 1<<20, filter.New(filter.Config{ContextLines: 2}))
+	rx, err := udpreceiver.Listen(ctx, "127.0.0.1:0", 1<<20, filter.New(filter.Config{BurstLines: 2, ContextLines: 2}))
 	if err != nil {
 		t.Fatal(err)
 	}
