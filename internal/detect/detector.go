@@ -123,7 +123,7 @@ type Detector struct {
 // after them takes those the kernel logged after its trigger.
 const (
 	maxStraySources    = 65536            // sources whose strays are kept (least recent forgotten; MaxStrayBytes bounds them first)
-	maxStraysPerSource = 32               // the latest lines kept a source (more than the 20 context lines)
+	maxStraysPerSource = 320              // the latest lines kept a source: more than a burst (loader.DefaultBurstLines, 256, and the 20 after the end marker)
 	strayWindow        = 10 * time.Second // how long a stray waits (the program's burst timeout)
 	strayOverhead      = 160              // a source's LRU entry and slice header
 )
