@@ -133,6 +133,10 @@ func run(ctx context.Context, binary, capture string, kernel bool) error {
 		return err
 	}
 	defer stopKCM()
+	if err := cp.InstallKernelCrashCRD(); err != nil {
+		return err
+	}
+	fmt.Println("    the KernelCrash CRD installed (deploy/kernelcrash-crd.yaml): lastgasp keeps a record of each crash there")
 	cs, err := cp.Client()
 	if err != nil {
 		return err
@@ -288,6 +292,12 @@ func run(ctx context.Context, binary, capture string, kernel bool) error {
 	}
 	printPods(ctx, cs)
 	printJob(ctx, cs)
+
+	say("The record that outlives the node, its pods and the collector (lastgasp history reads the KernelCrash records):")
+	fmt.Printf("    $ lastgasp history\n")
+	if err := printHistory(ctx, binary, kubeconfig); err != nil {
+		return err
+	}
 
 	say("kubectl get nodes")
 	nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
@@ -710,4 +720,27 @@ func printJob(ctx context.Context, cs kubernetes.Interface) {
 	fmt.Fprintln(tw, "    NAME\tSTATUS\tACTIVE\tFAILED (counted)\tBACKOFF LIMIT")
 	fmt.Fprintf(tw, "    %s\t%s\t%d\t%d\t%d\n", job.Name, status, job.Status.Active, job.Status.Failed, *job.Spec.BackoffLimit)
 	tw.Flush()
+}
+
+// printHistory runs "lastgasp history" against the demo's cluster, which
+// prints one line a recorded crash, and indents what it prints.
+func printHistory(ctx context.Context, binary, kubeconfig string) error {
+	var out []byte
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		// The record is written as the incident finishes, just after the
+		// Node's deletion and its Events.
+		out, err = exec.CommandContext(ctx, binary, "history", "--kubeconfig", kubeconfig).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("lastgasp history: %w: %s", err, out)
+		}
+		if strings.Count(string(out), "\n") > 1 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond) // polling the API server
+	}
+	for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+		fmt.Println("    " + line)
+	}
+	return nil
 }

@@ -5,7 +5,9 @@ import (
 	"path/filepath"
 	"runtime"
 
+	"github.com/go-logr/logr"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	crlog "sigs.k8s.io/controller-runtime/pkg/log"
 )
 
 // InstallKernelCrashCRD creates the KernelCrash CRD as deployed
@@ -17,6 +19,7 @@ func (c *ControlPlane) InstallKernelCrashCRD() error {
 		return fmt.Errorf("control plane: cannot find deploy/")
 	}
 	path := filepath.Join(filepath.Dir(self), "../../../deploy/kernelcrash-crd.yaml")
+	crlog.SetLogger(logr.Discard()) // envtest logs through controller-runtime's logger, which complains unset
 	if _, err := envtest.InstallCRDs(c.Config, envtest.CRDInstallOptions{Paths: []string{path}, ErrorIfPathMissing: true}); err != nil {
 		return fmt.Errorf("control plane: install the KernelCrash CRD: %w", err)
 	}
