@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -38,21 +37,7 @@ import (
 var cp *controlplane.ControlPlane
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
-		fmt.Println("cleanup tests need root (the control plane's binaries are cached under /var/cache)")
-		os.Exit(0)
-	}
-	var err error
-	cp, err = controlplane.Start(context.Background())
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if err := cp.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "stop control plane:", err)
-	}
-	os.Exit(code)
+	controlplane.TestMain(m, "cleanup", &cp)
 }
 
 func client(t *testing.T) *kubernetes.Clientset {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -31,26 +30,7 @@ import (
 var cp *controlplane.ControlPlane
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
-		fmt.Println("crashrecord tests need root (the control plane's binaries are cached under /var/cache)")
-		os.Exit(0)
-	}
-	var err error
-	cp, err = controlplane.Start(context.Background())
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := 1
-	if err := cp.InstallKernelCrashCRD(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-	} else {
-		code = m.Run()
-	}
-	if err := cp.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "stop control plane:", err)
-	}
-	os.Exit(code)
+	controlplane.TestMain(m, "crashrecord", &cp, (*controlplane.ControlPlane).InstallKernelCrashCRD)
 }
 
 func clients(t *testing.T) (*kubernetes.Clientset, *crashrecord.Store, dynamic.Interface) {

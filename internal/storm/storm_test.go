@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -31,23 +30,7 @@ import (
 var cp *controlplane.ControlPlane
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
-		fmt.Println("storm tests need root (the control plane's binaries are cached under /var/cache)")
-		os.Exit(0)
-	}
-	var err error
-	if cp, err = controlplane.Start(context.Background()); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := 1
-	if err := cp.InstallKernelCrashCRD(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-	} else {
-		code = m.Run()
-	}
-	cp.Stop()
-	os.Exit(code)
+	controlplane.TestMain(m, "storm", &cp, (*controlplane.ControlPlane).InstallKernelCrashCRD)
 }
 
 // outcomes keeps what OnDone is told, by incident id.
