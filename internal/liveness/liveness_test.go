@@ -29,9 +29,8 @@ func rejectKubelet(t *testing.T, ns *testnet.Netns) {
 // TestFirewalledNodeIsAlive: a live node whose firewall rejects the
 // kubelet port with an ICMP unreachable ("no route to host", at once) is
 // alive; an address nobody holds (ARP unanswered, also "no route to
-// host", after seconds) is dead. (IPv4 only: an ICMPv6 reject from nft
-// never reached the prober in these namespaces, so that path is not
-// tested here.)
+// host", after seconds) is dead. (IPv4: ICMPv6's "administratively
+// prohibited" is TestAdminProhibitedIsUndecided.)
 func TestFirewalledNodeIsAlive(t *testing.T) {
 	testnet.RequireRoot(t)
 	pair := testnet.NewPair(t)
@@ -62,12 +61,10 @@ func TestFirewalledNodeIsAlive(t *testing.T) {
 
 // TestProvesNothing: a probe to a network the collector has no route to
 // (ENETUNREACH, as for an address of a family it cannot reach) is
-// undecided, never dead. (EACCES, which Linux gives for an ICMPv6
-// "administratively prohibited", takes the same path in probe; an nft
-// reject in these namespaces did not produce it, so it is not tested.
-// Nor does the collector's own nft drop give EPERM: TCP ignores the
-// error of a SYN's send and retransmits, so the probe hears silence, as
-// from a remote firewall: the Lease watch, not the probe, then decides.)
+// undecided, never dead. (Nor does the collector's own nft drop give
+// EPERM: TCP ignores the error of a SYN's send and retransmits, so the
+// probe hears silence, as from a remote firewall: the Lease watch, not
+// the probe, then decides.)
 func TestProvesNothing(t *testing.T) {
 	testnet.RequireRoot(t)
 	pair := testnet.NewPair(t)
@@ -87,6 +84,36 @@ func TestProvesNothing(t *testing.T) {
 		}
 		t.Logf("%v: %s", addr, v.Evidence)
 	}
+}
+
+// TestAdminProhibitedIsUndecided: a node whose firewall rejects the
+// kubelet port with an ICMPv6 "administratively prohibited" (Linux
+// reports it to connect as EACCES) may be alive behind a policy: the probe
+// is undecided, never dead. Each attempt outlasts the SYN's first
+// retransmission (1 s): over a veth the first SYN's ICMP arrives while
+// connect still holds the socket, and TCP drops it (TcpExtLockDroppedIcmps);
+// on a real network it comes a round trip later and counts at once.
+func TestAdminProhibitedIsUndecided(t *testing.T) {
+	testnet.RequireRoot(t)
+	pair := testnet.NewPair(t)
+	pair.Node.Netns.Nft(t, `table inet lastgasp_test {
+	chain input {
+		type filter hook input priority 0; policy accept;
+		meta nfproto ipv6 tcp dport 10250 reject with icmpv6 type admin-prohibited
+	}
+}
+`)
+	p := &liveness.Prober{Window: 3 * time.Second, Attempt: 1500 * time.Millisecond, Do: pair.Collector.Netns.Do}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"}, Status: corev1.NodeStatus{
+		Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: pair.Node.IPv6.String()}}}}
+	v, err := p.Confirm(context.Background(), node, pair.Node.IPv6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Dead || !v.Undecided {
+		t.Errorf("dead %v, undecided %v, want undecided: %s", v.Dead, v.Undecided, v.Evidence)
+	}
+	t.Logf("%s", v.Evidence)
 }
 
 // TestReach: the collector's check that probing proves something from
