@@ -14,4 +14,4 @@
 // multiarch include directory, of an amd64 or an arm64 build host.
 package bpf
 
-//go:generate go tool bpf2go -tags linux -target bpfel -type record -type packet_counters -type pattern_key -type pattern_value -type burst_key -type burst -type shared_state -type first_bytes -type limits -type record_flags Lastgasp lastgasp.c -- -O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu
+//go:generate go tool bpf2go -tags linux -target bpfel -type record -type packet_counters -type pattern_key -type pattern_value -type burst_key -type burst -type shared_state -type first_bytes -type port_bits -type limits -type record_flags Lastgasp lastgasp.c -- -O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu -I/usr/include/aarch64-linux-gnu

@@ -21,20 +21,30 @@ import (
 // without fragments (a page less headroom).
 const maxFuzzPayload = 1400
 
-// captureSeeds returns the UDP payloads of the real captures, plus lines
-// built from every default pattern, as fuzz seeds.
-func captureSeeds(f *testing.F) [][]byte {
+// captureFrames returns the frames of the real captures, in order.
+func captureFrames(f *testing.F) [][]byte {
 	f.Helper()
 	paths, _ := filepath.Glob("../testdata/netconsole/*.pcap")
-	var seeds [][]byte
+	var all [][]byte
 	for _, path := range paths {
 		frames, err := packettest.ReadCapture(path)
 		if err != nil {
 			f.Fatal(err)
 		}
 		for _, c := range frames {
-			seeds = append(seeds, packettest.UDPPayload(c.Frame))
+			all = append(all, c.Frame)
 		}
+	}
+	return all
+}
+
+// captureSeeds returns the UDP payloads of the real captures, plus lines
+// built from every default pattern, as fuzz seeds.
+func captureSeeds(f *testing.F) [][]byte {
+	f.Helper()
+	var seeds [][]byte
+	for _, frame := range captureFrames(f) {
+		seeds = append(seeds, packettest.UDPPayload(frame))
 	}
 	for _, p := range pattern.Default().Patterns() {
 		seeds = append(seeds,

@@ -33,7 +33,8 @@ enum limits {
 	 * more than 1000 bytes a datagram (MAX_PRINT_CHUNK); the rest is
 	 * headroom. Longer datagrams are cut and flagged RECORD_TRUNCATED. */
 	RECORD_PAYLOAD_LEN = 1024,
-	/* Most netconsole ports configured at once. */
+	/* Most netconsole ports configured at once (a sanity bound of the
+	 * configuration: the port table, struct port_bits, holds any). */
 	PORTS_MAX = 64,
 	/* Most patterns in the table. */
 	PATTERNS_MAX = 1024,
@@ -48,8 +49,9 @@ enum limits {
 	 * map (struct shared_state's version); Go replaces pinned maps of
 	 * another version, and rejects records of another version. Raise it
 	 * with every change to a struct or map here. Records of version 1
-	 * (up to the end of 2026) had no version field: a zero there. */
-	CONTRACT_VERSION = 2,
+	 * (up to the end of 2026) had no version field: a zero there.
+	 * 3: the port table a bitmap (struct port_bits), not a hash. */
+	CONTRACT_VERSION = 3,
 };
 
 /* Why a line was forwarded, and what else is known about it. */
@@ -120,6 +122,15 @@ struct pattern_value {
  * and clears it only after the last such pattern left. */
 struct first_bytes {
 	__u64 bits[4];
+};
+
+/* The netconsole ports: bit p % 64 of bits[p / 64] is set when UDP
+ * destination port p is one (8 KiB, every port). Go writes the union of
+ * the old and the new ports before the new ones alone, so a port kept
+ * across a change is never missing, even to a reader that sees the copy
+ * half done. */
+struct port_bits {
+	__u64 bits[1024];
 };
 
 /* Key of the burst table: the source address, IPv4 as ::ffff:a.b.c.d. */

@@ -42,7 +42,7 @@ const (
 	LastgaspLimitsBURSTS_MAX         LastgaspLimits = 100000
 	LastgaspLimitsLOCAL_ADDRS_MAX    LastgaspLimits = 65536
 	LastgaspLimitsIPV6EXT_MAX        LastgaspLimits = 8
-	LastgaspLimitsCONTRACT_VERSION   LastgaspLimits = 2
+	LastgaspLimitsCONTRACT_VERSION   LastgaspLimits = 3
 )
 
 type LastgaspPacketCounters struct {
@@ -71,6 +71,11 @@ type LastgaspPatternKey struct {
 type LastgaspPatternValue struct {
 	_  structs.HostLayout
 	Id uint32
+}
+
+type LastgaspPortBits struct {
+	_    structs.HostLayout
+	Bits [1024]uint64
 }
 
 type LastgaspRecord struct {
@@ -127,6 +132,7 @@ const (
 	LastgaspVarLocalOnly         = "local_only"
 	LastgaspVarUnusedFlags       = "unused_flags"
 	LastgaspVarUnusedLimits      = "unused_limits"
+	LastgaspVarUnusedPortBits    = "unused_port_bits"
 	LastgaspVarUnusedRecord      = "unused_record"
 	LastgaspVarWakeBytes         = "wake_bytes"
 )
@@ -202,6 +208,7 @@ type LastgaspVariableSpecs struct {
 	LocalOnly      *ebpf.VariableSpec `ebpf:"local_only"`
 	UnusedFlags    *ebpf.VariableSpec `ebpf:"unused_flags"`
 	UnusedLimits   *ebpf.VariableSpec `ebpf:"unused_limits"`
+	UnusedPortBits *ebpf.VariableSpec `ebpf:"unused_port_bits"`
 	UnusedRecord   *ebpf.VariableSpec `ebpf:"unused_record"`
 	WakeBytes      *ebpf.VariableSpec `ebpf:"wake_bytes"`
 }
@@ -262,6 +269,7 @@ type LastgaspVariables struct {
 	LocalOnly      *ebpf.Variable `ebpf:"local_only"`
 	UnusedFlags    *ebpf.Variable `ebpf:"unused_flags"`
 	UnusedLimits   *ebpf.Variable `ebpf:"unused_limits"`
+	UnusedPortBits *ebpf.Variable `ebpf:"unused_port_bits"`
 	UnusedRecord   *ebpf.Variable `ebpf:"unused_record"`
 	WakeBytes      *ebpf.Variable `ebpf:"wake_bytes"`
 }

@@ -96,6 +96,7 @@ func (h *harness) delta() loader.Counters {
 		Truncated:   now.Truncated - h.last.Truncated,
 		Bursts:      now.Bursts - h.last.Bursts,
 		LongHeader:  now.LongHeader - h.last.LongHeader,
+		NotLocal:    now.NotLocal - h.last.NotLocal,
 	}
 	h.last = now
 	return d
@@ -414,6 +415,31 @@ func TestBursts(t *testing.T) {
 	_, lines := h.send(packettest.Line("").Frame())
 	if len(lines) != 1 || lines[0].Flag != filter.Context || len(lines[0].Payload) != 0 {
 		t.Errorf("empty line in a burst: %+v, want one empty context line", lines)
+	}
+}
+
+// TestBurstSourcesEvicted checks that Config.BurstSources sizes the LRU
+// of bursts: with 32 of them, the burst of a source whose match was 1,000
+// sources ago is forgotten, that of the latest one is not, and every
+// match is forwarded whatever the LRU holds.
+func TestBurstSourcesEvicted(t *testing.T) {
+	h := newHarness(t, loader.Config{BurstSources: 32})
+	src := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 200, byte(i >> 8), byte(i)}) }
+	h.delta()
+	for i := range 1000 {
+		if _, lines := h.send(packettest.UDP{Src: src(i), Payload: []byte(panicLine)}.Frame()); len(lines) != 1 {
+			t.Fatalf("match from source %d: %d lines forwarded, want 1", i, len(lines))
+		}
+	}
+	if d := h.delta(); d.Matched != 1000 || d.Bursts != 1000 {
+		t.Fatalf("counters %+v: want 1000 matches, 1000 bursts", d)
+	}
+	line := []byte("[    3.1] RIP: 0010:x\n")
+	if _, lines := h.send(packettest.UDP{Src: src(999), Payload: line}.Frame()); len(lines) != 1 {
+		t.Errorf("the latest source's next line: %d lines forwarded, want 1 (context)", len(lines))
+	}
+	if _, lines := h.send(packettest.UDP{Src: src(0), Payload: line}.Frame()); len(lines) != 0 {
+		t.Errorf("the first source's next line: forwarded as %v, want its burst evicted from a 32-source LRU", lines[0].Flag)
 	}
 }
 

@@ -30,6 +30,7 @@ func TestVerifierBudget(t *testing.T) {
 		{"default", loader.Config{}},
 		{"no-context", loader.Config{NoContext: true}},
 		{"forward-pass", loader.Config{ForwardPass: true}},
+		{"local-only", loader.Config{LocalOnly: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.cfg.RingBufSize = 1 << 20

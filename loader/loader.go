@@ -47,6 +47,12 @@ type Config struct {
 	// BurstTimeout closes a burst this long after its last match, whatever
 	// lines it has left. Default 10s.
 	BurstTimeout time.Duration
+	// BurstSources is how many sources' bursts the program remembers
+	// (the size of its LRU hash): past it, the least recently used are
+	// forgotten, and their bursts end early. Default and most BURSTS_MAX
+	// (100,000); fewer save kernel memory (about 100 bytes a source), and
+	// let a test reach eviction without 100,000 sources.
+	BurstSources uint32
 	// LocalOnly judges only datagrams addressed to this host: to an
 	// address of the local address table (SetLocalAddresses), or to a
 	// broadcast or multicast address. Others to a netconsole port (a
@@ -108,6 +114,12 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.BurstTimeout == 0 {
 		cfg.BurstTimeout = DefaultBurstTimeout
 	}
+	if cfg.BurstSources == 0 {
+		cfg.BurstSources = uint32(bpf.LastgaspLimitsBURSTS_MAX)
+	}
+	if cfg.BurstSources > uint32(bpf.LastgaspLimitsBURSTS_MAX) {
+		return cfg, fmt.Errorf("burst sources %d: at most %d", cfg.BurstSources, bpf.LastgaspLimitsBURSTS_MAX)
+	}
 	if cfg.BurstTimeout < 0 {
 		return cfg, fmt.Errorf("burst timeout %v: must be positive", cfg.BurstTimeout)
 	}
@@ -163,6 +175,7 @@ func Load(cfg Config) (*Program, error) {
 		}
 	}
 	spec.Maps[bpf.LastgaspMapEvents].MaxEntries = cfg.RingBufSize
+	spec.Maps[bpf.LastgaspMapBursts].MaxEntries = cfg.BurstSources
 
 	p := &Program{cfg: cfg, log: cfg.Logger}
 	var opts ebpf.CollectionOptions

@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/lastgasp/lastgasp/bpf"
 	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
 	"github.com/lastgasp/lastgasp/loader"
 )
@@ -56,16 +57,15 @@ func pinnedPorts(t *testing.T, dir string) []uint16 {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	var ports []uint16
-	var port uint16
-	var unused uint8
-	iter := m.Iterate()
-	for iter.Next(&port, &unused) {
-		ports = append(ports, port)
-	}
-	if err := iter.Err(); err != nil {
+	var bits bpf.LastgaspPortBits
+	if err := m.Lookup(uint32(0), &bits); err != nil {
 		t.Fatal(err)
 	}
-	slices.Sort(ports)
+	var ports []uint16
+	for port := range 1 << 16 {
+		if bits.Bits[port/64]&(1<<(port%64)) != 0 {
+			ports = append(ports, uint16(port))
+		}
+	}
 	return ports
 }

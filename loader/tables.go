@@ -12,8 +12,9 @@ import (
 	"github.com/lastgasp/lastgasp/internal/pattern"
 )
 
-// SetPorts makes ports the program's netconsole ports, at run time: ports
-// are added before the ones no longer wanted are removed, so a port kept in
+// SetPorts makes ports the program's netconsole ports, at run time: the
+// table (a bitmap of every port, struct port_bits) is written with the old
+// and the new ports first, then with the new ones alone, so a port kept in
 // both sets is never missing.
 func (p *Program) SetPorts(ports []uint16) error {
 	if len(ports) == 0 {
@@ -27,8 +28,20 @@ func (p *Program) SetPorts(ports []uint16) error {
 			return errors.New("set ports: port 0 is not a port")
 		}
 	}
-	if err := syncSet(p.objs.Ports, ports); err != nil {
-		return fmt.Errorf("set ports: %w", err)
+	var want, both bpf.LastgaspPortBits
+	for _, port := range ports {
+		want.Bits[port/64] |= 1 << (port % 64)
+	}
+	if err := p.objs.Ports.Lookup(uint32(0), &both); err != nil {
+		return fmt.Errorf("set ports: read the table: %w", err)
+	}
+	for i := range both.Bits {
+		both.Bits[i] |= want.Bits[i]
+	}
+	for _, bits := range []*bpf.LastgaspPortBits{&both, &want} {
+		if err := p.objs.Ports.Put(uint32(0), bits); err != nil {
+			return fmt.Errorf("set ports: %w", err)
+		}
 	}
 	return nil
 }
