@@ -308,7 +308,7 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 					int *end)
 {
 	struct head_buf head;
-	struct pattern_key key = {};
+	struct pattern_key key;
 	struct pattern_value *val;
 	struct first_bytes *fb;
 	__u32 n, text, klen, zero = 0;
@@ -326,6 +326,21 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 	}
 	if (text >= l->len)
 		return 0; /* a header with no text after it */
+	/* Most lines end here, on their first text byte when it is in the
+	 * window (text < n): no pattern starts with it and it is not the end
+	 * marker's '-'. They read no key: no second bpf_xdp_load_bytes, no
+	 * end-marker test (issue 12). */
+	fb = bpf_map_lookup_elem(&pattern_first_bytes, &zero);
+	if (fb && text < n) {
+		c = head_at(&head, text);
+		if (c != (__u8)END_MARKER[0] &&
+		    !(fb->bits[c >> 6] & (1ULL << (c & 63))))
+			return 0; /* no pattern starts with this byte */
+	}
+	/* Zeroed here, not where declared, so that the lines above skip it.
+	 * The trie compares only prefixlen bits, but the end-marker test
+	 * reads bytes past klen, and the verifier wants the key initialised. */
+	__builtin_memset(&key, 0, sizeof(key));
 	klen = l->len - text;
 	if (klen > PATTERN_MAX_LEN)
 		klen = PATTERN_MAX_LEN;
@@ -335,10 +350,9 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 		return 0; /* cannot happen, as above */
 	key.prefixlen = klen * 8;
 	*end = is_end_marker(&key);
-	fb = bpf_map_lookup_elem(&pattern_first_bytes, &zero);
 	c = key.data[0];
 	if (fb && !(fb->bits[c >> 6] & (1ULL << (c & 63))))
-		return 0; /* no pattern starts with this byte */
+		return 0; /* an end marker's '-', or a text past the window */
 	val = bpf_map_lookup_elem(&patterns, &key);
 	return val ? val->id : 0;
 }
