@@ -81,6 +81,12 @@ func clusterSide(c runConfig, log *slog.Logger, flood *logagg.Aggregator, done f
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
+	// The Events go on a rate limit of their own, off the path of the
+	// next node's end.
+	events, err := kubernetes.NewForConfig(cleanup.EventClientConfig(cfg))
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client for Events: %w", err)
+	}
 	cl := &cluster{factory: informers.NewSharedInformerFactory(cs, 0), client: cs}
 	cl.reach.Store(-1)
 	if cl.index, err = nodeindex.New(cl.factory); err != nil {
@@ -100,7 +106,7 @@ func clusterSide(c runConfig, log *slog.Logger, flood *logagg.Aggregator, done f
 	}
 	stormCfg := storm.Config{Nodes: c.stormNodes, Window: c.stormWindow, Logger: log, Instance: host}
 	if !c.dryRun {
-		stormCfg.Events = cs
+		stormCfg.Events = events
 	}
 	if cl.records != nil {
 		record, cl.retention = cl.records.Record, c.historyRetention
@@ -108,7 +114,7 @@ func clusterSide(c runConfig, log *slog.Logger, flood *logagg.Aggregator, done f
 	}
 	storms := storm.New(stormCfg)
 	cl.ctrl = cleanup.New(cleanup.Config{
-		Client: cs, Index: cl.index, Prober: prober, Safety: c.safety,
+		Client: cs, EventClient: events, Index: cl.index, Prober: prober, Safety: c.safety,
 		AllowedSources: c.allowed, MaxNodeDeletionsPerMinute: c.maxDeletions,
 		DryRun: c.dryRun, Instance: host, Logger: log, Aggregate: flood,
 		PodAction: c.podAction, KeepNode: c.keepNode, TaintNonFatal: c.taintNonFatal,

@@ -20,6 +20,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/lastgasp/lastgasp/internal/cleanup"
 	"github.com/lastgasp/lastgasp/internal/testrig/packettest"
 	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
 )
@@ -287,7 +288,10 @@ func TestRunCleansUp(t *testing.T) {
 	if len(pods.Items) != 0 {
 		t.Errorf("%d pods left", len(pods.Items))
 	}
-	// The Events come after the Node's deletion, off its critical path.
+	// The Events come after the Node's deletion, off its critical path,
+	// and through a client of their own (its rate limit apart from the
+	// one the next node's end needs), which the API server knows by its
+	// field manager.
 	var reasons map[string]int
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		events, _ := cs.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
@@ -295,6 +299,9 @@ func TestRunCleansUp(t *testing.T) {
 		for _, e := range events.Items {
 			if n := e.InvolvedObject.Name; n == node.Name || strings.HasPrefix(n, "job-") { // the control plane is shared
 				reasons[e.Reason]++
+				if len(e.ManagedFields) == 0 || e.ManagedFields[0].Manager != cleanup.EventFieldManager {
+					t.Errorf("event %s/%s written by %+v, want the Events' own client %q", e.Reason, n, e.ManagedFields, cleanup.EventFieldManager)
+				}
 			}
 		}
 		if reasons["NodeKernelPanic"] >= 4 || time.Now().After(deadline) {

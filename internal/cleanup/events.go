@@ -40,7 +40,7 @@ func (c *Controller) event(ctx context.Context, log *slog.Logger, obj corev1.Obj
 		ReportingInstance:   c.cfg.Instance,
 	}
 	err := c.write(log, "record event "+reason, func() error {
-		_, err := c.cfg.Client.CoreV1().Events(namespace).Create(ctx, ev, metav1.CreateOptions{})
+		_, err := c.cfg.EventClient.CoreV1().Events(namespace).Create(ctx, ev, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
 			return nil
 		}
