@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// BenchmarkDaemonForgedFlood is issue 13's benchmark through the whole
+// daemon: a lastgasp run (socket mode on loopback, --journal,
+// report-only) gets forged triggers at a steady rate, each from a new
+// random source address (127.x.y.z; half "BUG:" lines, half panic lines),
+// and 5 s into the flood a real panic (sysrq-v4.pcap, from 127.0.0.1).
+// Every forged incident is decoded, assembled, journaled (group commit)
+// and finished, in line with the real one. One iteration is one such run.
+// It reports how long after its first packet was sent the real panic was
+// assembled into a fatal incident and logged (s-to-incident: its settle
+// time, 2 s, is most of it), and the flood's achieved rate (forged/s).
+// forged=0/s is the same run without a flood: the usual time. What the
+// cluster then does is BenchmarkCleanup's (bench/).
+//
+//	go test -run '^$' -bench DaemonForgedFlood -benchtime 3x ./cmd/lastgasp/
+func BenchmarkDaemonForgedFlood(b *testing.B) {
+	for _, rate := range []int{0, 10_000} {
+		b.Run(fmt.Sprintf("forged=%d/s", rate), func(b *testing.B) {
+			var took, flooded time.Duration
+			var forged int64
+			n := 0
+			for b.Loop() {
+				r := startSocketRun(b, "--journal", b.TempDir())
+				dst := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: r.port}
+				ctx, stop := context.WithCancel(context.Background())
+				var sent atomic.Int64
+				floodDone := make(chan time.Duration, 1)
+				go func() { floodDone <- flood(ctx, dst, rate, &sent) }()
+				time.Sleep(5 * time.Second) // the flood under way
+
+				conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				start := time.Now()
+				replay(b, conn, dst, "sysrq-v4.pcap")
+				conn.Close()
+				// The forged incidents are of other kinds: the real one's
+				// log line is not held back by the log aggregator.
+				for deadline := start.Add(60 * time.Second); !loggedKind(&r.out, "sysrq"); time.Sleep(10 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						b.Fatalf("the real panic was not assembled in 60 s:\n%s", r.out.String())
+					}
+				}
+				took += time.Since(start)
+				stop()
+				flooded += <-floodDone
+				forged += sent.Load()
+				r.stop(b)
+				n++
+			}
+			b.ReportMetric(took.Seconds()/float64(n), "s-to-incident")
+			if rate > 0 {
+				b.ReportMetric(float64(forged)/flooded.Seconds(), "forged/s")
+			}
+		})
+	}
+}
+
+// loggedKind reports whether the log holds a fatal incident of the kind.
+func loggedKind(out *syncBuffer, kind string) bool {
+	for _, rec := range logged(out, "incident") {
+		if rec["kind"] == kind && rec["fatal"] == true {
+			return true
+		}
+	}
+	return false
+}
+
+// flood sends rate forged trigger datagrams a second to dst until ctx is
+// done, each from a new random 127.x.y.z source (never 127.0.0.1),
+// counted in sent; it returns how long it ran. It keeps to the rate over
+// time: a late tick sends what is due.
+func flood(ctx context.Context, dst *net.UDPAddr, rate int, sent *atomic.Int64) time.Duration {
+	start := time.Now()
+	if rate == 0 {
+		<-ctx.Done()
+		return time.Since(start)
+	}
+	rng := rand.New(rand.NewPCG(uint64(start.UnixNano()), 13))
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return time.Since(start)
+		case now := <-tick.C:
+			due := int64(now.Sub(start).Seconds() * float64(rate))
+			for i := sent.Load(); i < due; i = sent.Add(1) {
+				src := net.IPv4(127, byte(1+rng.IntN(254)), byte(rng.IntN(256)), byte(1+rng.IntN(254)))
+				c, err := net.DialUDP("udp", &net.UDPAddr{IP: src}, dst)
+				if err != nil {
+					continue // a source address taken: the next one
+				}
+				if i%2 == 0 {
+					fmt.Fprintf(c, "[%5d.%06d] BUG: kernel NULL pointer dereference, address: %016x\n", 100+i/1_000_000, i%1_000_000, rng.Uint64())
+				} else {
+					fmt.Fprintf(c, "[%5d.%06d] Kernel panic - not syncing: forged %d\n", 100+i/1_000_000, i%1_000_000, i)
+				}
+				c.Close()
+			}
+		}
+	}
+}
