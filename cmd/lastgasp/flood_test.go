@@ -20,18 +20,45 @@ import (
 // It reports how long after its first packet was sent the real panic was
 // assembled into a fatal incident and logged (s-to-incident: its settle
 // time, 2 s, is most of it), and the flood's achieved rate (forged/s).
-// forged=0/s is the same run without a flood: the usual time. What the
-// cluster then does is BenchmarkCleanup's (bench/).
+// forged=0/s is the same run without a flood: the usual time. The
+// /cluster cases add a real API server (see floodRun) and measure to the
+// real panic's Node deleted.
 //
 //	go test -run '^$' -bench DaemonForgedFlood -benchtime 3x ./cmd/lastgasp/
 func BenchmarkDaemonForgedFlood(b *testing.B) {
-	for _, rate := range []int{0, 10_000} {
-		b.Run(fmt.Sprintf("forged=%d/s", rate), func(b *testing.B) {
+	for _, cluster := range []bool{false, true} {
+		for _, rate := range []int{0, 10_000} {
+			name := fmt.Sprintf("forged=%d/s", rate)
+			if cluster {
+				name += "/cluster"
+			}
+			b.Run(name, func(b *testing.B) { floodRun(b, rate, cluster) })
+		}
+	}
+}
+
+// floodRun is one of BenchmarkDaemonForgedFlood's cases. With cluster,
+// the run has a real API server in which 127.0.0.1 is a Node's address
+// (3 pods, --confirm none), and what is measured ends when the daemon
+// logs the real incident finished with its Node deleted: its own
+// since_first_packet (s-to-node-deleted).
+func floodRun(b *testing.B, rate int, cluster bool) {
+	{
+		{
 			var took, flooded time.Duration
 			var forged int64
 			n := 0
 			for b.Loop() {
-				r := startSocketRun(b, "--journal", b.TempDir())
+				args := []string{"--journal", b.TempDir()}
+				node := ""
+				if cluster {
+					cs, kubeconfig := controlPlane(b)
+					node = fmt.Sprintf("flood-%d-%d", n, time.Now().UnixNano())
+					makeNode(b, cs, node, "127.0.0.1", 3)
+					args = append(args, "--report-only=false", "--kubeconfig", kubeconfig, "--confirm", "none",
+						"--max-ended-share", "1", "--max-node-deletions-per-minute", "100", "--storm-nodes", "100")
+				}
+				r := startSocketRun(b, args...)
 				dst := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: r.port}
 				ctx, stop := context.WithCancel(context.Background())
 				var sent atomic.Int64
@@ -58,17 +85,49 @@ func BenchmarkDaemonForgedFlood(b *testing.B) {
 					}
 				}
 				took += time.Since(start)
+				if cluster {
+					took -= time.Since(start)
+					took += nodeDeleted(b, &r.out, node)
+				}
 				stop()
 				flooded += max(<-floodDone, <-floodDone)
 				forged += sent.Load()
 				r.stop(b)
 				n++
 			}
-			b.ReportMetric(took.Seconds()/float64(n), "s-to-incident")
+			if cluster {
+				b.ReportMetric(took.Seconds()/float64(n), "s-to-node-deleted")
+			} else {
+				b.ReportMetric(took.Seconds()/float64(n), "s-to-incident")
+			}
 			if rate > 0 {
 				b.ReportMetric(float64(forged)/flooded.Seconds(), "forged/s")
 			}
-		})
+		}
+	}
+}
+
+// nodeDeleted waits for the daemon to log the incident about node
+// finished, and returns its since_first_packet: from the first packet
+// received to the Node deleted.
+func nodeDeleted(b *testing.B, out *syncBuffer, node string) time.Duration {
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		for _, rec := range logged(out, "incident finished") {
+			if rec["node"] != node {
+				continue
+			}
+			if rec["outcome"] != "cleaned up" {
+				b.Fatalf("the real panic: %v", rec)
+			}
+			d, err := time.ParseDuration(rec["since_first_packet"].(string))
+			if err != nil {
+				b.Fatal(err)
+			}
+			return d
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("node %s not finished in 60 s:\n%s", node, out.String())
+		}
 	}
 }
 
