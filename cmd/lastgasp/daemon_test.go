@@ -54,7 +54,7 @@ var shared struct {
 
 // controlPlane returns a client of the shared control plane and the path
 // of an administrator's kubeconfig for it.
-func controlPlane(t *testing.T) (*kubernetes.Clientset, string) {
+func controlPlane(t testing.TB) (*kubernetes.Clientset, string) {
 	t.Helper()
 	testnet.RequireRoot(t)
 	shared.once.Do(func() {
@@ -213,7 +213,7 @@ func waitLogged(t *testing.T, out *syncBuffer, msg string, n int, timeout time.D
 
 // makeNode registers a Node with the given InternalIP and n pods bound to
 // it, in a namespace of its own; it returns the namespace.
-func makeNode(t *testing.T, cs kubernetes.Interface, name, addr string, n int) string {
+func makeNode(t testing.TB, cs kubernetes.Interface, name, addr string, n int) string {
 	t.Helper()
 	clustertest.Node(t, cs, name, clustertest.InternalIP(addr), nil)
 	ns := "ns-" + name

@@ -92,7 +92,7 @@ func incidentLog(t *testing.T, out *syncBuffer, timeout time.Duration) map[strin
 }
 
 // replay sends a capture's UDP payloads from conn to dst, in order.
-func replay(t *testing.T, conn *net.UDPConn, dst *net.UDPAddr, capture string) {
+func replay(t testing.TB, conn *net.UDPConn, dst *net.UDPAddr, capture string) {
 	t.Helper()
 	frames, err := packettest.ReadCapture(filepath.Join(fixtures, capture))
 	if err != nil {
@@ -115,7 +115,7 @@ type socketRun struct {
 
 // startSocketRun starts a socket-mode, report-only run on a free port of
 // 127.0.0.1 with more args, and waits until it says it is collecting.
-func startSocketRun(t *testing.T, args ...string) *socketRun {
+func startSocketRun(t testing.TB, args ...string) *socketRun {
 	t.Helper()
 	probe, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -204,7 +204,7 @@ func startCollector(t *testing.T, pair *testnet.Pair, args ...string) *running {
 }
 
 // stop ends the run and checks it exited cleanly.
-func (r *running) stop(t *testing.T) {
+func (r *running) stop(t testing.TB) {
 	t.Helper()
 	r.cancel()
 	if code := <-r.done; code != exitOK {
@@ -226,7 +226,7 @@ func nodeSocket(t *testing.T, pair *testnet.Pair) *net.UDPConn {
 	return conn
 }
 
-func eventuallyLogged(t *testing.T, out *syncBuffer, msg string) {
+func eventuallyLogged(t testing.TB, out *syncBuffer, msg string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(out.String(), msg) {
@@ -316,7 +316,7 @@ func TestRunCleansUp(t *testing.T) {
 }
 
 // freeTCPAddr returns a loopback address with a port free a moment ago.
-func freeTCPAddr(t *testing.T) string {
+func freeTCPAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

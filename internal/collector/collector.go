@@ -128,12 +128,10 @@ func Run(ctx context.Context, cfg Config) error {
 	srcErr := make(chan error, 1)
 	go func() {
 		defer close(lines)
-		srcErr <- cfg.Source.Run(ctx, func(l filter.Line) {
-			select {
-			case lines <- l:
-			case <-ctx.Done():
-			}
-		})
+		// No line is dropped here, not even once ctx is done: the loop
+		// below reads lines until the source returns and closes them,
+		// and a line read as the collector stops may be a panic's.
+		srcErr <- cfg.Source.Run(ctx, func(l filter.Line) { lines <- l })
 	}()
 
 	snapshot := func() {
