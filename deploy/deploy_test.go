@@ -296,9 +296,9 @@ func TestManifests(t *testing.T) {
 	if got := ruleTable(t, coreRules, ""); !equalTables(got, wantCluster) {
 		t.Errorf("ClusterRole rules %v, want %v", got, wantCluster)
 	}
-	// The KernelCrash records: written once, listed and deleted to
-	// prune, listed and patched for storms.
-	wantRecords := map[string][]string{"kernelcrashes": {"create", "delete", "list", "patch"}}
+	// The KernelCrash records: written pending, read and patched to be
+	// final, listed and deleted to prune, listed and patched for storms.
+	wantRecords := map[string][]string{"kernelcrashes": {"create", "delete", "get", "list", "patch"}}
 	if got := ruleTable(t, recordRules, "lastgasp.io"); !equalTables(got, wantRecords) {
 		t.Errorf("ClusterRole rules for lastgasp.io %v, want %v", got, wantRecords)
 	}
@@ -1174,6 +1174,11 @@ func rbacAllows(t *testing.T, cp *controlplane.ControlPlane, admin, sa kubernete
 			t.Errorf("record %s: %v", id, err)
 		}
 	}
+	// The fatal incident's record was written pending first, then made
+	// final (get, patch).
+	if kc, err := records.Get(ctx, fatal.ID); err != nil || kc.Spec.Outcome != string(cleanup.OutcomeCleanedUp) {
+		t.Errorf("record %s as the collector reads it: %+v, %v", fatal.ID, kc, err)
+	}
 	if err := records.MarkStorm(ctx, fatal.ID); err != nil {
 		t.Errorf("mark a storm's record: %v", err)
 	}
@@ -1247,7 +1252,7 @@ func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *mani
 		{"create", core, "events", "", ""}, {"create", core, "events", "", "default"},
 		{"get", lease, "leases", "", corev1.NamespaceNodeLease},
 		{"create", records, "kernelcrashes", "", ""}, {"list", records, "kernelcrashes", "", ""}, {"delete", records, "kernelcrashes", "", ""},
-		{"patch", records, "kernelcrashes", "", ""},
+		{"patch", records, "kernelcrashes", "", ""}, {"get", records, "kernelcrashes", "", ""},
 	}
 	denied := []access{
 		{"get", core, "nodes", "", ""}, {"create", core, "nodes", "", ""}, {"update", core, "nodes", "", ""},
@@ -1266,7 +1271,7 @@ func rbacAllowsNothingElse(t *testing.T, admin, sa kubernetes.Interface, m *mani
 		{"delete", core, "namespaces", "", ""}, {"create", core, "serviceaccounts", "token", m.namespace.Name},
 		{"update", "apps", "daemonsets", "", m.namespace.Name}, {"escalate", "rbac.authorization.k8s.io", "clusterroles", "", ""},
 		{"bind", "rbac.authorization.k8s.io", "clusterroles", "", ""}, {"impersonate", core, "users", "", ""},
-		{"get", records, "kernelcrashes", "", ""}, {"update", records, "kernelcrashes", "", ""},
+		{"update", records, "kernelcrashes", "", ""},
 		{"watch", records, "kernelcrashes", "", ""}, {"deletecollection", records, "kernelcrashes", "", ""},
 		{"create", "apiextensions.k8s.io", "customresourcedefinitions", "", ""},
 		{"*", "*", "*", "", ""},

@@ -728,13 +728,14 @@ func printHistory(ctx context.Context, binary, kubeconfig string) error {
 	var out []byte
 	var err error
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		// The record is written as the incident finishes, just after the
+		// The record is written pending before the first pod is
+		// ended, and final as the incident finishes, just after the
 		// Node's deletion and its Events.
 		out, err = exec.CommandContext(ctx, binary, "history", "--kubeconfig", kubeconfig).CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("lastgasp history: %w: %s", err, out)
 		}
-		if strings.Count(string(out), "\n") > 1 || time.Now().After(deadline) {
+		if (strings.Count(string(out), "\n") > 1 && !strings.Contains(string(out), cleanup.OutcomePending)) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(200 * time.Millisecond) // polling the API server

@@ -36,7 +36,7 @@ type cluster struct {
 	client  kubernetes.Interface
 	prober  *liveness.Prober // nil: --confirm=none
 	// records writes and prunes the KernelCrash records (nil: the CRD
-	// is not installed, or a dry run).
+	// is not installed).
 	records   *crashrecord.Recorder
 	retention time.Duration
 	// reach is the last check of the probe's reach: 1 a live node's
@@ -124,11 +124,9 @@ func clusterSide(c runConfig, log *slog.Logger, flood *logagg.Aggregator, done f
 }
 
 // recorder returns what writes the KernelCrash records, or nil when they
-// cannot be written: a dry run, or the CRD not installed (said once).
+// cannot be written: the CRD not installed (said once). A dry run writes
+// them too, the one thing it writes: its outcomes are "dry run: ...".
 func recorder(cfg *rest.Config, c runConfig, host string, log *slog.Logger) (*crashrecord.Recorder, error) {
-	if c.dryRun {
-		return nil, nil
-	}
 	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("discovery client: %w", err)

@@ -233,7 +233,7 @@ func (d *daemon) resume(unfinished []detect.Incident) {
 			continue
 		}
 		d.log.Info("resuming an unfinished incident from the journal", "incident", inc.ID, "source", inc.Source, "kind", inc.Kind, "fatal", inc.Fatal)
-		d.cluster.ctrl.Enqueue(inc)
+		d.cluster.ctrl.Resume(inc)
 	}
 }
 

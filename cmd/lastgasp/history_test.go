@@ -173,7 +173,7 @@ func TestRunRecordsCrash(t *testing.T) {
 	var all []crashrecord.KernelCrash
 	clustertest.Eventually(t, 30*time.Second, "no record of node "+node.Name, func() bool {
 		all, _ = store.List(ctx, crashrecord.LabelNode+"="+node.Name)
-		return len(all) > 0
+		return len(all) > 0 && !crashrecord.Pending(all[0].Spec.Outcome) // written pending first
 	})
 	c.stop(t)
 	s := all[0].Spec

@@ -86,7 +86,7 @@ func parseRun(args []string, stderr io.Writer) (runConfig, error) {
 	fs.StringVar(&c.pinPath, "pin-path", "", "bpffs directory to pin the program's maps and links in, so a restart loses nothing")
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config; neither: report-only)")
 	fs.BoolVar(&c.reportOnlyArg, "report-only", false, "never write to the cluster, even with a kubeconfig")
-	fs.BoolVar(&c.dryRun, "dry-run", false, "compute and log every cluster action, write nothing")
+	fs.BoolVar(&c.dryRun, "dry-run", false, "compute and log every cluster action, write nothing but the KernelCrash records (outcome \"dry run: ...\")")
 	podAction := fs.String("pod-action", string(cleanup.PodsFailAndDelete), "what a fatal incident does to the node's pods: fail-and-delete, fail (left for pod GC) or none")
 	fs.BoolVar(&c.keepNode, "keep-node", false, "annotate a dead node and record its Event, but do not delete it")
 	fs.BoolVar(&c.taintNonFatal, "taint-non-fatal", false, "taint a node whose kernel reported a problem and lives on (lastgasp.io/kernel-oops:NoSchedule), beside its annotations and Event")

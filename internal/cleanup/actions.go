@@ -108,8 +108,9 @@ func endingIncident(pods []*corev1.Pod, now time.Time) string {
 }
 
 // cleanUp ends the Pods bound to the node, in parallel, then the Node;
-// the Events come last, off the path to the Node's deletion.
-func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1.Node, w *work) error {
+// the Events come last, off the path to the Node's deletion. The
+// incident's record is written first, pending (to become outcome).
+func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1.Node, w *work, outcome Outcome) error {
 	inc := w.inc
 	pods, err := c.cfg.Index.PodsOn(node.Name)
 	if err != nil {
@@ -124,6 +125,9 @@ func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1
 		inc.ID = other
 	}
 	w.recordID = inc.ID
+	if err := c.recordPending(ctx, log, w, pods, outcome); err != nil {
+		return err
+	}
 	log.Info("cleaning up a dead node", "pods", len(pods), "pod_action", c.cfg.PodAction, "keep_node", c.cfg.KeepNode, "reason", inc.Reason, "cause", inc.Cause)
 	if c.cfg.PodAction != PodsNone {
 		g, gctx := errgroup.WithContext(ctx)

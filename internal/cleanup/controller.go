@@ -89,7 +89,13 @@ type Config struct {
 	OnDone func(inc detect.Incident, outcome Outcome, node string, at time.Time)
 	// Record, if set, keeps what was done about a node's incident (see
 	// Finished), before OnDone is told: an error is retried with backoff
-	// (the incident is not applied again) up to recordTries times.
+	// (the incident is not applied again) up to recordTries times. A
+	// confirmed dead node's incident is recorded twice: first before its
+	// first pod is ended, its outcome OutcomePending and the one it is
+	// under way to ("pending: cleaned up"), then with its outcome; a
+	// resumed incident (Resume) whose Node is gone by then is handed over
+	// with no Node, to finish the pending record it may have left. A dry
+	// run's outcome is prefixed OutcomeDryRun.
 	Record func(ctx context.Context, f Finished) error
 	// Hold, if set, is asked before a confirmed dead node is ended: a
 	// reason ("" for none) not to end it, such as a storm of its crash's
@@ -157,6 +163,19 @@ const (
 	OutcomeFailed        Outcome = "failed: refused by the API server"
 	OutcomeUnknownSource Outcome = "refused: no node has this source"
 	OutcomeAmbiguous     Outcome = "refused: several nodes claim this source"
+)
+
+// Outcome prefixes of a record (Config.Record), never of an incident
+// finished with (OnDone).
+const (
+	// OutcomePending prefixes the outcome a confirmed dead node's
+	// cleanup is under way to ("pending: cleaned up"): the record
+	// written before its first pod is ended, so that a collector killed
+	// after the Node's deletion cannot lose it.
+	OutcomePending = "pending: "
+	// OutcomeDryRun prefixes the outcome a dry run computed ("dry run:
+	// cleaned up"): nothing was done.
+	OutcomeDryRun = "dry run: "
 )
 
 // PodAction is what a fatal incident does to the Pods of the dead node.
@@ -278,6 +297,9 @@ type work struct {
 	// delayed is set once the forgery backoff held it back (counted
 	// once).
 	delayed bool
+	// resumed is set for an incident a previous run left unfinished
+	// (Resume).
+	resumed bool
 	// finishedAs is the outcome of an incident applied whose record
 	// is still to be written; nodeUID, ended, deletedAt and recordID
 	// are what the record keeps (record.go).
@@ -365,6 +387,22 @@ func (c *Controller) Enqueue(inc detect.Incident) {
 	if _, dup := c.pending[inc.ID]; !dup {
 		c.pending[inc.ID] = &work{inc: inc}
 	}
+	c.mu.Unlock()
+	c.queue.Add(inc.ID)
+}
+
+// Resume hands the controller an incident a previous run left
+// unfinished (the journal's): as Enqueue, and if its Node is gone by
+// then, Config.Record is still told (with no Node), since that run may
+// have deleted the Node and died before its record was final.
+func (c *Controller) Resume(inc detect.Incident) {
+	c.mu.Lock()
+	w := c.pending[inc.ID]
+	if w == nil {
+		w = &work{inc: inc}
+		c.pending[inc.ID] = w
+	}
+	w.resumed = true
 	c.mu.Unlock()
 	c.queue.Add(inc.ID)
 }
@@ -593,9 +631,9 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 		w.reserved = true
 	}
 	if c.cfg.KeepNode {
-		return OutcomeNodeKept, 0, c.cleanUp(ctx, log, node, w)
+		return OutcomeNodeKept, 0, c.cleanUp(ctx, log, node, w, OutcomeNodeKept)
 	}
-	return OutcomeCleanedUp, 0, c.cleanUp(ctx, log, node, w)
+	return OutcomeCleanedUp, 0, c.cleanUp(ctx, log, node, w, OutcomeCleanedUp)
 }
 
 // undecided handles a confirmation that proved nothing: try again later,

@@ -70,7 +70,8 @@ func (r *records) record(_ context.Context, f cleanup.Finished) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls++
-	if r.calls <= r.fail {
+	if !strings.HasPrefix(string(f.Outcome), cleanup.OutcomePending) && r.fail > 0 {
+		r.fail--
 		return errors.New("the API server is away")
 	}
 	r.got = append(r.got, f)
@@ -85,8 +86,9 @@ func (r *records) get() (int, []cleanup.Finished) {
 
 // TestRecordHook: a finished incident is handed to Config.Record with
 // the node's UID, when it was deleted, and the pods ended with their
-// controllers; a record that fails is retried without applying the
-// incident again, and OnDone is told once, after it.
+// controllers, after its pending record (before the first pod was
+// ended); a record that fails is retried without applying the incident
+// again, and OnDone is told once, after it.
 func TestRecordHook(t *testing.T) {
 	cs := client(t)
 	rec := &records{fail: 2}
@@ -99,10 +101,14 @@ func TestRecordHook(t *testing.T) {
 	clustertest.Eventually(t, 30*time.Second, "work left", func() bool { return c.Pending() == 0 })
 
 	calls, got := rec.get()
-	if calls != 3 || len(got) != 1 {
-		t.Fatalf("%d calls, %d records: want 3 calls (2 failed), 1 record", calls, len(got))
+	if calls != 4 || len(got) != 2 {
+		t.Fatalf("%d calls, %d records: want 4 calls (2 failed), 2 records (pending, final)", calls, len(got))
 	}
-	f := got[0]
+	if p := got[0]; p.Incident.ID != inc.ID || p.Outcome != cleanup.OutcomePending+cleanup.OutcomeCleanedUp || p.NodeUID != node.UID ||
+		!p.NodeDeletedAt.IsZero() || len(p.Pods) != 6 {
+		t.Errorf("pending record %+v", p)
+	}
+	f := got[1]
 	if f.Incident.ID != inc.ID || f.Outcome != cleanup.OutcomeCleanedUp || f.Node != node.Name || f.NodeUID != node.UID ||
 		f.NodeDeletedAt.IsZero() || !f.ConfirmedDeadAt.IsZero() || len(f.Pods) != 6 {
 		t.Errorf("record %+v", f)

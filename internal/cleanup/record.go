@@ -9,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -22,15 +23,19 @@ type Finished struct {
 	// under (another collector's id of the same death, if this one
 	// adopted it).
 	Incident detect.Incident
-	Outcome  Outcome
-	// Node and NodeUID name the Node the incident was about.
+	// Outcome is the incident's, or a pending or a dry run's (prefixed
+	// OutcomePending or OutcomeDryRun).
+	Outcome Outcome
+	// Node and NodeUID name the Node the incident was about; no Node:
+	// a resumed incident whose Node was gone (see Config.Record).
 	Node    string
 	NodeUID types.UID
 	// ConfirmedDeadAt is when the node was found dead (zero: not
 	// confirmed, or no confirmation asked); NodeDeletedAt when its Node
 	// was deleted (zero: it was not).
 	ConfirmedDeadAt, NodeDeletedAt time.Time
-	// Pods are the pods the incident ended.
+	// Pods are the pods the incident ended (pending: is about to end;
+	// dry run: would have ended).
 	Pods []EndedPod
 	// At is when the incident was finished with.
 	At time.Time
@@ -52,6 +57,10 @@ type recordState struct {
 	deletedAt time.Time
 	recordID  string // the id writes were made under; "" means inc.ID
 	tries     int    // failed attempts at the record
+	// pendingDone is set once the pending record was written (or could
+	// not be, for good): not again on a retry.
+	pendingDone  bool
+	pendingTries int
 }
 
 // recordTries bounds the attempts at an incident's record: a record
@@ -62,17 +71,62 @@ const recordTries = 8
 // recordTimeout bounds one attempt at a record.
 const recordTimeout = 30 * time.Second
 
+// pendingTries bounds the attempts at a pending record before its node
+// is ended without it: the history must not hold a dead node's cleanup
+// for long.
+const pendingTries = 3
+
+// recordPending writes the record of a confirmed dead node's incident,
+// its outcome pending, before the first of its pods is ended (pods, the
+// ones it is about to end): a collector killed after the Node's deletion,
+// before the final record, leaves it pending, and the one that resumes
+// the incident finishes it. An error is returned to be retried with the
+// incident; one that retrying cannot help (no CRD, no right), or
+// pendingTries of them, lets the cleanup go on without it.
+func (c *Controller) recordPending(ctx context.Context, log *slog.Logger, w *work, pods []*corev1.Pod, outcome Outcome) error {
+	if c.cfg.Record == nil || c.cfg.DryRun || w.pendingDone {
+		return nil
+	}
+	f := Finished{
+		Incident: w.inc, Outcome: OutcomePending + outcome, Node: w.node, NodeUID: w.nodeUID,
+		ConfirmedDeadAt: w.confirmedAt, Pods: endedPods(pods), At: time.Now(),
+	}
+	f.Incident.ID = w.recordID
+	attempt, cancel := context.WithTimeout(ctx, recordTimeout)
+	err := c.cfg.Record(attempt, f)
+	cancel()
+	if err == nil {
+		w.pendingDone = true
+		return nil
+	}
+	w.pendingTries++
+	if ctx.Err() != nil || !(permanent(err) || apierrors.IsNotFound(err) || w.pendingTries >= pendingTries) {
+		return fmt.Errorf("pending record: %w", err)
+	}
+	w.pendingDone = true
+	c.stats.RecordErrors.Add(1)
+	log.Error("the incident's pending record could not be written: ending the node without it", "tries", w.pendingTries, "error", err)
+	return nil
+}
+
 // record hands a finished incident to Config.Record, if there is one and
 // the incident was about a node (those about none are what a forgery
-// flood makes: no record of them, or a flood would fill etcd). It
+// flood makes: no record of them, or a flood would fill etcd), or was
+// resumed (its Node may be gone because the run before deleted it). It
 // reports false when the record failed and should be tried again.
 func (c *Controller) record(ctx context.Context, w *work, outcome Outcome) bool {
-	if c.cfg.Record == nil || w.node == "" || c.cfg.DryRun {
+	if c.cfg.Record == nil || (w.node == "" && !w.resumed) {
 		return true
 	}
 	f := Finished{
 		Incident: w.inc, Outcome: outcome, Node: w.node, NodeUID: w.nodeUID,
 		ConfirmedDeadAt: w.confirmedAt, NodeDeletedAt: w.deletedAt, Pods: w.ended, At: time.Now(),
+	}
+	if c.cfg.DryRun {
+		if w.node == "" {
+			return true
+		}
+		f.Outcome, f.NodeDeletedAt = OutcomeDryRun+outcome, time.Time{}
 	}
 	if w.recordID != "" {
 		f.Incident.ID = w.recordID

@@ -158,18 +158,25 @@ func FromFinished(f cleanup.Finished, reportedBy string) *KernelCrash {
 		t := metav1.NewTime(f.NodeDeletedAt)
 		spec.NodeDeletedAt = &t
 	}
+	labels := map[string]string{LabelSignature: sig.ID, LabelNode: labelValue(f.Node)}
+	if spec.Storm {
+		labels[LabelStorm] = "true"
+	}
 	return &KernelCrash{
 		TypeMeta:   metav1.TypeMeta{Kind: Kind, APIVersion: APIVersion},
-		ObjectMeta: metav1.ObjectMeta{Name: inc.ID, Labels: map[string]string{LabelSignature: sig.ID, LabelNode: labelValue(f.Node)}},
+		ObjectMeta: metav1.ObjectMeta{Name: inc.ID, Labels: labels},
 		Spec:       spec,
 	}
 }
 
-// Labels on a record, to select by: the crash's signature and its node
-// (a node name longer than a label value is cut: the spec has it whole).
+// Labels on a record, to select by: the crash's signature, its node (a
+// node name longer than a label value is cut: the spec has it whole),
+// and "true" on a storm's records (kubectl get kernelcrashes -l
+// lastgasp.io/storm=true -o wide shows the storms' signatures).
 const (
 	LabelSignature = "lastgasp.io/signature"
 	LabelNode      = "lastgasp.io/node"
+	LabelStorm     = "lastgasp.io/storm"
 )
 
 func labelValue(s string) string {
@@ -303,10 +310,28 @@ func (s *Store) Prune(ctx context.Context, retention time.Duration, now time.Tim
 	return deleted, nil
 }
 
-// MarkStorm sets Storm on a record (a JSON merge patch); one gone
-// (pruned) is not an error.
+// Replace writes kc over the record of its name, as of kc's
+// resourceVersion (a conflict, someone else's write since, is an error:
+// read it again), by a JSON merge patch: the verb patch, as MarkStorm's.
+func (s *Store) Replace(ctx context.Context, kc *KernelCrash) error {
+	patch, err := json.Marshal(map[string]any{
+		"metadata": map[string]any{"resourceVersion": kc.ResourceVersion, "labels": kc.Labels},
+		"spec":     kc.Spec,
+	})
+	if err != nil {
+		return fmt.Errorf("encode KernelCrash %s: %w", kc.Name, err)
+	}
+	if _, err := s.client.Patch(ctx, kc.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "lastgasp"}); err != nil {
+		return fmt.Errorf("replace KernelCrash %s: %w", kc.Name, err)
+	}
+	return nil
+}
+
+// MarkStorm sets Storm on a record, and its LabelStorm (a JSON merge
+// patch); one gone (pruned) is not an error.
 func (s *Store) MarkStorm(ctx context.Context, id string) error {
-	_, err := s.client.Patch(ctx, id, types.MergePatchType, []byte(`{"spec":{"storm":true}}`), metav1.PatchOptions{FieldManager: "lastgasp"})
+	patch := `{"metadata":{"labels":{"` + LabelStorm + `":"true"}},"spec":{"storm":true}}`
+	_, err := s.client.Patch(ctx, id, types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "lastgasp"})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("mark KernelCrash %s as a storm's: %w", id, err)
 	}

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -54,7 +56,9 @@ type collector struct {
 	stop  func()
 }
 
-func startCollector(t *testing.T, name string) *collector {
+// startCollector starts a collector named name; each of opts may change
+// its cleanup.Config.
+func startCollector(t *testing.T, name string, opts ...func(*cleanup.Config)) *collector {
 	t.Helper()
 	cs, store, _ := clients(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -64,7 +68,11 @@ func startCollector(t *testing.T, name string) *collector {
 		t.Fatal(err)
 	}
 	rec := &crashrecord.Recorder{Store: store, Instance: name}
-	c := cleanup.New(cleanup.Config{Client: cs, Index: index, Instance: name, Record: rec.Record, Safety: cleanup.Safety{MaxEndedShare: 1}})
+	cfg := cleanup.Config{Client: cs, Index: index, Instance: name, Record: rec.Record, Safety: cleanup.Safety{MaxEndedShare: 1}}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	c := cleanup.New(cfg)
 	factory.Start(ctx.Done())
 	done := make(chan struct{})
 	go func() { defer close(done); c.Run(ctx, 4) }()
@@ -208,6 +216,142 @@ func TestNotFatalRecorded(t *testing.T) {
 	}
 	if _, err := store.Get(context.Background(), nobody.ID); !apierrors.IsNotFound(err) {
 		t.Errorf("a record of an incident about no node: %v", err)
+	}
+}
+
+// TestKilledAfterNodeDeleted: a collector dies after the Node's deletion,
+// before its record is final (here: its final write never returns until
+// it is stopped, the work of a SIGKILL at that instant, as the journal
+// leaves the incident unfinished); the record it wrote before ending
+// anything is there, pending, and the collector that resumes the
+// incident, which finds no Node any more, makes it final, the pods
+// ended and all. (Without the pending record, that incident had no
+// record at all.)
+func TestKilledAfterNodeDeleted(t *testing.T) {
+	cs, store, _ := clients(t)
+	ctx := context.Background()
+	dying := make(chan struct{})
+	var once sync.Once
+	a := startCollector(t, "collector-killed", func(cfg *cleanup.Config) {
+		record := cfg.Record
+		cfg.Record = func(ctx context.Context, f cleanup.Finished) error {
+			if crashrecord.Pending(string(f.Outcome)) {
+				return record(ctx, f)
+			}
+			once.Do(func() { close(dying) })
+			<-ctx.Done() // dies here
+			return ctx.Err()
+		}
+	})
+	node := clustertest.Node(t, cs, clustertest.Unique("node"), clustertest.InternalIP("10.210.0.14"), nil)
+	ns := clustertest.Unique("ns")
+	pods := clustertest.Pods(t, cs, ns, node.Name, 2)
+	clustertest.Own(t, cs, pods[1], clustertest.Owners(t, cs, ns)["Job"])
+	inc := nullPanic("10.210.0.14")
+	a.waitFor(t, inc.Source, 2)
+	a.Enqueue(inc)
+	select {
+	case <-dying:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the incident was never finished")
+	}
+	if _, err := cs.CoreV1().Nodes().Get(ctx, node.Name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("node not deleted: %v", err)
+	}
+	a.stop()
+	kc, err := store.Get(ctx, inc.ID)
+	if err != nil || kc.Spec.Outcome != cleanup.OutcomePending+string(cleanup.OutcomeCleanedUp) || kc.Spec.PodCount != 2 || kc.Spec.NodeDeletedAt != nil {
+		t.Fatalf("record left by the killed collector: %+v, %v", kc, err)
+	}
+
+	b := startCollector(t, "collector-restarted")
+	b.Resume(inc)
+	clustertest.Eventually(t, 30*time.Second, "work left", func() bool { return b.Pending() == 0 })
+	kc, err = store.Get(ctx, inc.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := kc.Spec
+	if s.Outcome != string(cleanup.OutcomeCleanedUp) || s.Node.Name != node.Name || s.Node.UID != node.UID || s.NodeDeletedAt == nil ||
+		s.PodCount != 2 || len(s.Pods) != 2 || s.ReportedBy != "collector-restarted" || s.Cause != inc.Cause ||
+		!slices.ContainsFunc(s.Pods, func(p cleanup.EndedPod) bool { return p.Name == "pod-1" && p.OwnerKind == "Job" }) {
+		t.Errorf("record %+v", s)
+	}
+	// An incident resumed whose Node is gone, and which left no
+	// record, makes none.
+	other := nullPanic("10.210.9.10")
+	b.Resume(other)
+	clustertest.Eventually(t, 30*time.Second, "work left", func() bool { return b.Pending() == 0 })
+	if _, err := store.Get(ctx, other.ID); !apierrors.IsNotFound(err) {
+		t.Errorf("a record of a resumed incident about no node: %v", err)
+	}
+}
+
+// TestPendingReplaced: the record written before a node is ended is
+// pending while its pods are ended, and replaced by the final one.
+func TestPendingReplaced(t *testing.T) {
+	cs, store, _ := clients(t)
+	ctx := context.Background()
+	var seen []string
+	c := startCollector(t, "collector-p", func(cfg *cleanup.Config) {
+		record := cfg.Record
+		cfg.Record = func(ctx context.Context, f cleanup.Finished) error {
+			if err := record(ctx, f); err != nil {
+				return err
+			}
+			kc, err := store.Get(ctx, f.Incident.ID)
+			if err == nil {
+				seen = append(seen, kc.Spec.Outcome)
+			}
+			return err
+		}
+	})
+	node := clustertest.Node(t, cs, clustertest.Unique("node"), clustertest.InternalIP("10.210.0.15"), nil)
+	clustertest.Pods(t, cs, clustertest.Unique("ns"), node.Name, 1)
+	inc := nullPanic("10.210.0.15")
+	c.waitFor(t, inc.Source, 1)
+	c.Enqueue(inc)
+	clustertest.Eventually(t, 30*time.Second, "work left", func() bool { return c.Pending() == 0 })
+	if want := []string{"pending: cleaned up", "cleaned up"}; !slices.Equal(seen, want) {
+		t.Errorf("record's outcomes %q, want %q", seen, want)
+	}
+	kc, err := store.Get(ctx, inc.ID)
+	if err != nil || kc.Spec.PodCount != 1 || kc.Spec.NodeDeletedAt == nil {
+		t.Errorf("record %+v: %v", kc, err)
+	}
+}
+
+// TestDryRunRecorded: a dry run's incident is recorded, its outcome
+// "dry run: cleaned up", the pods it would have ended listed, and
+// nothing else written: the node and its pods are as they were.
+func TestDryRunRecorded(t *testing.T) {
+	cs, store, _ := clients(t)
+	ctx := context.Background()
+	c := startCollector(t, "collector-dry", func(cfg *cleanup.Config) { cfg.DryRun = true })
+	node := clustertest.Node(t, cs, clustertest.Unique("node"), clustertest.InternalIP("10.210.0.16"), nil)
+	t.Cleanup(func() { cs.CoreV1().Nodes().Delete(context.Background(), node.Name, metav1.DeleteOptions{}) })
+	ns := clustertest.Unique("ns")
+	pods := clustertest.Pods(t, cs, ns, node.Name, 1)
+	inc := nullPanic("10.210.0.16")
+	c.waitFor(t, inc.Source, 1)
+	c.Enqueue(inc)
+	clustertest.Eventually(t, 30*time.Second, "work left", func() bool { return c.Pending() == 0 })
+	kc, err := store.Get(ctx, inc.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := kc.Spec; s.Outcome != "dry run: cleaned up" || s.NodeDeletedAt != nil || s.PodCount != 1 || s.Node.UID != node.UID {
+		t.Errorf("record %+v", s)
+	}
+	n, err := cs.CoreV1().Nodes().Get(ctx, node.Name, metav1.GetOptions{})
+	if err != nil || n.Annotations[cleanup.AnnotationIncident] != "" {
+		t.Errorf("node written: %v %v", err, n.Annotations)
+	}
+	for _, p := range pods {
+		got, err := cs.CoreV1().Pods(ns).Get(ctx, p.Name, metav1.GetOptions{})
+		if err != nil || got.DeletionTimestamp != nil || got.ResourceVersion != p.ResourceVersion {
+			t.Errorf("%s written: %v", p.Name, err)
+		}
 	}
 }
 

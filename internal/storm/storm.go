@@ -108,7 +108,8 @@ func (d *Detector) Hold(ctx context.Context, inc detect.Incident, node string) (
 	if len(nodes) <= d.cfg.Nodes {
 		return "", nil
 	}
-	reason := fmt.Sprintf("storm: crash %s (%s) struck %d nodes within %s, more than %d", sig.ID, sig.Title, len(nodes), d.cfg.Window, d.cfg.Nodes)
+	reason := fmt.Sprintf("storm: crash %s (%s) struck %d nodes within %s, more than %d; its records: kubectl get kernelcrashes -l %s=%s",
+		sig.ID, sig.Title, len(nodes), d.cfg.Window, d.cfg.Nodes, crashrecord.LabelSignature, sig.ID)
 	if d.announce(sig.ID, now) {
 		d.Storms.Add(1)
 		d.cfg.Logger.Error("kernel crash storm: the same crash on too many nodes; no more nodes of it are ended while it lasts",

@@ -173,8 +173,16 @@ func TestStormHolds(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev, err := cs.CoreV1().Events(metav1.NamespaceDefault).Get(context.Background(), "lastgasp-storm-"+kc.Spec.Signature.ID, metav1.GetOptions{})
-	if err != nil || ev.Reason != storm.EventReasonStorm || ev.InvolvedObject.Name != ids[3] || !strings.Contains(ev.Message, "struck 4 nodes") {
+	sig := kc.Spec.Signature.ID
+	if err != nil || ev.Reason != storm.EventReasonStorm || ev.InvolvedObject.Name != ids[3] || !strings.Contains(ev.Message, "struck 4 nodes") ||
+		!strings.Contains(ev.Message, "kubectl get kernelcrashes -l lastgasp.io/signature="+sig) {
 		t.Errorf("storm event %+v: %v", ev, err)
+	}
+	// The alert's annotation says how to find them: by the storm label,
+	// then by the signature label.
+	marked, err := store.List(context.Background(), crashrecord.LabelStorm+"=true,"+crashrecord.LabelSignature+"="+sig)
+	if err != nil || len(marked) != 5 {
+		t.Errorf("%d records labelled a storm's, want 5: %v", len(marked), err)
 	}
 
 	// A collector started afresh knows nothing in memory: the records
