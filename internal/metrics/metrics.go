@@ -223,6 +223,7 @@ var (
 		def[netconsole.Counters]{"lastgasp_decoder_expired_fragment_records_total", "Records whose fragments never all came, dropped after the fragment timeout.", func(c *netconsole.Counters) uint64 { return c.FragmentsExpired }},
 		def[netconsole.Counters]{"lastgasp_decoder_refused_fragments_total", "Fragments refused: impossible offsets or lengths, or over a bound.", func(c *netconsole.Counters) uint64 { return c.FragmentsRefused }},
 		def[netconsole.Counters]{"lastgasp_decoder_joined_lines_total", "Basic-format lines continued from the previous datagram.", func(c *netconsole.Counters) uint64 { return c.Joined }},
+		def[netconsole.Counters]{"lastgasp_decoder_lost_messages_total", "Messages a source's netconsole numbered (sysdata msgid, kernel 6.17+) that never arrived: the gaps between the msgids heard.", func(c *netconsole.Counters) uint64 { return c.Lost }},
 	)
 	detectorCounters = counters(
 		def[detect.Counters]{"lastgasp_detector_messages_total", "Messages given to the incident detector.", func(c *detect.Counters) uint64 { return c.Messages }},

@@ -362,3 +362,66 @@ func TestAllowed(t *testing.T) {
 		t.Errorf("counters %+v", c)
 	}
 }
+
+// extradata is what a 6.17+ kernel appends to every extended record of a
+// target with userdata "node" and sysdata cpu, taskname, release and msgid
+// on, byte for byte as drivers/net/netconsole.c writes it: userdata's
+// " %s=%s\n" lines, then sysdata's " cpu=%d\n", " taskname=%s\n",
+// " release=%s\n" and " msgid=%u\n".
+func extradata(msgid uint32) string {
+	return " node=worker-7\n cpu=3\n taskname=bash\n release=6.17.0-lastgasp\n msgid=" + fmt.Sprint(msgid) + "\n"
+}
+
+// TestExtradata decodes netconsole's userdata and sysdata lines into the
+// message's Node, Release and MsgID, and counts msgid gaps as lost.
+func TestExtradata(t *testing.T) {
+	d := NewDecoder(Config{})
+	m := decodeOne(t, d, "0,412,3330270,-,caller=C3;Kernel panic - not syncing: sysrq triggered crash\n SUBSYSTEM=platform\n"+extradata(7))
+	if m.Text != "Kernel panic - not syncing: sysrq triggered crash" || m.Node != "worker-7" || m.Release != "6.17.0-lastgasp" ||
+		!m.HasMsgID || m.MsgID != 7 || m.Dict["SUBSYSTEM"] != "platform" || m.Dict["cpu"] != "3" || m.Dict["taskname"] != "bash" {
+		t.Errorf("%+v", m)
+	}
+	if _, ok := m.Dict["node"]; ok {
+		t.Errorf("node left in the dictionary: %v", m.Dict)
+	}
+	// The release prepend (6.5+) wins over sysdata's, which says the same.
+	if m := decodeOne(t, d, "6.17.0-rc1,6,413,3330271,-;x\n"+extradata(8)); m.Release != "6.17.0-rc1" {
+		t.Errorf("release %q", m.Release)
+	}
+	// A record without extradata (the rig's 6.1) has none of it.
+	if m := decodeOne(t, NewDecoder(Config{}), "6,1,2,-;x\n"); m.Node != "" || m.Release != "" || m.HasMsgID {
+		t.Errorf("%+v", m)
+	}
+
+	// A record fragmented (over 1000 bytes with its extradata) carries
+	// the extradata once, in its last fragment's part of the body.
+	body := "BUG: " + strings.Repeat("y", 1500) + "\n" + extradata(9)
+	for _, f := range fragments("4,414,3330272,-", body, 900) {
+		for _, m := range d.Decode(node, []byte(f), t0) {
+			if m.Node != "worker-7" || m.MsgID != 9 {
+				t.Errorf("reassembled: %+v", m)
+			}
+		}
+	}
+	if c := d.Counters(); c.Lost != 0 || c.Reassembled != 1 {
+		t.Fatalf("counters %+v", c)
+	}
+
+	// msgid 10 and 11 lost, 12 heard, 11 late, 12 again (a repeat), 13.
+	for i, id := range []uint32{12, 11, 12, 13} {
+		d.Decode(node, []byte(fmt.Sprintf("6,%d,%d,-;line\n%s", 500+i, 4000000+i, extradata(id))), t0)
+	}
+	if c := d.Counters(); c.Lost != 2 {
+		t.Errorf("lost %d, want 2 (msgid 10, 11)", c.Lost)
+	}
+	d2 := NewDecoder(Config{})
+	for i, id := range []uint32{1<<32 - 2, 1<<32 - 1, 0, 2, 1, 1 << 20, 1, 3} {
+		d2.Decode(node, []byte(fmt.Sprintf("6,%d,%d,-;line\n%s", 600+i, 5000000+i, extradata(id))), t0)
+	}
+	// 2^32-1 to 0 is a step of one (the counter wraps); 0 to 2 loses 1;
+	// 1 is late; 2 to 1<<20 loses 1<<20-3; 1 after it is far behind, a
+	// new count (a reboot, a new target) losing nothing; 1 to 3 loses 1.
+	if c := d2.Counters(); c.Lost != 1+(1<<20-3)+1 {
+		t.Errorf("lost %d, want %d", c.Lost, 1+(1<<20-3)+1)
+	}
+}
