@@ -191,7 +191,7 @@ const msgSlot = int(unsafe.Sizeof(netconsole.Message{}))
 
 // msgSize is what a kept message holds, as MaxOpenBytes counts it.
 func msgSize(m netconsole.Message) int {
-	n := msgSlot + strSize(m.Text) + strSize(m.Caller) + strSize(m.Release)
+	n := msgSlot + strSize(m.Text) + strSize(m.Caller) + strSize(m.Release) + strSize(m.Node)
 	if m.Dict != nil {
 		n += 300
 		for k, v := range m.Dict {
@@ -578,6 +578,12 @@ func (b *building) incident() Incident {
 		}
 		if m.Received.Before(inc.First) {
 			inc.First = m.Received
+		}
+		if inc.NodeName == "" {
+			inc.NodeName = m.Node
+		}
+		if inc.Release == "" {
+			inc.Release = m.Release
 		}
 	}
 	if inc.Module == "" {

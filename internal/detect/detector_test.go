@@ -434,3 +434,21 @@ func TestKernelLinesOnly(t *testing.T) {
 		t.Errorf("a kernel WARNING with a forged panic line after it: %+v", got)
 	}
 }
+
+// TestExtradata: the incident carries the node name and kernel release
+// netconsole's userdata and sysdata put in its messages (kernel 6.9+),
+// through the assembler from the datagrams' bytes.
+func TestExtradata(t *testing.T) {
+	asm := detect.NewAssembler(netconsole.Config{}, detect.Config{})
+	extra := func(id int) string {
+		return fmt.Sprintf(" node=worker-7\n cpu=0\n taskname=bash\n release=6.17.0-lastgasp\n msgid=%d\n", id)
+	}
+	var got []detect.Incident
+	for i, text := range []string{"sysrq: Trigger a crash", "Kernel panic - not syncing: sysrq triggered crash", "---[ end Kernel panic - not syncing: sysrq triggered crash ]---"} {
+		got = append(got, asm.Line(filter.Line{Source: node, Payload: []byte(fmt.Sprintf("0,%d,%d,-;%s\n%s", 300+i, 4000000+i, text, extra(20+i))), Time: t0})...)
+	}
+	got = append(got, asm.Flush()...)
+	if len(got) != 1 || got[0].NodeName != "worker-7" || got[0].Release != "6.17.0-lastgasp" || !got[0].Fatal {
+		t.Fatalf("%+v", got)
+	}
+}
