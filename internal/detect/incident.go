@@ -67,4 +67,8 @@ type Incident struct {
 	Lines []string `json:"lines"`
 	// LinesDropped counts lines past MaxLines.
 	LinesDropped int `json:"lines_dropped,omitempty"`
+	// LinesLost counts lines the sender numbered (netconsole sysdata
+	// msgid, kernel 6.17+) between its first and last that never
+	// arrived: what the network lost of the report.
+	LinesLost int `json:"lines_lost,omitempty"`
 }

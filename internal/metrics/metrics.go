@@ -245,9 +245,9 @@ var (
 		def[netconsole.Counters]{"lastgasp_decoder_expired_fragment_records_total", "Records whose fragments never all came, dropped after the fragment timeout.", func(c *netconsole.Counters) uint64 { return c.FragmentsExpired }},
 		def[netconsole.Counters]{"lastgasp_decoder_refused_fragments_total", "Fragments refused: impossible offsets or lengths, or over a bound.", func(c *netconsole.Counters) uint64 { return c.FragmentsRefused }},
 		def[netconsole.Counters]{"lastgasp_decoder_joined_lines_total", "Basic-format lines continued from the previous datagram.", func(c *netconsole.Counters) uint64 { return c.Joined }},
-		def[netconsole.Counters]{"lastgasp_decoder_lost_messages_total", "Messages a source's netconsole numbered (sysdata msgid, kernel 6.17+) that never arrived: the gaps between the msgids heard.", func(c *netconsole.Counters) uint64 { return c.Lost }},
 	)
 	detectorCounters = counters(
+		def[detect.Counters]{"lastgasp_detector_lost_lines_total", "Lines of the incidents closed that their senders numbered (netconsole sysdata msgid, kernel 6.17+) and that never arrived: the gaps in each incident's msgids.", func(c *detect.Counters) uint64 { return c.LostLines }},
 		def[detect.Counters]{"lastgasp_detector_messages_total", "Messages given to the incident detector.", func(c *detect.Counters) uint64 { return c.Messages }},
 		def[detect.Counters]{"lastgasp_detector_triggers_total", "Trigger lines seen (a pattern matched, confirmed, a kernel line).", func(c *detect.Counters) uint64 { return c.Triggers }},
 		def[detect.Counters]{"lastgasp_detector_unconfirmed_triggers_total", "Pattern matches a trigger's confirmation refused.", func(c *detect.Counters) uint64 { return c.Unconfirmed }},

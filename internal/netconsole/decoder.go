@@ -93,9 +93,6 @@ type Counters struct {
 	FragmentsExpired uint64 // incomplete records dropped after FragmentTimeout
 	FragmentsRefused uint64 // fragments refused: impossible offsets or lengths, or over a bound
 	Joined           uint64 // basic lines continued from the previous datagram
-	// Lost counts messages a source's netconsole numbered (sysdata msgid)
-	// that never arrived: the gaps between the msgids heard, in order.
-	Lost uint64
 }
 
 // Decoder decodes datagrams. It is not safe for concurrent use.
@@ -286,38 +283,8 @@ func (d *Decoder) keep(out []Message, m Message) []Message {
 		d.counters.Duplicates++
 		return out
 	}
-	if m.HasMsgID {
-		d.counters.Lost += d.gap(m.Source.Addr(), m.MsgID)
-	}
 	d.counters.Messages++
 	return append(out, m)
-}
-
-// lateMsgIDs is how far behind a source's highest msgid one may arrive and
-// be taken as late (reordered), not as a new count (a new boot or a
-// reconfigured target, whose counter starts again at 1).
-const lateMsgIDs = 1024
-
-// gap records msgid id from addr and returns how many numbers it skipped
-// past the highest heard: messages lost. A late one (at most lateMsgIDs
-// behind) skips nothing; one further behind starts the count again; the
-// counter's wrap from 2^32-1 to 0 is a step of one.
-func (d *Decoder) gap(addr netip.Addr, id uint32) uint64 {
-	w, ok := d.seen.Peek(addr) // duplicate made it, unless it was forgotten
-	if !ok {
-		return 0
-	}
-	last, had := w.lastMsgID, w.hasMsgID
-	switch step := id - last; {
-	case !had:
-	case step == 0 || uint32(last-id) <= lateMsgIDs && step > 1<<31:
-		return 0 // a repeat or a late one
-	case step <= 1<<31:
-		w.lastMsgID = id
-		return uint64(step - 1)
-	}
-	w.lastMsgID, w.hasMsgID = id, true
-	return 0
 }
 
 // header is a parsed extended header.
@@ -538,10 +505,6 @@ func (d *Decoder) validText(b []byte) string {
 type window struct {
 	ring []uint64
 	next int
-	// lastMsgID is the highest sysdata msgid heard from the source, if
-	// hasMsgID.
-	lastMsgID uint32
-	hasMsgID  bool
 }
 
 // windowOverhead is what a window holds beyond its hashes: the struct (32

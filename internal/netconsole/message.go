@@ -20,8 +20,9 @@
 // sysdata the same way: " cpu=N", " taskname=comm", " release=R" and
 // " msgid=N", the target's message counter (1 for its first message,
 // wrapping at 2^32). The decoder takes "node", "release" and "msgid" out
-// of the dictionary into the Message's fields, and counts the messages a
-// source's msgid gaps say were lost.
+// of the dictionary into the Message's fields. A collector hears only the
+// lines its filter keeps (the reports' bursts), so a gap in msgid means
+// a line lost only within a report: package detect counts them there.
 //
 // A Decoder keeps per-source state (fragments being reassembled, sequence
 // numbers seen) with bounded memory, and counts everything it refuses.
