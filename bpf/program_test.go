@@ -645,3 +645,18 @@ func TestRingCapacity(t *testing.T) {
 		t.Errorf("the ring held %d lines (%d found it full), want %d", held, d.RingbufFull, want)
 	}
 }
+
+// TestExtradataForwardedWhole: a record as a 6.9+ kernel sends it, with
+// the target's userdata and sysdata lines after the text (" node=...",
+// " msgid=..."), matches as the bare record does and is forwarded whole,
+// byte for byte: the collector needs those lines (the node name, the
+// release, the msgids that count lost lines).
+func TestExtradataForwardedWhole(t *testing.T) {
+	h := newHarness(t, loader.Config{NoContext: true})
+	payload := "0,390,3330845,-,caller=C0;Kernel panic - not syncing: sysrq triggered crash\n" +
+		" node=worker-7\n cpu=0\n taskname=sh\n release=6.17.0-lastgasp\n msgid=4242\n"
+	_, lines := h.send(packettest.Line(payload).Frame())
+	if len(lines) != 1 || lines[0].PatternID != patternID(t, "Kernel panic - not syncing") || string(lines[0].Payload) != payload {
+		t.Fatalf("forwarded %+v, want the whole record as a panic", lines)
+	}
+}

@@ -151,7 +151,7 @@ func TestKustomize(t *testing.T) {
 
 	for _, a := range []string{"LastgaspKernelPanic", "LastgaspPanicUnconfirmed", "LastgaspForgedPanicRefused",
 		"LastgaspRingBufferFull", "LastgaspLinesLost", "LastgaspDeletionCapHit", "LastgaspCollectorDown",
-		"LastgaspNetconsoleSetupFailed"} {
+		"LastgaspNetconsoleSetupFailed", "LastgaspCollectorNotReady"} {
 		if !slices.Contains(alerts, a) {
 			t.Errorf("no alert %s", a)
 		}

@@ -425,6 +425,7 @@ type Stats struct {
 	NotSelected   atomic.Uint64 // fatal incidents refused: the node is not one NodeSelector selects
 	UnknownSource atomic.Uint64 // incidents from a source that is no node's
 	Ambiguous     atomic.Uint64 // fatal incidents refused: several nodes claim the source
+	NameMismatch  atomic.Uint64 // incidents refused: their messages name a node the source is not
 	NonFatal      atomic.Uint64 // non-fatal incidents reported on a node
 	Unconfirmed   atomic.Uint64 // panics refused: the node was alive
 	Undecided     atomic.Uint64 // panics finished unconfirmed: neither dead nor alive could be proved

@@ -244,6 +244,51 @@ func TestFindingTheNode(t *testing.T) {
 	}
 }
 
+// TestNodeName: the node name netconsole's userdata carries (kernel 6.9+)
+// picks, of two Nodes claiming the source, the one it names; a name
+// that is not the source's Node ends nothing, whether the source is
+// another Node's or no Node's; a name of no Node is ignored.
+func TestNodeName(t *testing.T) {
+	cs := client(t)
+	var done outcomes
+	c := start(t, cs, cleanup.Config{OnDone: done.record})
+	named := makeNode(t, cs, clustertest.InternalIP("10.200.0.21"), nil)
+	claimant := makeNode(t, cs, clustertest.InternalIP("10.200.0.22"), map[string]string{nodeindex.SourceAnnotation: "10.200.0.21"})
+	victim := makeNode(t, cs, clustertest.InternalIP("10.200.0.23"), nil)
+	sender := makeNode(t, cs, clustertest.InternalIP("10.200.0.24"), nil)
+	hostnamed := makeNode(t, cs, clustertest.InternalIP("10.200.0.25"), nil)
+	clustertest.Eventually(t, 10*time.Second, "cache never held the claimant", func() bool {
+		_, ambiguous, _ := c.index.NodeFor(netip.MustParseAddr("10.200.0.21"))
+		n, _, _ := c.index.NodeFor(netip.MustParseAddr("10.200.0.25"))
+		return ambiguous && n != nil
+	})
+	want := map[string]cleanup.Outcome{}
+	incident := func(src, name string, outcome cleanup.Outcome) {
+		inc := fatal(src)
+		inc.NodeName = name
+		c.Enqueue(inc)
+		want[inc.ID] = outcome
+	}
+	incident("10.200.0.21", named.Name, cleanup.OutcomeCleanedUp)        // two claim the address: the name settles it
+	incident("10.200.0.24", victim.Name, cleanup.OutcomeNameMismatch)    // another node's address: neither ended
+	incident("10.9.9.21", victim.Name, cleanup.OutcomeNameMismatch)      // no node's address: the name alone ends nothing
+	incident("10.200.0.25", "host-25.example", cleanup.OutcomeCleanedUp) // a hostname, no Node's name: the address decides
+	clustertest.Eventually(t, 30*time.Second, named.Name+" not deleted", nodeGone(cs, named.Name))
+	clustertest.Eventually(t, 30*time.Second, hostnamed.Name+" not deleted", nodeGone(cs, hostnamed.Name))
+	clustertest.Eventually(t, 10*time.Second, "all finished", func() bool { return len(done.get()) == len(want) })
+	if got := done.get(); !maps.Equal(got, want) {
+		t.Errorf("outcomes %v, want %v", got, want)
+	}
+	for _, n := range []*corev1.Node{claimant, victim, sender} {
+		if _, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{}); err != nil {
+			t.Errorf("%s: %v", n.Name, err)
+		}
+	}
+	if s := c.Stats(); s.NameMismatch.Load() != 2 || s.Ambiguous.Load() != 0 {
+		t.Errorf("stats: %d name mismatches, %d ambiguous", s.NameMismatch.Load(), s.Ambiguous.Load())
+	}
+}
+
 // outcomes records what OnDone reports, once an incident.
 type outcomes struct {
 	mu   sync.Mutex

@@ -163,6 +163,9 @@ const (
 	OutcomeFailed        Outcome = "failed: refused by the API server"
 	OutcomeUnknownSource Outcome = "refused: no node has this source"
 	OutcomeAmbiguous     Outcome = "refused: several nodes claim this source"
+	// OutcomeNameMismatch: the messages name a Node (netconsole
+	// userdata) that exists but is not the one of the source address.
+	OutcomeNameMismatch Outcome = "refused: the messages name another node"
 )
 
 // Outcome prefixes of a record (Config.Record), never of an incident
@@ -541,6 +544,25 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 	node, ambiguous, err := c.cfg.Index.NodeFor(inc.Source)
 	if err != nil {
 		return "", 0, err
+	}
+	if inc.NodeName != "" {
+		// The node the kernel named in its messages (netconsole userdata)
+		// is believed only when the source address is that Node's too:
+		// then it settles which of several claimants is meant. A name of
+		// no Node (a hostname that is not the Node's name) is ignored; a
+		// name of another Node than the address finds contradicts it, and
+		// nothing is done.
+		named, exists, err := c.cfg.Index.Named(inc.NodeName, inc.Source)
+		switch {
+		case err != nil:
+			return "", 0, err
+		case named != nil:
+			node, ambiguous = named, false
+		case exists:
+			c.stats.NameMismatch.Add(1)
+			c.logRefused(inc, "incident refused: its messages name a node whose addresses are not the source: no action", "node_name", inc.NodeName, "reason", inc.Reason)
+			return OutcomeNameMismatch, 0, nil
+		}
 	}
 	if node == nil {
 		c.stats.UnknownSource.Add(1)

@@ -15,6 +15,7 @@
 package crashrecord
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -141,7 +143,7 @@ func FromFinished(f cleanup.Finished, reportedBy string) *KernelCrash {
 		Incident: inc.ID, Node: NodeRef{Name: f.Node, UID: f.NodeUID}, Source: inc.Source.String(),
 		Kind: string(inc.Kind), Fatal: inc.Fatal, Reason: clip(inc.Reason), Cause: clip(inc.Cause),
 		Module: clip(inc.Module), Task: clip(inc.Task), PID: inc.PID,
-		KernelRelease: KernelRelease(inc.Lines),
+		KernelRelease: cmp.Or(release(inc.Release), KernelRelease(inc.Lines)),
 		FirstTime:     metav1.NewTime(inc.First), LastTime: metav1.NewTime(inc.Last),
 		Lines: kept, LinesDropped: dropped,
 		Signature: Signature{ID: sig.ID, Title: clip(sig.Title), Frames: sig.Frames},
@@ -203,6 +205,19 @@ func utf8Start(b byte) bool { return b&0xc0 != 0x80 }
 // every report: "CPU: 0 PID: 104 Comm: insmod Tainted: G OE
 // 6.1.0-56-amd64 #1 Debian 6.1.192-2" (or "Not tainted 6.1.0-56-amd64 #1").
 var releaseRE = regexp.MustCompile(`(?:Not tainted|Tainted: [A-Z ]*?) +(\d+\.\d+\S*) #`)
+
+// maxRelease is the longest kernel release there is (the kernel's
+// __NEW_UTS_LEN).
+const maxRelease = 64
+
+// release returns the release the incident's messages carried (netconsole's
+// release prepend or sysdata), or "" for one no kernel could send.
+func release(r string) string {
+	if len(r) > maxRelease || !utf8.ValidString(r) {
+		return ""
+	}
+	return r
+}
 
 // KernelRelease returns the kernel release a crash's lines name, or "".
 func KernelRelease(lines []string) string {

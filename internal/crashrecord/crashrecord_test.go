@@ -438,6 +438,20 @@ func TestKernelRelease(t *testing.T) {
 	}
 }
 
+// TestReleaseFromExtradata: the release netconsole sent (sysdata, or the
+// release prepend) is the record's, before the report line's; one longer
+// than any kernel's is not.
+func TestReleaseFromExtradata(t *testing.T) {
+	inc := detect.Incident{ID: "0123456789abcdef", Release: "6.17.0-lastgasp", Lines: []string{"CPU: 1 UID: 0 PID: 1 Comm: sh Not tainted 6.18.0-rc4+ #12"}}
+	if got := crashrecord.FromFinished(cleanup.Finished{Incident: inc}, "c").Spec.KernelRelease; got != "6.17.0-lastgasp" {
+		t.Errorf("release %q", got)
+	}
+	inc.Release = strings.Repeat("6", 65)
+	if got := crashrecord.FromFinished(cleanup.Finished{Incident: inc}, "c").Spec.KernelRelease; got != "6.18.0-rc4+" {
+		t.Errorf("release %q", got)
+	}
+}
+
 // TestPrinterColumns: kubectl get kernelcrashes shows the node, kind,
 // reason, outcome, pods and age (and with -o wide the signature), from
 // the API server's own table.

@@ -94,6 +94,7 @@ type Counters struct {
 	Duplicates  uint64 // incidents not returned again: same id as a recent one
 	Strays      uint64 // lines that came before their incident's trigger, joined to it
 	ClosedEarly uint64 // incidents closed before their time to make room (MaxOpen, MaxOpenBytes)
+	LostLines   uint64 // lines of the incidents returned that never arrived (Incident.LinesLost)
 }
 
 // Detector assembles incidents. It is not safe for concurrent use.
@@ -182,6 +183,12 @@ type building struct {
 	// the next incident.
 	lastUptime time.Duration
 	hasUptime  bool
+	// The msgids (netconsole sysdata) of its lines, if they had them:
+	// their lowest and highest as offsets from the first one heard (the
+	// counter wraps at 2^32), and how many lines had one.
+	msgidBase        uint32
+	msgidLo, msgidHi int64
+	msgids           int64
 }
 
 // msgSlot is what a message takes in a slice; msgSize adds what it points
@@ -191,7 +198,7 @@ const msgSlot = int(unsafe.Sizeof(netconsole.Message{}))
 
 // msgSize is what a kept message holds, as MaxOpenBytes counts it.
 func msgSize(m netconsole.Message) int {
-	n := msgSlot + strSize(m.Text) + strSize(m.Caller) + strSize(m.Release)
+	n := msgSlot + strSize(m.Text) + strSize(m.Caller) + strSize(m.Release) + strSize(m.Node)
 	if m.Dict != nil {
 		n += 300
 		for k, v := range m.Dict {
@@ -417,6 +424,7 @@ func (d *Detector) close(addr netip.Addr) []Incident {
 	}
 	d.recent.Add(inc.ID, struct{}{})
 	d.counters.Incidents++
+	d.counters.LostLines += uint64(inc.LinesLost)
 	return []Incident{inc}
 }
 
@@ -470,6 +478,14 @@ func (b *building) add(m netconsole.Message, trig pattern.Pattern, isTrigger boo
 	}
 	if m.HasUptime && (!b.hasUptime || m.Uptime > b.lastUptime) {
 		b.lastUptime, b.hasUptime = m.Uptime, true
+	}
+	if m.HasMsgID {
+		if b.msgids == 0 {
+			b.msgidBase = m.MsgID
+		}
+		off := int64(int32(m.MsgID - b.msgidBase))
+		b.msgidLo, b.msgidHi = min(b.msgidLo, off), max(b.msgidHi, off)
+		b.msgids++
 	}
 	kept := len(b.msgs) < maxLines
 	if kept {
@@ -579,9 +595,18 @@ func (b *building) incident() Incident {
 		if m.Received.Before(inc.First) {
 			inc.First = m.Received
 		}
+		if inc.NodeName == "" {
+			inc.NodeName = m.Node
+		}
+		if inc.Release == "" {
+			inc.Release = m.Release
+		}
 	}
 	if inc.Module == "" {
 		inc.Module = traceModule
+	}
+	if lost := b.msgidHi - b.msgidLo + 1 - b.msgids; b.msgids > 0 && lost > 0 {
+		inc.LinesLost = int(lost)
 	}
 	inc.ID = incidentID(b.source, idTrigger(trigs))
 	return inc

@@ -434,3 +434,37 @@ func TestKernelLinesOnly(t *testing.T) {
 		t.Errorf("a kernel WARNING with a forged panic line after it: %+v", got)
 	}
 }
+
+// TestExtradata: the incident carries the node name and kernel release
+// netconsole's userdata and sysdata put in its messages (kernel 6.9+),
+// through the assembler from the datagrams' bytes, and counts the lines
+// its msgids say never arrived: gaps inside the report only (the lines
+// before it were the filter's to drop), across the counter's wrap.
+func TestExtradata(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		msgids []uint32 // of the trigger, a context line, the panic, the end marker
+		lost   int
+	}{
+		{"none lost", []uint32{20, 21, 22, 23}, 0},
+		{"two lost", []uint32{20, 23, 24, 25}, 2},
+		{"out of order", []uint32{20, 22, 21, 24}, 1},
+		{"wrapped", []uint32{1<<32 - 2, 1<<32 - 1, 1, 2}, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			asm := detect.NewAssembler(netconsole.Config{}, detect.Config{})
+			var got []detect.Incident
+			for i, text := range []string{"sysrq: Trigger a crash", "CPU: 0 PID: 1 Comm: sh Not tainted 6.17.0-lastgasp #1", "Kernel panic - not syncing: sysrq triggered crash", "---[ end Kernel panic - not syncing: sysrq triggered crash ]---"} {
+				p := fmt.Sprintf("0,%d,%d,-;%s\n node=worker-7\n cpu=0\n taskname=sh\n release=6.17.0-lastgasp\n msgid=%d\n", 300+i, 4000000+i, text, c.msgids[i])
+				got = append(got, asm.Line(filter.Line{Source: node, Payload: []byte(p), Time: t0})...)
+			}
+			got = append(got, asm.Flush()...)
+			if len(got) != 1 || got[0].NodeName != "worker-7" || got[0].Release != "6.17.0-lastgasp" || !got[0].Fatal || got[0].LinesLost != c.lost {
+				t.Fatalf("%+v", got)
+			}
+			if n := asm.Detector.Counters().LostLines; n != uint64(c.lost) {
+				t.Errorf("counted %d lost, want %d", n, c.lost)
+			}
+		})
+	}
+}

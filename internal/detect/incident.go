@@ -31,6 +31,13 @@ type Incident struct {
 	ID string `json:"id"`
 	// Source is the address the node's netconsole sent from.
 	Source netip.Addr `json:"source"`
+	// NodeName is the Node name the kernel's messages carried (netconsole
+	// userdata "node", kernel 6.9+): a claim, which the cleanup
+	// controller takes only when Source is that Node's address too.
+	NodeName string `json:"node_name,omitempty"`
+	// Release is the kernel release its messages carried (netconsole's
+	// release prepend or sysdata), if any did.
+	Release string `json:"release,omitempty"`
 	// Kind is the kind of failure: the panic's stated reason where it
 	// names one (an OOM or hung-task panic), else the first trigger's.
 	Kind pattern.Kind `json:"kind"`
@@ -60,4 +67,8 @@ type Incident struct {
 	Lines []string `json:"lines"`
 	// LinesDropped counts lines past MaxLines.
 	LinesDropped int `json:"lines_dropped,omitempty"`
+	// LinesLost counts lines the sender numbered (netconsole sysdata
+	// msgid, kernel 6.17+) between its first and last that never
+	// arrived: what the network lost of the report.
+	LinesLost int `json:"lines_lost,omitempty"`
 }

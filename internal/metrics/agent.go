@@ -69,7 +69,7 @@ func Families() []string {
 	m := New(Sources{})
 	ch := make(chan *prometheus.Desc, 512)
 	go func() {
-		for _, c := range []prometheus.Collector{m.incidents, m.finished, m.nodeDeleted, m.reloads, buildInfo(), &scrape{}, &agentScrape{}} {
+		for _, c := range []prometheus.Collector{m.incidents, m.finished, m.nodeDeleted, m.reloads, m.readyGauge, buildInfo(), &scrape{}, &agentScrape{}} {
 			c.Describe(ch)
 		}
 		close(ch)

@@ -5,6 +5,8 @@
 package metrics
 
 import (
+	"errors"
+	"fmt"
 	"net/http"
 	"runtime"
 	"runtime/debug"
@@ -76,6 +78,7 @@ type Metrics struct {
 	nodeDeleted prometheus.Histogram
 	reloads     *prometheus.CounterVec
 	ready       atomic.Bool
+	readyGauge  prometheus.GaugeFunc // lastgasp_ready: what readiness says
 }
 
 // New registers the collector's metrics.
@@ -103,7 +106,16 @@ func New(src Sources) *Metrics {
 		Name: "lastgasp_pattern_reloads_total",
 		Help: "Patterns file reloads, by result (ok, or rejected: the table in use was kept).",
 	}, []string{"result"})
-	m.reg.MustRegister(buildInfo())
+	m.readyGauge = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "lastgasp_ready",
+		Help: "1 when the collector is ready (what /readyz says: program attached, caches synced, API server reachable), else 0.",
+	}, func() float64 {
+		if m.readiness() != nil {
+			return 0
+		}
+		return 1
+	})
+	m.reg.MustRegister(m.readyGauge, buildInfo())
 	m.reg.MustRegister(clientGo.collectors...)
 	m.reg.MustRegister(m.incidents, m.finished, m.nodeDeleted, m.reloads, &scrape{src: src},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -147,19 +159,29 @@ func (m *Metrics) Handler() http.Handler {
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !m.ready.Load() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
+		if err := m.readiness(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
-		}
-		if m.notReady != nil {
-			if err := m.notReady(); err != nil {
-				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-				return
-			}
 		}
 		w.Write([]byte("ok\n"))
 	})
 	return mux
+}
+
+// errNotReady is readiness's answer before SetReady(true).
+var errNotReady = errors.New("not ready")
+
+// readiness returns nil when the collector is ready, else why not.
+func (m *Metrics) readiness() error {
+	if !m.ready.Load() {
+		return errNotReady
+	}
+	if m.notReady != nil {
+		if err := m.notReady(); err != nil {
+			return fmt.Errorf("not ready: %w", err)
+		}
+	}
+	return nil
 }
 
 // counter is one counter family read from a source's counters of type T:
@@ -225,6 +247,7 @@ var (
 		def[netconsole.Counters]{"lastgasp_decoder_joined_lines_total", "Basic-format lines continued from the previous datagram.", func(c *netconsole.Counters) uint64 { return c.Joined }},
 	)
 	detectorCounters = counters(
+		def[detect.Counters]{"lastgasp_detector_lost_lines_total", "Lines of the incidents closed that their senders numbered (netconsole sysdata msgid, kernel 6.17+) and that never arrived: the gaps in each incident's msgids.", func(c *detect.Counters) uint64 { return c.LostLines }},
 		def[detect.Counters]{"lastgasp_detector_messages_total", "Messages given to the incident detector.", func(c *detect.Counters) uint64 { return c.Messages }},
 		def[detect.Counters]{"lastgasp_detector_triggers_total", "Trigger lines seen (a pattern matched, confirmed, a kernel line).", func(c *detect.Counters) uint64 { return c.Triggers }},
 		def[detect.Counters]{"lastgasp_detector_unconfirmed_triggers_total", "Pattern matches a trigger's confirmation refused.", func(c *detect.Counters) uint64 { return c.Unconfirmed }},
@@ -253,6 +276,7 @@ var (
 		def[cleanup.Stats]{"lastgasp_cleanup_not_selected_incidents_total", "Fatal incidents refused: their node is not one --node-selector selects (by default, control-plane nodes).", func(c *cleanup.Stats) uint64 { return c.NotSelected.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_unknown_source_incidents_total", "Incidents refused: their source is no node's.", func(c *cleanup.Stats) uint64 { return c.UnknownSource.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_ambiguous_incidents_total", "Fatal incidents refused: several nodes claim their source.", func(c *cleanup.Stats) uint64 { return c.Ambiguous.Load() }},
+		def[cleanup.Stats]{"lastgasp_cleanup_name_mismatch_incidents_total", "Incidents refused: their messages (netconsole userdata) name a node whose addresses are not their source.", func(c *cleanup.Stats) uint64 { return c.NameMismatch.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_nonfatal_incidents_total", "Non-fatal incidents reported on their node.", func(c *cleanup.Stats) uint64 { return c.NonFatal.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_alive_incidents_total", "Panics refused: the node was alive.", func(c *cleanup.Stats) uint64 { return c.Unconfirmed.Load() }},
 		def[cleanup.Stats]{"lastgasp_cleanup_undecided_incidents_total", "Panics finished unconfirmed: neither dead nor alive could be proved in --undecided-for (nothing deleted).", func(c *cleanup.Stats) uint64 { return c.Undecided.Load() }},

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"net/http/httptest"
 	"reflect"
 	"regexp"
@@ -139,6 +140,36 @@ func TestClientGoMetrics(t *testing.T) {
 	} {
 		if !strings.Contains(rec.Body.String(), want+"\n") {
 			t.Errorf("scrape lacks %q", want)
+		}
+	}
+}
+
+// TestReady: lastgasp_ready says what /readyz says (the
+// LastgaspCollectorNotReady alert reads it).
+func TestReady(t *testing.T) {
+	var broken error
+	m := New(Sources{NotReady: func() error { return broken }})
+	get := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	for _, step := range []struct {
+		ready  bool
+		broken error
+		code   int
+		gauge  string
+	}{
+		{false, nil, 503, "lastgasp_ready 0\n"},
+		{true, nil, 200, "lastgasp_ready 1\n"},
+		{true, errors.New("journal full"), 503, "lastgasp_ready 0\n"},
+	} {
+		m.SetReady(step.ready)
+		broken = step.broken
+		code, _ := get("/readyz")
+		_, body := get("/metrics")
+		if code != step.code || !strings.Contains(body, step.gauge) {
+			t.Errorf("ready %v, broken %v: /readyz %d, want %d; metrics lack %q", step.ready, step.broken, code, step.code, step.gauge)
 		}
 	}
 }

@@ -387,10 +387,26 @@ func (d *Decoder) extendedMessage(src netip.AddrPort, h header, body []byte, rec
 		if !ok || len(k) == 0 {
 			continue
 		}
+		key, val := strings.ToValidUTF8(string(k), "\uFFFD"), strings.ToValidUTF8(string(v), "\uFFFD")
+		switch key {
+		case UserdataNode:
+			m.Node = val
+			continue
+		case SysdataRelease:
+			if m.Release == "" {
+				m.Release = val
+			}
+			continue
+		case SysdataMsgID:
+			if id, err := strconv.ParseUint(val, 10, 32); err == nil {
+				m.MsgID, m.HasMsgID = uint32(id), true
+				continue
+			}
+		}
 		if m.Dict == nil {
 			m.Dict = map[string]string{}
 		}
-		m.Dict[strings.ToValidUTF8(string(k), "\uFFFD")] = strings.ToValidUTF8(string(v), "\uFFFD")
+		m.Dict[key] = val
 	}
 	return m, true
 }

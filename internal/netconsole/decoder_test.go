@@ -362,3 +362,48 @@ func TestAllowed(t *testing.T) {
 		t.Errorf("counters %+v", c)
 	}
 }
+
+// extradata is what a 6.17+ kernel appends to every extended record of a
+// target with userdata "node" and sysdata cpu, taskname, release and msgid
+// on, byte for byte as drivers/net/netconsole.c writes it: userdata's
+// " %s=%s\n" lines, then sysdata's " cpu=%d\n", " taskname=%s\n",
+// " release=%s\n" and " msgid=%u\n".
+func extradata(msgid uint32) string {
+	return " node=worker-7\n cpu=3\n taskname=bash\n release=6.17.0-lastgasp\n msgid=" + fmt.Sprint(msgid) + "\n"
+}
+
+// TestExtradata decodes netconsole's userdata and sysdata lines into the
+// message's Node, Release and MsgID.
+func TestExtradata(t *testing.T) {
+	d := NewDecoder(Config{})
+	m := decodeOne(t, d, "0,412,3330270,-,caller=C3;Kernel panic - not syncing: sysrq triggered crash\n SUBSYSTEM=platform\n"+extradata(7))
+	if m.Text != "Kernel panic - not syncing: sysrq triggered crash" || m.Node != "worker-7" || m.Release != "6.17.0-lastgasp" ||
+		!m.HasMsgID || m.MsgID != 7 || m.Dict["SUBSYSTEM"] != "platform" || m.Dict["cpu"] != "3" || m.Dict["taskname"] != "bash" {
+		t.Errorf("%+v", m)
+	}
+	if _, ok := m.Dict["node"]; ok {
+		t.Errorf("node left in the dictionary: %v", m.Dict)
+	}
+	// The release prepend (6.5+) wins over sysdata's, which says the same.
+	if m := decodeOne(t, d, "6.17.0-rc1,6,413,3330271,-;x\n"+extradata(8)); m.Release != "6.17.0-rc1" {
+		t.Errorf("release %q", m.Release)
+	}
+	// A record without extradata (the rig's 6.1) has none of it.
+	if m := decodeOne(t, NewDecoder(Config{}), "6,1,2,-;x\n"); m.Node != "" || m.Release != "" || m.HasMsgID {
+		t.Errorf("%+v", m)
+	}
+
+	// A record fragmented (over 1000 bytes with its extradata) carries
+	// the extradata once, in its last fragment's part of the body.
+	body := "BUG: " + strings.Repeat("y", 1500) + "\n" + extradata(9)
+	for _, f := range fragments("4,414,3330272,-", body, 900) {
+		for _, m := range d.Decode(node, []byte(f), t0) {
+			if m.Node != "worker-7" || m.MsgID != 9 {
+				t.Errorf("reassembled: %+v", m)
+			}
+		}
+	}
+	if c := d.Counters(); c.Reassembled != 1 {
+		t.Fatalf("counters %+v", c)
+	}
+}

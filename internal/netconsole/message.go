@@ -14,6 +14,16 @@
 //     prefixes "<release>,". Records longer than netconsole's 1000-byte
 //     datagram are split into fragments, each carrying ncfrag.
 //
+// Kernels 6.9 and later append the target's userdata to an extended
+// record as more dictionary lines, " key=value\n" each (lastgasp
+// netconsole-setup writes "node", the Node name); later kernels append
+// sysdata the same way: " cpu=N", " taskname=comm", " release=R" and
+// " msgid=N", the target's message counter (1 for its first message,
+// wrapping at 2^32). The decoder takes "node", "release" and "msgid" out
+// of the dictionary into the Message's fields. A collector hears only the
+// lines its filter keeps (the reports' bursts), so a gap in msgid means
+// a line lost only within a report: package detect counts them there.
+//
 // A Decoder keeps per-source state (fragments being reassembled, sequence
 // numbers seen) with bounded memory, and counts everything it refuses.
 package netconsole
@@ -58,6 +68,28 @@ type Message struct {
 	// Text is the message text, unescaped, as valid UTF-8 (invalid bytes
 	// become U+FFFD), without the trailing newline.
 	Text string
-	// Dict holds the extended record's dictionary (SUBSYSTEM, DEVICE...).
+	// Node is the Node name the sender's netconsole target carries in
+	// its userdata ("node", kernel 6.9+), as the datagram says it: a
+	// claim, true only if the source address is that Node's.
+	Node string
+	// MsgID is the sender's netconsole target's message counter (sysdata
+	// "msgid"); HasMsgID is set when the record carried one.
+	MsgID    uint32
+	HasMsgID bool
+	// Dict holds the extended record's dictionary (SUBSYSTEM, DEVICE...)
+	// and the userdata and sysdata entries other than node, release and
+	// msgid (cpu, taskname).
 	Dict map[string]string
 }
+
+// Keys of netconsole's userdata and sysdata lines the decoder takes out of
+// the dictionary.
+const (
+	// UserdataNode is the userdata key lastgasp netconsole-setup sets
+	// to the Node name.
+	UserdataNode = "node"
+	// SysdataRelease and SysdataMsgID are sysdata's kernel release and
+	// message counter.
+	SysdataRelease = "release"
+	SysdataMsgID   = "msgid"
+)

@@ -12,9 +12,11 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
@@ -94,6 +96,24 @@ func (x *Index) NodeFor(addr netip.Addr) (node *corev1.Node, ambiguous bool, err
 		}
 	}
 	return node, len(objs) > 1, nil
+}
+
+// Named returns the cached Node of that name if addr is one of its
+// Addresses, and says whether a Node of that name exists at all: the
+// check a node name carried in a netconsole message (userdata) must pass,
+// since anyone can write any name into a datagram.
+func (x *Index) Named(name string, addr netip.Addr) (node *corev1.Node, exists bool, err error) {
+	n, err := x.nodeLister.Get(name)
+	if apierrors.IsNotFound(err) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("look up node %s: %w", name, err)
+	}
+	if !slices.Contains(Addresses(n), addr.Unmap().WithZone("").String()) {
+		return nil, true, nil
+	}
+	return n, true, nil
 }
 
 // Node returns the cached Node of that name.
