@@ -80,6 +80,12 @@ func terminationReason(inc detect.Incident) string {
 // podWorkers bounds how many of a node's Pods are ended at once.
 const podWorkers = 64
 
+// eventWorkers bounds how many of a node's Events are written at once:
+// they go at their own client's rate (EventClientConfig) anyway, and
+// fewer requests in flight leave the API server's seats (Priority and
+// Fairness gives both clients one flow) to the next node's end.
+const eventWorkers = 8
+
 // adoptWindow is how recent another incident's end of a node's pods must
 // be for a fatal incident to be taken as the same death: a dead kernel
 // dies once, and its node's pods are ended within seconds of each other;
@@ -108,7 +114,8 @@ func endingIncident(pods []*corev1.Pod, now time.Time) string {
 }
 
 // cleanUp ends the Pods bound to the node, in parallel, then the Node;
-// the Events come last, off the path to the Node's deletion. The
+// it leaves the Events to write in w.events, off the path to the Node's
+// deletion and off the worker. The
 // incident's record is written first, pending (to become outcome).
 func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1.Node, w *work, outcome Outcome) error {
 	inc := w.inc
@@ -172,11 +179,17 @@ func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1
 	}
 	log.Info("node ended", "pods", len(pods), "node_kept", c.cfg.KeepNode, "dry_run", c.cfg.DryRun)
 
-	// The Events: the Node's, and each Pod's, in parallel.
-	c.event(ctx, log, nodeRef(node), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc)+" (cause: "+inc.Cause+")")
-	if c.cfg.PodAction != PodsNone {
+	// The Events: the Node's, each Pod's, their owners'. They are
+	// written once the worker has let go of this incident
+	// (processNextWorkItem), so that a hundred nodes' Events, at their
+	// client's rate, never keep the next node waiting for a worker.
+	w.events = func(ctx context.Context) {
+		c.event(ctx, log, nodeRef(node), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc)+" (cause: "+inc.Cause+")")
+		if c.cfg.PodAction == PodsNone {
+			return
+		}
 		var g errgroup.Group
-		g.SetLimit(podWorkers)
+		g.SetLimit(eventWorkers)
 		for _, pod := range pods {
 			g.Go(func() error {
 				c.event(ctx, log, podRef(pod), inc.ID, EventReasonNodeKernelPanic, terminationReason(inc))

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -266,6 +267,11 @@ type Controller struct {
 	brake *brake
 	stats Stats
 
+	// eventsOut counts the incidents whose Events are being written
+	// (writeEvents), and eventsDone waits for them at the end of Run.
+	eventsOut  atomic.Int64
+	eventsDone sync.WaitGroup
+
 	mu      sync.Mutex
 	pending map[string]*work // by incident id
 	// refused is the forgery backoff of each node a panic was refused
@@ -308,6 +314,10 @@ type work struct {
 	// are what the record keeps (record.go).
 	finishedAs Outcome
 	recordState
+	// events writes the Events of a node ended, once the worker has let
+	// go of the incident (Controller.writeEvents); nil when there are
+	// none, or once handed over.
+	events func(context.Context)
 }
 
 // attemptTimeout bounds one attempt at an incident: a probe lasts up to
@@ -410,11 +420,12 @@ func (c *Controller) Resume(inc detect.Incident) {
 	c.queue.Add(inc.ID)
 }
 
-// Pending returns how many incidents are not yet fully applied.
+// Pending returns how many incidents are not yet fully applied, their
+// Events included.
 func (c *Controller) Pending() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.pending)
+	return len(c.pending) + int(c.eventsOut.Load())
 }
 
 // Run waits for the caches, then applies incidents with the given number
@@ -438,6 +449,7 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	<-ctx.Done()
 	c.queue.ShutDown()
 	wg.Wait()
+	c.eventsDone.Wait()
 	return nil
 }
 
@@ -485,9 +497,28 @@ func (c *Controller) processNextWorkItem(ctx context.Context) bool {
 		c.queue.Forget(id)
 		c.queue.AddAfter(id, wait)
 	default:
+		c.writeEvents(ctx, w)
 		c.finishWork(ctx, id, w, outcome)
 	}
 	return true
+}
+
+// writeEvents hands an incident's Events (w.events) to a goroutine of
+// their own, so that the worker takes the next incident at once. Events
+// are the story told after the fact: a collector killed before they are
+// written loses them (the record, written before anything was deleted,
+// does not).
+func (c *Controller) writeEvents(ctx context.Context, w *work) {
+	events := w.events
+	if events == nil {
+		return
+	}
+	w.events = nil
+	c.eventsOut.Add(1)
+	c.eventsDone.Go(func() {
+		defer c.eventsOut.Add(-1)
+		events(ctx)
+	})
 }
 
 // finishWork records an incident (Config.Record), forgets its failures
