@@ -15,9 +15,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-logr/logr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 )
 
 // Binaries returns the directory holding kube-apiserver, etcd and
@@ -67,6 +69,10 @@ func Start(ctx context.Context) (*ControlPlane, error) {
 	if os.Getenv("LASTGASP_CONTROLPLANE_LOGS") != "" {
 		api.Out, api.Err = os.Stderr, os.Stderr
 	}
+	// envtest logs through controller-runtime's logger, which prints a
+	// goroutine's stack as a warning when nobody set it: nothing of it
+	// is needed here.
+	ctrllog.SetLogger(logr.Discard())
 	cfg, err := env.Start()
 	if err != nil {
 		return nil, fmt.Errorf("control plane: start: %w", err)
