@@ -169,31 +169,6 @@ static __always_inline __u8 head_at(const struct head_buf *head, __u32 i)
 	return head->b[i & (HEAD_BUF_LEN - 1)];
 }
 
-/*
- * bracket_close - offset of the ']' that closes a "[...]" group at @off:
- * the first ']' at off + 1 .. off + BRACKET_MAX_LEN - 1, before @n; 0 when
- * there is no '[' at @off or no ']' in reach.
- *
- * One comparison against a precomputed end a byte: the loop as first
- * written (a bound test of off + j against n, then the byte) compiled to
- * about 17 instructions a byte, and the basic format's timestamp is 14
- * bytes (issue 12).
- */
-static __always_inline __u32 bracket_close(const struct head_buf *head,
-					   __u32 off, __u32 n)
-{
-	__u32 end = off + BRACKET_MAX_LEN;
-
-	if (off >= n || head_at(head, off) != '[')
-		return 0;
-	if (end > n)
-		end = n;
-	for (__u32 i = off + 1; i < end; i++)
-		if (head_at(head, i) == ']')
-			return i;
-	return 0;
-}
-
 /* find_text's answer when the text cannot be found (never an offset). */
 #define TEXT_UNKNOWN 0xffffffffU
 
@@ -249,8 +224,18 @@ __attribute__((noinline)) __u32 find_text(const struct head_buf *head, __u32 n)
 	}
 
 	for (int group = 0; group < 2; group++) {
-		__u32 close = bracket_close(head, off, n);
+		__u32 close = 0;
 
+		if (off >= n || head_at(head, off) != '[')
+			break;
+		for (__u32 j = 1; j < BRACKET_MAX_LEN; j++) {
+			if (off + j >= n)
+				break;
+			if (head_at(head, off + j) == ']') {
+				close = off + j;
+				break;
+			}
+		}
 		if (!close)
 			break;
 		off = close + 1;
