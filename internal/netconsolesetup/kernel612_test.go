@@ -24,7 +24,8 @@ import (
 // target's "release" prepend (6.5+), which netconsole-setup turns on
 // instead, and no record has a msgid; so lost messages are counted from
 // the records' sequence numbers, which must have no gap from the first
-// record after the setup to the panic.
+// record after the setup to the panic. One record is long enough to be
+// fragmented with its userdata: it must be reassembled with the node.
 func TestKernelUserdata(t *testing.T) {
 	rig := &kernelrig.Rig{Release: kernelrig.KernelRelease612, NoCrashmod: true, Log: t.Logf}
 	res, out := bootScript(t, rig, "userdata-612", "guest612.sh")
@@ -46,6 +47,7 @@ func TestKernelUserdata(t *testing.T) {
 		msgs     []netconsole.Message
 		panicRaw string
 		records  int
+		frags    int
 	)
 	for _, f := range frames {
 		p := gopacket.NewPacket(f.Frame, layers.LayerTypeEthernet, gopacket.Default)
@@ -57,9 +59,14 @@ func TestKernelUserdata(t *testing.T) {
 		}
 		payload := string(udp.Payload)
 		records++
-		// Every record (none here is long enough to be fragmented) ends
-		// in the target's userdata.
-		if !strings.HasSuffix(payload, "\n node=worker-612\n") {
+		// Every record ends in the target's userdata, but the fragments
+		// of the long one ("ncfrag=OFFSET/LEN" in the header), which
+		// carry it once, in the last.
+		header, _, _ := strings.Cut(payload, ";")
+		if strings.Contains(header, ",ncfrag=") {
+			frags++
+			t.Logf("a fragment's header and tail: %q ... %q", header, payload[max(len(payload)-30, 0):])
+		} else if !strings.HasSuffix(payload, "\n node=worker-612\n") {
 			t.Errorf("a record without the userdata line: %q", payload)
 		}
 		if strings.Contains(payload, "Kernel panic - not syncing") && panicRaw == "" {
@@ -77,13 +84,16 @@ func TestKernelUserdata(t *testing.T) {
 		}
 	}
 
-	var panicMsg *netconsole.Message
+	var panicMsg, long *netconsole.Message
 	for i, m := range msgs {
 		if m.Node != "worker-612" || m.Release != kernelrig.KernelRelease612 || m.HasMsgID || !m.HasSeq {
 			t.Errorf("decoded: node %q release %q msgid %v seq %v: %q", m.Node, m.Release, m.HasMsgID, m.HasSeq, m.Text)
 		}
 		if i > 0 && m.Seq != msgs[i-1].Seq+1 {
 			t.Errorf("lost: record %d follows %d", m.Seq, msgs[i-1].Seq)
+		}
+		if strings.HasPrefix(m.Text, "lg-long: ") {
+			long = &msgs[i]
 		}
 		if panicMsg == nil && strings.HasPrefix(m.Text, "Kernel panic - not syncing") {
 			panicMsg = &msgs[i]
@@ -92,9 +102,13 @@ func TestKernelUserdata(t *testing.T) {
 	if panicMsg == nil {
 		t.Fatalf("the decoder gave no panic among %d messages", len(msgs))
 	}
-	if c := dec.Counters(); c.Malformed != 0 || c.FragmentsExpired != 0 || c.FragmentsRefused != 0 || c.Duplicates != 0 {
+	if frags < 2 || long == nil || long.Text != "lg-long: "+strings.Repeat("y", 950) {
+		t.Errorf("the long record: %d fragments, decoded %+v", frags, long)
+	}
+	if c := dec.Counters(); c.Reassembled != 1 || c.Malformed != 0 || c.FragmentsExpired != 0 || c.FragmentsRefused != 0 || c.Duplicates != 0 {
 		t.Errorf("decoder counters %+v", c)
 	}
+	t.Logf("%d fragments of the long record reassembled", frags)
 	t.Logf("%d records, %d messages, seq %d..%d; the panic: seq %d node %q release %q",
 		records, len(msgs), msgs[0].Seq, msgs[len(msgs)-1].Seq, panicMsg.Seq, panicMsg.Node, panicMsg.Release)
 }

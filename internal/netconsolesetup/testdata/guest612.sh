@@ -20,4 +20,9 @@ while [ $i -lt 20 ]; do
 	echo "lg-noise: ordinary kernel line $i from a healthy node" >/dev/kmsg
 	i=$((i + 1))
 done
+# One record too long for a datagram with its release and userdata (over
+# 1000 bytes; /dev/kmsg takes at most 976): netconsole sends it in
+# fragments, the userdata once, in the last one's share of the body.
+long=$(printf '%0950d' 0 | tr 0 y)
+echo "lg-long: $long" >/dev/kmsg
 echo c >/proc/sysrq-trigger
