@@ -11,10 +11,14 @@ GO ?= go
 # (internal/testrig/kernelrig/) boots Debian's 6.1 kernel under qemu with a busybox
 # initramfs and builds its test module against the kernel's headers;
 # nftables gives a test node a firewall that rejects (liveness); prometheus
-# gives promtool, which unit-tests the alert rules (deploy/).
+# gives promtool, which unit-tests the alert rules (deploy/). KERNEL_612 is
+# the second kernel the rig boots, the first with netconsole userdata (6.9+):
+# no headers (no test module for it), its modules xz-compressed (xz-utils).
 KERNEL_ABI := 6.1.0-56-amd64
+KERNEL_612 := 6.12.107+deb12-amd64
 DEBIAN_PACKAGES := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 jq \
 	qemu-system-x86 linux-image-$(KERNEL_ABI) linux-headers-$(KERNEL_ABI) busybox-static gcc make libc6-dev \
+	linux-image-$(KERNEL_612)-unsigned xz-utils \
 	nftables prometheus
 
 .PHONY: help

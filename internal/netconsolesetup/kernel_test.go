@@ -36,20 +36,6 @@ var extendedPanic = regexp.MustCompile(`^\d+,\d+,\d+,[^;]*;Kernel panic - not sy
 // nothing, a changed port and a collector dropped, and back.
 func TestKernel(t *testing.T) {
 	rig := &kernelrig.Rig{Log: t.Logf}
-	if why := rig.Missing(); why != "" {
-		t.Skipf("skipped: the kernel rig %s", why)
-	}
-	if testing.Short() {
-		t.Skip("skipped in -short mode: boots qemu")
-	}
-	_, file, _, _ := runtime.Caller(0)
-	dir := filepath.Dir(file)
-	tmp := t.TempDir()
-	bin, err := rig.BuildLastgasp(t.Context(), tmp)
-	if err != nil {
-		t.Fatal(err)
-	}
-
 	var tapMAC net.HardwareAddr
 	rig.Collector = func(ns *testnet.Netns, ifname string) error {
 		return ns.Do(func() error {
@@ -60,32 +46,8 @@ func TestKernel(t *testing.T) {
 			return err
 		})
 	}
-	res, err := rig.Run(context.Background(), kernelrig.Scenario{
-		Name: "netconsole-setup",
-		Mode: "script",
-		// netconsole is loaded bare by the script, after the first step.
-		NoNetconsole: true,
-		MemoryMB:     512, // room for the initramfs with lastgasp in it
-		Timeout:      90 * time.Second,
-		Files: []kernelrig.File{
-			{Name: "bin/lastgasp", From: bin, Mode: 0o755},
-			{Name: "script", From: filepath.Join(dir, "testdata", "guest.sh"), Mode: 0o755},
-		},
-	}, tmp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("boot to panic: %s, %d datagrams", res.Elapsed.Round(100*time.Millisecond), res.Packets)
-	console, _ := os.ReadFile(res.Console)
-	defer func() {
-		if t.Failed() {
-			t.Logf("console:\n%s", console)
-		}
-	}()
-	if !res.Panicked {
-		t.Fatalf("the guest did not panic (timed out %v)", res.TimedOut)
-	}
-	out := kernelrig.GuestLines(console)
+	// netconsole is loaded bare by the script, after the first step.
+	res, out := bootScript(t, rig, "netconsole-setup", "guest.sh")
 
 	const v4, v6, routed = "lastgasp-10.99.0.1", "lastgasp-fd00_99__1", "lastgasp-10.98.0.5"
 	for _, c := range []struct {
@@ -131,6 +93,59 @@ func TestKernel(t *testing.T) {
 				w.src, kernelrig.NodePort, w.dst, kernelrig.CollectorPort, tapMAC)
 		}
 	}
+}
+
+// bootScript boots rig's kernel (the test skipped if the rig cannot run
+// here, or in -short mode) with a static lastgasp, made now, as
+// /bin/lastgasp and testdata/SCRIPT as the guest's script, which loads
+// netconsole bare and panics the guest. It returns the run and the
+// guest's "lg-" lines; the console is logged if the test fails.
+func bootScript(t *testing.T, rig *kernelrig.Rig, name, script string) (*kernelrig.Result, map[string][]string) {
+	t.Helper()
+	if why := rig.Missing(); why != "" {
+		t.Skipf("skipped: the kernel rig (%s) %s", orDefault(rig.Release, kernelrig.KernelRelease), why)
+	}
+	if testing.Short() {
+		t.Skip("skipped in -short mode: boots qemu")
+	}
+	_, file, _, _ := runtime.Caller(0)
+	tmp := t.TempDir()
+	bin, err := rig.BuildLastgasp(t.Context(), tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := rig.Run(context.Background(), kernelrig.Scenario{
+		Name:         name,
+		Mode:         "script",
+		NoNetconsole: true,
+		MemoryMB:     512, // room for the initramfs with lastgasp in it
+		Timeout:      90 * time.Second,
+		Files: []kernelrig.File{
+			{Name: "bin/lastgasp", From: bin, Mode: 0o755},
+			{Name: "script", From: filepath.Join(filepath.Dir(file), "testdata", script), Mode: 0o755},
+		},
+	}, tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("boot to panic: %s, %d datagrams", res.Elapsed.Round(100*time.Millisecond), res.Packets)
+	console, _ := os.ReadFile(res.Console)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("console:\n%s", console)
+		}
+	})
+	if !res.Panicked {
+		t.Fatalf("the guest did not panic (timed out %v)", res.TimedOut)
+	}
+	return res, kernelrig.GuestLines(console)
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 // panicSent reports whether a frame carries a panic line in the extended

@@ -31,8 +31,10 @@
 // Everything here needs root (namespaces, tap devices, AF_PACKET), qemu
 // (qemu-system-x86), the kernel (linux-image-6.1.0-56-amd64 and its
 // headers), busybox-static, gcc with a static libc (build-essential) and
-// make. Catalog lists the recorded scenarios; cmd/record records them into
-// testdata/kernel.
+// make. A Rig whose Release is KernelRelease612 boots Debian's 6.12
+// instead (linux-image-6.12.107+deb12-amd64-unsigned and xz-utils; with
+// NoCrashmod, since Debian has no headers of it here). Catalog lists the
+// recorded scenarios; cmd/record records them into testdata/kernel.
 package kernelrig
 
 import (
@@ -68,6 +70,12 @@ import (
 // KernelRelease is the Debian kernel the rig boots and builds crashmod
 // for (packages linux-image-6.1.0-56-amd64 and linux-headers-6.1.0-56-amd64).
 const KernelRelease = "6.1.0-56-amd64"
+
+// KernelRelease612 is the newer Debian kernel a Rig boots when its Release
+// says so (package linux-image-6.12.107+deb12-amd64-unsigned, no headers:
+// no crashmod), the first here with netconsole userdata (6.9+). Its
+// modules are xz-compressed and virtio-pci is built in.
+const KernelRelease612 = "6.12.107+deb12-amd64"
 
 // Defaults for a Rig's zero fields.
 const (
@@ -109,7 +117,10 @@ const tapName = "lgtap0"
 const guestMAC = "52:54:00:12:34:56"
 
 // modules are the kernel modules the initramfs carries, in the order
-// /init loads them (modules.dep's dependency order).
+// /init loads them (modules.dep's dependency order). A kernel may have
+// them as name.ko.xz (decompressed into the initramfs: busybox insmod
+// hands the kernel the bytes it reads) or built in (modules.builtin: left
+// out, /init skips what is absent).
 var modules = []string{
 	"kernel/drivers/virtio/virtio_ring.ko",
 	"kernel/drivers/virtio/virtio.ko",
@@ -126,15 +137,23 @@ var modules = []string{
 // Rig runs scenarios. Its zero value uses the defaults above and the
 // source directory this file was compiled from.
 type Rig struct {
+	// Release is the kernel release booted: the defaults of Kernel and
+	// Modules follow it. Default KernelRelease.
+	Release string
+	// NoCrashmod builds no crashmod, for a kernel without headers: only
+	// the modes none, sysrq, oom and script work.
+	NoCrashmod bool
 	// SourceDir is the kernelrig directory of the repository (crashmod/,
 	// memhog/, init). Default: this file's directory.
 	SourceDir string
 	// CacheDir is where built artifacts are kept. Default
 	// DefaultCacheDir.
 	CacheDir string
-	// Kernel is the kernel image to boot. Default DefaultKernel.
+	// Kernel is the kernel image to boot. Default /boot/vmlinuz-RELEASE
+	// (DefaultKernel).
 	Kernel string
-	// Modules is the kernel's module directory. Default DefaultModules.
+	// Modules is the kernel's module directory. Default
+	// /lib/modules/RELEASE (DefaultModules).
 	Modules string
 	// Busybox is a static busybox binary. Default DefaultBusybox.
 	Busybox string
@@ -161,6 +180,47 @@ func (r *Rig) sourceDir() string {
 	return filepath.Dir(file)
 }
 
+func (r *Rig) release() string { return orDefault(r.Release, KernelRelease) }
+
+func (r *Rig) kernel() string { return orDefault(r.Kernel, "/boot/vmlinuz-"+r.release()) }
+
+func (r *Rig) moduleDir() string { return orDefault(r.Modules, "/lib/modules/"+r.release()) }
+
+// modulePath returns where the kernel has module m (a path of modules,
+// ".ko"): as is, compressed (".ko.xz"), or "" when it is built in. An
+// error says it has neither.
+func (r *Rig) modulePath(m string) (string, error) {
+	mods := r.moduleDir()
+	for _, p := range []string{m, m + ".xz"} {
+		if _, err := os.Stat(filepath.Join(mods, p)); err == nil {
+			return filepath.Join(mods, p), nil
+		}
+	}
+	builtin, _ := os.ReadFile(filepath.Join(mods, "modules.builtin"))
+	for _, line := range strings.Split(string(builtin), "\n") {
+		if line == m {
+			return "", nil
+		}
+	}
+	return "", fmt.Errorf("kernelrig: module %s: not in %s", m, mods)
+}
+
+// readModule returns a module's bytes, decompressed if it is ".ko.xz".
+func readModule(ctx context.Context, path string) ([]byte, error) {
+	if !strings.HasSuffix(path, ".xz") {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("kernelrig: initramfs: %w", err)
+		}
+		return data, nil
+	}
+	out, err := exec.CommandContext(ctx, "xz", "-dc", path).Output()
+	if err != nil {
+		return nil, fmt.Errorf("kernelrig: initramfs: xz -dc %s: %w", path, err)
+	}
+	return out, nil
+}
+
 func orDefault(s, def string) string {
 	if s == "" {
 		return def
@@ -181,27 +241,37 @@ func (r *Rig) Missing() string {
 		return "needs root (network namespaces, tap devices, AF_PACKET)"
 	}
 	var missing []string
-	for _, tool := range []string{orDefault(r.QEMU, DefaultQEMU), "ip", "make", "gcc"} {
+	tools := []string{orDefault(r.QEMU, DefaultQEMU), "ip", "make", "gcc"}
+	if r.release() != KernelRelease {
+		tools = append(tools, "xz")
+	}
+	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
 			missing = append(missing, tool)
 		}
 	}
-	mods := orDefault(r.Modules, DefaultModules)
-	for _, f := range []string{
-		orDefault(r.Kernel, DefaultKernel),
-		filepath.Join(mods, "build", "Makefile"),
-		filepath.Join(mods, modules[len(modules)-1]),
-		orDefault(r.Busybox, DefaultBusybox),
-		"/dev/net/tun",
-	} {
+	mods := r.moduleDir()
+	files := []string{r.kernel(), orDefault(r.Busybox, DefaultBusybox), "/dev/net/tun"}
+	if !r.NoCrashmod {
+		files = append(files, filepath.Join(mods, "build", "Makefile"))
+	}
+	for _, f := range files {
 		if _, err := os.Stat(f); err != nil {
 			missing = append(missing, f)
 		}
 	}
+	if _, err := r.modulePath(modules[len(modules)-1]); err != nil {
+		missing = append(missing, filepath.Join(mods, modules[len(modules)-1]))
+	}
 	if len(missing) > 0 {
+		pkgs := "linux-image-" + r.release() + " linux-headers-" + r.release()
+		if r.release() == KernelRelease612 {
+			pkgs = "linux-image-" + r.release() + "-unsigned xz-utils"
+		} else if r.NoCrashmod {
+			pkgs = "linux-image-" + r.release()
+		}
 		return "missing " + strings.Join(missing, ", ") +
-			" (apt-get install qemu-system-x86 linux-image-" + KernelRelease +
-			" linux-headers-" + KernelRelease + " busybox-static gcc make iproute2)"
+			" (apt-get install qemu-system-x86 " + pkgs + " busybox-static gcc make iproute2)"
 	}
 	return ""
 }
@@ -212,7 +282,8 @@ type Artifacts struct {
 	Dir string
 	// Initramfs is the gzipped newc cpio archive booted with -initrd.
 	Initramfs string
-	// Module is crashmod.ko (also inside the initramfs).
+	// Module is crashmod.ko (also inside the initramfs); with
+	// Rig.NoCrashmod it does not exist.
 	Module string
 }
 
@@ -226,24 +297,36 @@ func (r *Rig) Build(ctx context.Context) (*Artifacts, error) {
 		return r.built, nil
 	}
 	src := r.sourceDir()
-	mods := orDefault(r.Modules, DefaultModules)
+	mods := r.moduleDir()
 	busybox := orDefault(r.Busybox, DefaultBusybox)
 
 	// The key: every file that goes into the artifacts, and the headers'
 	// identity (their kernel release and exported symbols).
-	inputs := []string{
-		filepath.Join(src, "crashmod", "crashmod.c"),
-		filepath.Join(src, "crashmod", "Makefile"),
-		filepath.Join(src, "memhog", "memhog.c"),
-		filepath.Join(src, "init"),
-		busybox,
-		filepath.Join(mods, "build", "Module.symvers"),
+	var inputs []string
+	if !r.NoCrashmod {
+		inputs = append(inputs, filepath.Join(src, "crashmod", "crashmod.c"), filepath.Join(src, "crashmod", "Makefile"))
 	}
+	inputs = append(inputs, filepath.Join(src, "memhog", "memhog.c"), filepath.Join(src, "init"), busybox)
+	if !r.NoCrashmod {
+		inputs = append(inputs, filepath.Join(mods, "build", "Module.symvers"))
+	}
+	// The modules the kernel has as files; name: path.
+	var modFiles [][2]string
 	for _, m := range modules {
-		inputs = append(inputs, filepath.Join(mods, m))
+		p, err := r.modulePath(m)
+		if err != nil {
+			return nil, err
+		}
+		if p != "" {
+			inputs = append(inputs, p)
+			modFiles = append(modFiles, [2]string{"lib/modules/" + filepath.Base(m), p})
+		}
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "kernelrig v1 %s\n", KernelRelease)
+	fmt.Fprintf(h, "kernelrig v1 %s\n", r.release())
+	if r.NoCrashmod {
+		fmt.Fprintf(h, "no crashmod\n")
+	}
 	for _, f := range inputs {
 		data, err := os.ReadFile(f)
 		if err != nil {
@@ -276,16 +359,18 @@ func (r *Rig) Build(ctx context.Context) (*Artifacts, error) {
 
 	// crashmod: a copy of its directory, built in place with Kbuild.
 	modDir := filepath.Join(tmp, "crashmod")
-	if err := os.MkdirAll(modDir, 0o755); err != nil {
-		return nil, fmt.Errorf("kernelrig: %w", err)
-	}
-	for _, f := range []string{"crashmod.c", "Makefile"} {
-		if err := copyFile(filepath.Join(src, "crashmod", f), filepath.Join(modDir, f), 0o644); err != nil {
+	if !r.NoCrashmod {
+		if err := os.MkdirAll(modDir, 0o755); err != nil {
+			return nil, fmt.Errorf("kernelrig: %w", err)
+		}
+		for _, f := range []string{"crashmod.c", "Makefile"} {
+			if err := copyFile(filepath.Join(src, "crashmod", f), filepath.Join(modDir, f), 0o644); err != nil {
+				return nil, err
+			}
+		}
+		if err := run(ctx, "", "make", "-C", filepath.Join(mods, "build"), "M="+modDir, "modules"); err != nil {
 			return nil, err
 		}
-	}
-	if err := run(ctx, "", "make", "-C", filepath.Join(mods, "build"), "M="+modDir, "modules"); err != nil {
-		return nil, err
 	}
 	memhog := filepath.Join(tmp, "memhog")
 	if err := run(ctx, "", "gcc", "-static", "-O2", "-Wall", "-o", memhog, filepath.Join(src, "memhog", "memhog.c")); err != nil {
@@ -310,10 +395,9 @@ func (r *Rig) Build(ctx context.Context) (*Artifacts, error) {
 		{"init", filepath.Join(src, "init")},
 		{"bin/busybox", busybox},
 		{"bin/memhog", memhog},
-		{"lib/modules/crashmod.ko", filepath.Join(modDir, "crashmod.ko")},
 	}
-	for _, m := range modules {
-		adds = append(adds, [2]string{"lib/modules/" + filepath.Base(m), filepath.Join(mods, m)})
+	if !r.NoCrashmod {
+		adds = append(adds, [2]string{"lib/modules/crashmod.ko", filepath.Join(modDir, "crashmod.ko")})
 	}
 	for _, f := range adds {
 		perm := uint32(0o644)
@@ -323,6 +407,13 @@ func (r *Rig) Build(ctx context.Context) (*Artifacts, error) {
 		if err := add(f[0], f[1], perm); err != nil {
 			return nil, err
 		}
+	}
+	for _, f := range modFiles {
+		data, err := readModule(ctx, f[1])
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, cpioFile{name: f[0], mode: unix.S_IFREG | 0o644, data: data})
 	}
 	files = append(files, cpioFile{name: "bin/sh", mode: unix.S_IFLNK | 0o777, data: []byte("busybox")})
 	var archive bytes.Buffer
@@ -336,10 +427,12 @@ func (r *Rig) Build(ctx context.Context) (*Artifacts, error) {
 	if err := os.WriteFile(filepath.Join(tmp, "initramfs.cpio.gz"), archive.Bytes(), 0o644); err != nil {
 		return nil, fmt.Errorf("kernelrig: %w", err)
 	}
-	if err := copyFile(filepath.Join(modDir, "crashmod.ko"), filepath.Join(tmp, "crashmod.ko"), 0o644); err != nil {
-		return nil, err
+	if !r.NoCrashmod {
+		if err := copyFile(filepath.Join(modDir, "crashmod.ko"), filepath.Join(tmp, "crashmod.ko"), 0o644); err != nil {
+			return nil, err
+		}
+		os.RemoveAll(modDir)
 	}
-	os.RemoveAll(modDir)
 	if err := os.Rename(tmp, dir); err != nil {
 		// Another process built the same key first: use its copy.
 		if _, serr := os.Stat(a.Initramfs); serr != nil {
@@ -645,7 +738,7 @@ func (r *Rig) Run(ctx context.Context, s Scenario, dir string) (*Result, error) 
 		"-smp", strconv.Itoa(s.CPUs), "-m", strconv.Itoa(s.MemoryMB),
 		"-display", "none", "-monitor", "none", "-no-reboot",
 		"-serial", "file:" + res.Console,
-		"-kernel", orDefault(r.Kernel, DefaultKernel),
+		"-kernel", r.kernel(),
 		"-initrd", initramfs,
 		"-append", s.CommandLine(),
 		"-netdev", "tap,id=n0,ifname=" + tapName + ",script=no,downscript=no",
