@@ -98,6 +98,14 @@ bench-flood: deps ## issue 16's flood: every receiver at stepped rates, bench/re
 bench-sources: deps ## issue 16's scenario 2: the XDP program's cost per packet with 1 to 100,000 sources' bursts open, bench/results/sources.json (~15 s)
 	$(GO) test -run '^$$' -bench '^BenchmarkSources$$' -benchtime 1x ./bench/
 
+.PHONY: bench-cleanup
+bench-cleanup: deps ## issue 16's scenario 3: first panic packet to Node deleted through the daemon (XDP, real API server), 1 node x 110 pods and 100 nodes at once, bench/results/cleanup.json (~3 min)
+	$(GO) test -run '^$$' -bench '^BenchmarkDaemonCleanup$$' -benchtime 1x -timeout 30m ./cmd/lastgasp/
+
+.PHONY: bench-restart
+bench-restart: deps ## issue 16's scenario 4: 3 runs of 20 panics while the daemon is SIGKILLed and restarted on its pinned maps, recall in bench/results/restart.json (~3 min)
+	$(GO) test -run '^$$' -bench '^BenchmarkDaemonRestart$$' -benchtime 3x -timeout 30m ./cmd/lastgasp/
+
 .PHONY: record-kernel
 record-kernel: deps ## re-record the real-kernel captures in testdata/kernel (qemu, ~4 min)
 	$(GO) run ./internal/testrig/kernelrig/cmd/record -out testdata/kernel

@@ -27,6 +27,10 @@
 // sources_test.go (BenchmarkSources, make bench-sources) is scenario 2:
 // the XDP program's cost per packet as the LRU of bursts fills, 1 to
 // 100,000 sources, IPv4 and IPv6, written to results/sources.json.
+// Scenarios 3 and 4 run the whole daemon, so they live beside its tests in
+// cmd/lastgasp (scenarios_test.go): BenchmarkDaemonCleanup (make
+// bench-cleanup, results/cleanup.json) and BenchmarkDaemonRestart (make
+// bench-restart, results/restart.json).
 //
 // Run them as root (loading an XDP program needs CAP_BPF and
 // CAP_NET_ADMIN):

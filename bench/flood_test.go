@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"math"
 	"net/netip"
 	"os"
 	"runtime"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/lastgasp/lastgasp/internal/detect"
 	"github.com/lastgasp/lastgasp/internal/filter"
+	"github.com/lastgasp/lastgasp/internal/testrig/benchenv"
 	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
 	"github.com/lastgasp/lastgasp/internal/testrig/trafficgen"
 )
@@ -94,8 +94,8 @@ func BenchmarkFlood(b *testing.B) {
 		b.Fatal(err)
 	}
 	cfg := floodConfigFromEnv()
-	res := floodResults{Machine: machineName(), Kernel: kernelRelease()}
-	loadStart := loadAverage()
+	res := floodResults{Machine: benchenv.Machine(), Kernel: benchenv.Kernel()}
+	loadStart := benchenv.LoadAverage()
 	for range b.N {
 		res.Rows, res.OrdinaryOnly = nil, nil
 		for _, rate := range cfg.rates {
@@ -115,7 +115,7 @@ func BenchmarkFlood(b *testing.B) {
 	if out == "" {
 		out = "results"
 	}
-	if err := writeFloodResults(out, res, cfg, loadStart, loadAverage()); err != nil {
+	if err := writeFloodResults(out, res, cfg, loadStart, benchenv.LoadAverage()); err != nil {
 		b.Fatal(err)
 	}
 }
@@ -290,44 +290,4 @@ func udpRcvbufErrors(b *testing.B, ns *testnet.Netns) uint64 {
 		b.Fatal(err)
 	}
 	return n
-}
-
-// machineName names the CPU and how many this machine has.
-func machineName() string {
-	model := "unknown CPU"
-	if raw, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for line := range strings.Lines(string(raw)) {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-				model = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	return fmt.Sprintf("%d vCPU, %s", runtime.NumCPU(), model)
-}
-
-// kernelRelease is uname -r.
-func kernelRelease() string {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return "unknown"
-	}
-	return unix.ByteSliceToString(u.Release[:])
-}
-
-// loadAverage is the one-minute load average, NaN if unknown.
-func loadAverage() float64 {
-	raw, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return math.NaN()
-	}
-	f := strings.Fields(string(raw))
-	if len(f) == 0 {
-		return math.NaN()
-	}
-	v, err := strconv.ParseFloat(f[0], 64)
-	if err != nil {
-		return math.NaN()
-	}
-	return v
 }

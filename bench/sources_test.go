@@ -11,6 +11,7 @@ import (
 
 	cilium "github.com/cilium/ebpf/ringbuf"
 
+	"github.com/lastgasp/lastgasp/internal/testrig/benchenv"
 	"github.com/lastgasp/lastgasp/internal/testrig/packettest"
 )
 
@@ -52,7 +53,7 @@ type sourcesResults struct {
 // the number of sources as the figure. Writes $FLOOD_OUT/sources.json
 // (default results/).
 func BenchmarkSources(b *testing.B) {
-	res := sourcesResults{Machine: machineName(), Kernel: kernelRelease()}
+	res := sourcesResults{Machine: benchenv.Machine(), Kernel: benchenv.Kernel()}
 	for range b.N {
 		res.Rows = []sourcesRow{runEmptyProgram(b)}
 		for _, family := range []string{"ipv4", "ipv6"} {

@@ -87,7 +87,7 @@ func controlPlane(t testing.TB) (*kubernetes.Clientset, string) {
 // kubeconfigIn returns a kubeconfig that reaches the shared control
 // plane from inside the network namespace ns, through a proxy listening
 // there.
-func kubeconfigIn(t *testing.T, ns *testnet.Netns) string {
+func kubeconfigIn(t testing.TB, ns *testnet.Netns) string {
 	t.Helper()
 	controlPlane(t)
 	p, err := shared.cp.NewProxyIn(ns.Do)
@@ -121,14 +121,14 @@ type daemonProc struct {
 // (nil: this one) and waits until it says it is collecting. nsenter
 // enters the network namespace only, so the daemon sees this mount
 // namespace's bpffs (ip netns exec would remount /sys).
-func startDaemon(t *testing.T, ns *testnet.Netns, args ...string) *daemonProc {
+func startDaemon(t testing.TB, ns *testnet.Netns, args ...string) *daemonProc {
 	t.Helper()
 	return startCommand(t, ns, "lastgasp collecting", append([]string{"run"}, args...)...)
 }
 
 // startCommand starts "lastgasp args" as startDaemon does and waits until
 // its output holds ready.
-func startCommand(t *testing.T, ns *testnet.Netns, ready string, args ...string) *daemonProc {
+func startCommand(t testing.TB, ns *testnet.Netns, ready string, args ...string) *daemonProc {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
@@ -172,7 +172,7 @@ func (d *daemonProc) kill() {
 }
 
 // stop sends SIGTERM and returns the exit status, failing after timeout.
-func (d *daemonProc) stop(t *testing.T, timeout time.Duration) int {
+func (d *daemonProc) stop(t testing.TB, timeout time.Duration) int {
 	t.Helper()
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
@@ -197,7 +197,7 @@ func logged(out *syncBuffer, msg string) []map[string]any {
 }
 
 // waitLogged waits until the log holds n records with the message.
-func waitLogged(t *testing.T, out *syncBuffer, msg string, n int, timeout time.Duration) []map[string]any {
+func waitLogged(t testing.TB, out *syncBuffer, msg string, n int, timeout time.Duration) []map[string]any {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -222,7 +222,7 @@ func makeNode(t testing.TB, cs kubernetes.Interface, name, addr string, n int) s
 }
 
 // podsLeft counts the pods left in a namespace.
-func podsLeft(t *testing.T, cs kubernetes.Interface, ns string) int {
+func podsLeft(t testing.TB, cs kubernetes.Interface, ns string) int {
 	t.Helper()
 	pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
 	if err != nil {
@@ -232,7 +232,7 @@ func podsLeft(t *testing.T, cs kubernetes.Interface, ns string) int {
 }
 
 // waitNodeGone waits until the Node is deleted.
-func waitNodeGone(t *testing.T, cs kubernetes.Interface, name string, timeout time.Duration, out *syncBuffer) {
+func waitNodeGone(t testing.TB, cs kubernetes.Interface, name string, timeout time.Duration, out *syncBuffer) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -249,7 +249,7 @@ func waitNodeGone(t *testing.T, cs kubernetes.Interface, name string, timeout ti
 
 // pinPath returns a fresh bpffs directory for the test's pins, removed
 // (with the links pinned in it: that detaches them) at the end.
-func pinPath(t *testing.T) string {
+func pinPath(t testing.TB) string {
 	t.Helper()
 	dir := fmt.Sprintf("/sys/fs/bpf/lastgasp-test-%d", time.Now().UnixNano())
 	t.Cleanup(func() { os.RemoveAll(dir) })

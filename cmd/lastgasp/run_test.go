@@ -189,7 +189,7 @@ type running struct {
 // startCollector runs "lastgasp run args" inside the pair's collector
 // namespace (attaching finds the interface in the calling thread's
 // namespace), and waits until it says it is collecting.
-func startCollector(t *testing.T, pair *testnet.Pair, args ...string) *running {
+func startCollector(t testing.TB, pair *testnet.Pair, args ...string) *running {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{done: make(chan int, 1), cancel: cancel}
@@ -213,7 +213,7 @@ func (r *running) stop(t testing.TB) {
 }
 
 // nodeSocket is netconsole's socket on the node: its address, port 6665.
-func nodeSocket(t *testing.T, pair *testnet.Pair) *net.UDPConn {
+func nodeSocket(t testing.TB, pair *testnet.Pair) *net.UDPConn {
 	t.Helper()
 	var conn *net.UDPConn
 	if err := pair.Node.Netns.Do(func() (err error) {
