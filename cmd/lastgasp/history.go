@@ -217,6 +217,9 @@ func printCrash(out io.Writer, kc *crashrecord.KernelCrash) {
 	if s.ConfirmedDeadAt != nil {
 		row("Confirmed dead", s.ConfirmedDeadAt.UTC().Format(time.RFC3339Nano))
 	}
+	if s.CappedAt != nil {
+		row("Held by the cap", "from "+s.CappedAt.UTC().Format(time.RFC3339Nano)+" (--max-node-deletions-per-minute)")
+	}
 	if s.NodeDeletedAt != nil {
 		row("Node deleted", s.NodeDeletedAt.UTC().Format(time.RFC3339Nano))
 	}

@@ -290,8 +290,10 @@ type backoff struct {
 type work struct {
 	inc detect.Incident
 	// reserved is set once the brake recorded this incident's node as
-	// ended; capped once the cap made it wait (counted once).
+	// ended; capped once the cap made it wait (counted once), cappedAt
+	// when.
 	reserved, capped bool
+	cappedAt         time.Time
 	// confirmedAt is when the node was found dead, and confirmedUID the
 	// UID it had then: a retry soon after, of the same node, is not
 	// probed again.
@@ -673,7 +675,7 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 		}
 		if d.wait > 0 {
 			if !w.capped {
-				w.capped = true
+				w.capped, w.cappedAt = true, time.Now()
 				c.stats.Capped.Add(1)
 				log.Warn("node deletion cap reached: this node waits its turn", "cap_per_minute", c.cfg.MaxNodeDeletionsPerMinute, "wait", d.wait.Round(time.Millisecond))
 			}

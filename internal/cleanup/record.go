@@ -34,6 +34,9 @@ type Finished struct {
 	// confirmed, or no confirmation asked); NodeDeletedAt when its Node
 	// was deleted (zero: it was not).
 	ConfirmedDeadAt, NodeDeletedAt time.Time
+	// CappedAt is when the node deletion cap first held the incident
+	// back, to wait its turn (zero: it did not).
+	CappedAt time.Time
 	// Pods are the pods the incident ended (pending: is about to end;
 	// dry run: would have ended).
 	Pods []EndedPod
@@ -120,7 +123,7 @@ func (c *Controller) record(ctx context.Context, w *work, outcome Outcome) bool 
 	}
 	f := Finished{
 		Incident: w.inc, Outcome: outcome, Node: w.node, NodeUID: w.nodeUID,
-		ConfirmedDeadAt: w.confirmedAt, NodeDeletedAt: w.deletedAt, Pods: w.ended, At: time.Now(),
+		ConfirmedDeadAt: w.confirmedAt, NodeDeletedAt: w.deletedAt, CappedAt: w.cappedAt, Pods: w.ended, At: time.Now(),
 	}
 	if c.cfg.DryRun {
 		if w.node == "" {

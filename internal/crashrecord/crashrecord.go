@@ -97,6 +97,9 @@ type Spec struct {
 	// its Node was deleted.
 	ConfirmedDeadAt *metav1.Time `json:"confirmedDeadAt,omitempty"`
 	NodeDeletedAt   *metav1.Time `json:"nodeDeletedAt,omitempty"`
+	// CappedAt is when the node deletion cap first held the incident
+	// back to wait its turn; absent: it did not.
+	CappedAt *metav1.Time `json:"cappedAt,omitempty"`
 	// Pods are the pods ended, at most MaxPods; PodCount counts them
 	// all.
 	Pods     []cleanup.EndedPod `json:"pods,omitempty"`
@@ -159,6 +162,10 @@ func FromFinished(f cleanup.Finished, reportedBy string) *KernelCrash {
 	if !f.NodeDeletedAt.IsZero() {
 		t := metav1.NewTime(f.NodeDeletedAt)
 		spec.NodeDeletedAt = &t
+	}
+	if !f.CappedAt.IsZero() {
+		t := metav1.NewTime(f.CappedAt)
+		spec.CappedAt = &t
 	}
 	labels := map[string]string{LabelSignature: sig.ID, LabelNode: labelValue(f.Node)}
 	if spec.Storm {

@@ -425,6 +425,27 @@ func TestSchemaRefuses(t *testing.T) {
 	}
 }
 
+// TestCappedRecorded: a crash the node deletion cap held back says so
+// in its record, as the API server keeps it (the schema has the field:
+// an unknown one would be pruned).
+func TestCappedRecorded(t *testing.T) {
+	_, store, _ := clients(t)
+	capped := time.Now().Add(-40 * time.Second).Truncate(time.Second)
+	inc := detect.Incident{ID: "c4pped0123456789", Kind: "panic", Fatal: true, Reason: "Kernel panic - not syncing: capped", First: capped, Last: capped}
+	node := "capped-node"
+	rec := &crashrecord.Recorder{Store: store, Instance: "c"}
+	if err := rec.Record(context.Background(), cleanup.Finished{Incident: inc, Outcome: cleanup.OutcomeCleanedUp, Node: node, CappedAt: capped, NodeDeletedAt: time.Now(), At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	all, err := store.List(context.Background(), crashrecord.LabelNode+"="+node)
+	if err != nil || len(all) != 1 {
+		t.Fatalf("%d records, %v", len(all), err)
+	}
+	if got := all[0].Spec.CappedAt; got == nil || !got.Time.Equal(capped) {
+		t.Errorf("cappedAt %v, want %v", got, capped)
+	}
+}
+
 // TestKernelRelease: from the real captures' report line, tainted or not.
 func TestKernelRelease(t *testing.T) {
 	for line, want := range map[string]string{
