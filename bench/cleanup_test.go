@@ -22,6 +22,7 @@ import (
 	"github.com/lastgasp/lastgasp/internal/detect"
 	"github.com/lastgasp/lastgasp/internal/nodeindex"
 	"github.com/lastgasp/lastgasp/internal/pattern"
+	"github.com/lastgasp/lastgasp/internal/testrig/clustertest"
 	"github.com/lastgasp/lastgasp/internal/testrig/controlplane"
 )
 
@@ -81,11 +82,19 @@ func BenchmarkCleanup(b *testing.B) {
 						Fatal: true, Reason: "Kernel panic - not syncing: bench", Cause: "Kernel panic - not syncing: bench", First: start,
 					})
 				}
-				took := waitDeleted(b, setup, names, start)
+				took, err := clustertest.NodesGone(context.Background(), setup, names, func(string) time.Time { return start }, 10*time.Minute)
+				if err != nil {
+					b.Fatal(err)
+				}
 				b.Logf("round %d: last node deleted after %v", round, slices.Max(took).Round(time.Millisecond))
 				per = append(per, took...)
 			}
 			b.StopTimer()
+			// The last round's Events are still being written: let them
+			// finish before the controller stops.
+			for deadline := time.Now().Add(time.Minute); ctrl.Pending() > 0 && time.Now().Before(deadline); {
+				time.Sleep(50 * time.Millisecond)
+			}
 			sort.Slice(per, func(i, j int) bool { return per[i] < per[j] })
 			b.ReportMetric(float64(per[len(per)/2].Milliseconds()), "p50-ms")
 			b.ReportMetric(float64(per[len(per)*99/100].Milliseconds()), "p99-ms")
@@ -149,38 +158,4 @@ func makeCluster(b *testing.B, cs kubernetes.Interface, index *nodeindex.Index, 
 		}
 	}
 	return names
-}
-
-// waitDeleted polls until every named node is gone and returns how long
-// each took from start.
-func waitDeleted(b *testing.B, cs kubernetes.Interface, names []string, start time.Time) []time.Duration {
-	left := map[string]bool{}
-	for _, n := range names {
-		left[n] = true
-	}
-	var took []time.Duration
-	deadline := start.Add(10 * time.Minute)
-	for len(left) > 0 {
-		// One List a sweep, so that the polling does not load the API
-		// server being measured.
-		list, err := cs.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		present := map[string]bool{}
-		for _, n := range list.Items {
-			present[n.Name] = true
-		}
-		for n := range left {
-			if !present[n] {
-				took = append(took, time.Since(start))
-				delete(left, n)
-			}
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("%d nodes not deleted after 10 minutes", len(left))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return took
 }

@@ -152,27 +152,9 @@ func cleanupRound(b *testing.B, cs kubernetes.Interface, pair *testnet.Pair, r *
 		start[name] = time.Now()
 		replay(b, conns[i], dst, "sysrq-ext-v4.pcap")
 	}
-	gone := map[string]bool{}
-	for deadline := time.Now().Add(5 * time.Minute); len(gone) < nodes; time.Sleep(20 * time.Millisecond) {
-		// One List a sweep, so that the polling does not load the API
-		// server being measured.
-		list, err := cs.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		present := map[string]bool{}
-		for _, n := range list.Items {
-			present[n.Name] = true
-		}
-		for _, name := range names {
-			if !gone[name] && !present[name] {
-				gone[name] = true
-				took = append(took, time.Since(start[name]))
-			}
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("%d of %d nodes not deleted in 5 minutes:\n%s", nodes-len(gone), nodes, r.out.String())
-		}
+	took, err := clustertest.NodesGone(context.Background(), cs, names, func(name string) time.Time { return start[name] }, 5*time.Minute)
+	if err != nil {
+		b.Fatalf("%v:\n%s", err, r.out.String())
 	}
 	for _, name := range names {
 		left += podsLeft(b, cs, "ns-"+name)

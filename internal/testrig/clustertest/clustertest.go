@@ -220,3 +220,32 @@ func CheckPodEnded(t testing.TB, p *corev1.Pod, inc detect.Incident, wantPhase c
 		t.Errorf("%s: annotations %v", name, a)
 	}
 }
+
+// NodesGone polls the Nodes (one List a sweep, every 20 ms, so that the
+// polling does not load the API server being measured) until none of
+// names is left, and returns how long after since(name) each was first
+// seen gone, in the order they went. An error once timeout has passed.
+func NodesGone(ctx context.Context, cs kubernetes.Interface, names []string, since func(name string) time.Time, timeout time.Duration) ([]time.Duration, error) {
+	gone := map[string]bool{}
+	var took []time.Duration
+	for deadline := time.Now().Add(timeout); len(gone) < len(names); time.Sleep(20 * time.Millisecond) {
+		list, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return took, fmt.Errorf("list nodes: %w", err)
+		}
+		present := map[string]bool{}
+		for _, n := range list.Items {
+			present[n.Name] = true
+		}
+		for _, name := range names {
+			if !gone[name] && !present[name] {
+				gone[name] = true
+				took = append(took, time.Since(since(name)))
+			}
+		}
+		if time.Now().After(deadline) {
+			return took, fmt.Errorf("%d of %d nodes not deleted in %v", len(names)-len(gone), len(names), timeout)
+		}
+	}
+	return took, nil
+}
