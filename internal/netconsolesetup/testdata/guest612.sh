@@ -19,10 +19,16 @@ i=0
 while [ $i -lt 20 ]; do
 	echo "lg-noise: ordinary kernel line $i from a healthy node" >/dev/kmsg
 	i=$((i + 1))
+	sleep 0.05
 done
+# Under TCG the guest's virtio queue drains at qemu's pace, and netpoll
+# drops what does not fit (it cannot wait): let it drain before the
+# panic's own burst.
+sleep 1
 # One record too long for a datagram with its release and userdata (over
 # 1000 bytes; /dev/kmsg takes at most 976): netconsole sends it in
 # fragments, the userdata once, in the last one's share of the body.
 long=$(printf '%0950d' 0 | tr 0 y)
 echo "lg-long: $long" >/dev/kmsg
+sleep 1
 echo c >/proc/sysrq-trigger
