@@ -67,7 +67,7 @@ enum record_flags {
  * line: offsetof(struct record, payload) + len bytes). */
 struct record {
 	__u8 saddr[16];     /* source address; IPv4 as ::ffff:a.b.c.d */
-	__u64 time_ns;      /* bpf_ktime_get_ns() at receive (CLOCK_MONOTONIC) */
+	__u64 time_ns;      /* bpf_ktime_get_coarse_ns() at receive (CLOCK_MONOTONIC_COARSE: CLOCK_MONOTONIC as of the last tick) */
 	__u32 ifindex;      /* interface the packet arrived on */
 	__u16 sport;        /* UDP source port, host byte order */
 	__u16 dport;        /* UDP destination port, host byte order */

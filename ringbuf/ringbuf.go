@@ -125,7 +125,8 @@ func (r *Reader) Close() error {
 
 // Decode turns one raw record into a Line; the Line's Payload aliases raw,
 // so it is valid only as long as raw is. stamp converts the record's
-// CLOCK_MONOTONIC receive time to wall time (Clock.Stamp does it for a
+// CLOCK_MONOTONIC receive time (the coarse clock: as of the kernel's last
+// tick, up to a jiffy behind) to wall time (Clock.Stamp does it for a
 // live reader; an offline scan substitutes the capture's own time).
 func Decode(raw []byte, stamp func(monoNS uint64) time.Time) (filter.Line, error) {
 	if len(raw) < headLen {
