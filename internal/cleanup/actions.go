@@ -115,8 +115,8 @@ func endingIncident(pods []*corev1.Pod, now time.Time) string {
 
 // cleanUp ends the Pods bound to the node, in parallel, then the Node;
 // it leaves the Events to write in w.events, off the path to the Node's
-// deletion and off the worker. The
-// incident's record is written first, pending (to become outcome).
+// deletion and off the worker. The incident's record is written first,
+// pending (to become outcome).
 func (c *Controller) cleanUp(ctx context.Context, log *slog.Logger, node *corev1.Node, w *work, outcome Outcome) error {
 	inc := w.inc
 	pods, err := c.cfg.Index.PodsOn(node.Name)

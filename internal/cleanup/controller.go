@@ -290,10 +290,10 @@ type backoff struct {
 type work struct {
 	inc detect.Incident
 	// reserved is set once the brake recorded this incident's node as
-	// ended; capped once the cap made it wait (counted once), cappedAt
-	// when.
-	reserved, capped bool
-	cappedAt         time.Time
+	// ended; cappedAt when the cap first made it wait (counted once;
+	// zero: it did not).
+	reserved bool
+	cappedAt time.Time
 	// confirmedAt is when the node was found dead, and confirmedUID the
 	// UID it had then: a retry soon after, of the same node, is not
 	// probed again.
@@ -674,8 +674,8 @@ func (c *Controller) apply(ctx context.Context, w *work) (Outcome, time.Duration
 			return OutcomeBraked, 0, c.reportUnconfirmed(ctx, log, node, inc, false, "share brake: "+d.braked)
 		}
 		if d.wait > 0 {
-			if !w.capped {
-				w.capped, w.cappedAt = true, time.Now()
+			if w.cappedAt.IsZero() {
+				w.cappedAt = time.Now()
 				c.stats.Capped.Add(1)
 				log.Warn("node deletion cap reached: this node waits its turn", "cap_per_minute", c.cfg.MaxNodeDeletionsPerMinute, "wait", d.wait.Round(time.Millisecond))
 			}
