@@ -85,7 +85,7 @@ func (x *Index) HasSynced() bool { return x.nodesSynced() && x.podsSynced() }
 // several (a misconfigured override), the first by name is returned and
 // ambiguous is set.
 func (x *Index) NodeFor(addr netip.Addr) (node *corev1.Node, ambiguous bool, err error) {
-	objs, err := x.nodes.GetIndexer().ByIndex(byAddress, addr.Unmap().WithZone("").String())
+	objs, err := x.nodes.GetIndexer().ByIndex(byAddress, addressKey(addr))
 	if err != nil {
 		return nil, false, fmt.Errorf("look up node by address %s: %w", addr, err)
 	}
@@ -110,7 +110,7 @@ func (x *Index) Named(name string, addr netip.Addr) (node *corev1.Node, exists b
 	if err != nil {
 		return nil, false, fmt.Errorf("look up node %s: %w", name, err)
 	}
-	if !slices.Contains(Addresses(n), addr.Unmap().WithZone("").String()) {
+	if !slices.Contains(Addresses(n), addressKey(addr)) {
 		return nil, true, nil
 	}
 	return n, true, nil
@@ -165,6 +165,12 @@ func nodeAddresses(obj any) ([]string, error) {
 	return Addresses(n), nil
 }
 
+// addressKey is how an address is written in the index and in Addresses:
+// IPv4 plain (not IPv4-mapped), no zone.
+func addressKey(a netip.Addr) string {
+	return a.Unmap().WithZone("").String()
+}
+
 // Addresses returns the netconsole source addresses a Node is known by:
 // its InternalIP and ExternalIP addresses and those of SourceAnnotation,
 // normalised (IPv4 plain, IPv6 compressed), without repeats.
@@ -176,7 +182,7 @@ func Addresses(n *corev1.Node) []string {
 		if err != nil {
 			return
 		}
-		k := a.Unmap().WithZone("").String()
+		k := addressKey(a)
 		if !seen[k] {
 			seen[k] = true
 			out = append(out, k)
