@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lastgasp/lastgasp/internal/netconsole"
 )
 
 // TargetPrefix starts the name of every target this package makes; it
@@ -192,7 +194,7 @@ func (c Configfs) apply(t Target) (Action, error) {
 	as := c.attrs(dir, t)
 	userdata := c.NodeName != "" && exists(filepath.Join(dir, "userdata"))
 	if action == Reconfigured && read(filepath.Join(dir, "enabled")) == "1" &&
-		!c.differs(dir, as) && (!userdata || read(filepath.Join(dir, "userdata", "node", "value")) == c.NodeName) {
+		!c.differs(dir, as) && (!userdata || read(filepath.Join(dir, "userdata", netconsole.UserdataNode, "value")) == c.NodeName) {
 		return Unchanged, nil
 	}
 	// The kernel takes new addresses only on a disabled target.
@@ -207,11 +209,12 @@ func (c Configfs) apply(t Target) (Action, error) {
 		}
 	}
 	if userdata {
-		node := filepath.Join(dir, "userdata", "node")
-		if err := os.Mkdir(node, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		// The key the collector's decoder reads the Node name from.
+		node := filepath.Join("userdata", netconsole.UserdataNode)
+		if err := os.Mkdir(filepath.Join(dir, node), 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 			return "", fmt.Errorf("netconsole target %s: userdata: %w", t.Name(), err)
 		}
-		if err := write(dir, "userdata/node/value", c.NodeName); err != nil {
+		if err := write(dir, filepath.Join(node, "value"), c.NodeName); err != nil {
 			return "", err
 		}
 	}
