@@ -55,11 +55,34 @@ func captureSeeds(f *testing.F) [][]byte {
 	return seeds
 }
 
+// wordEdgeSeeds returns headers that end on each side of the program's
+// 8-byte words and of its inline first 32 bytes (find_text scans a word
+// at a time, the first NEAR_WORDS words inline, the rest in
+// first_of_far), each followed by a panic line or cut short: every
+// header length from 1 to 48 bytes, in both formats, a second "[...]"
+// group that crosses byte 32, and ']' or ';' as the very last byte.
+func wordEdgeSeeds() [][]byte {
+	const text = "Kernel panic - not syncing: Fatal exception\n"
+	var seeds [][]byte
+	for l := 0; l <= 48; l++ {
+		digits := strings.Repeat("1", l)
+		for _, h := range []string{
+			"4" + digits + ";",                         // extended, ';' at byte l+1
+			"4" + digits + " ;",                        // a space first: not a header
+			"[" + strings.Repeat(" ", l) + "] ",        // basic, ']' at byte l+1
+			"[  3.0][" + strings.Repeat("T", l) + "] ", // a second group from byte 7
+		} {
+			seeds = append(seeds, []byte(h+text), []byte(h), []byte(h[:len(h)-1]))
+		}
+	}
+	return seeds
+}
+
 // FuzzKernelMatchesGo holds the kernel program's matcher against the Go
 // matcher (pattern.Table.Match) on arbitrary payloads: the same pattern,
 // or no match in both.
 func FuzzKernelMatchesGo(f *testing.F) {
-	for _, s := range captureSeeds(f) {
+	for _, s := range append(captureSeeds(f), wordEdgeSeeds()...) {
 		f.Add(s)
 	}
 	h := newHarness(f, loader.Config{NoContext: true})

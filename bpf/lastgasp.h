@@ -147,9 +147,11 @@ struct burst {
 
 /* Program-wide state shared by all CPUs (a one-entry array). */
 struct shared_state {
-	/* Coarse monotonic time of the last match from any source. While
-	 * now >= last_match_ns + burst_timeout_ns no burst can be open, and
-	 * ordinary lines skip the burst table lookup altogether. */
+	/* Coarse monotonic time of the last match from any source, or 0.
+	 * Once now >= last_match_ns + burst_timeout_ns no burst can be open:
+	 * the first line to see that sets it to 0 (compare-and-swap, so a
+	 * newer match's time stays), and while it is 0 ordinary lines skip
+	 * the clock and the burst table altogether. */
 	__u64 last_match_ns;
 	/* CONTRACT_VERSION of the program that made the maps: written by Go
 	 * when it creates them, checked when it finds them pinned. */

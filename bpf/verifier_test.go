@@ -1,9 +1,14 @@
 package bpf_test
 
 import (
+	"fmt"
 	"os"
+	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/lastgasp/lastgasp/bpf"
 	"github.com/lastgasp/lastgasp/loader"
 )
 
@@ -52,5 +57,64 @@ func TestVerifierBudget(t *testing.T) {
 				t.Errorf("the verifier processed %d instructions, over the budget of %d", n, verifierBudget)
 			}
 		})
+	}
+}
+
+// stackBudget is the most stack, in bytes, that the program and the
+// functions it calls may use together on their deepest chain of calls.
+// The verifier's limit is 512 (MAX_BPF_STACK), each function's share
+// rounded up to 32 bytes; an overflow is found only when the program is
+// loaded ("combined stack size of 3 calls is 528. Too large"), so this
+// test finds it first, from the object, and keeps a margin for a compiler
+// that spills a little more.
+const stackBudget = 480
+
+// TestStackBudget computes each function's stack from the object's
+// instructions (its deepest access below the frame pointer, R10), and
+// fails when the deepest chain of calls from the XDP program, each frame
+// rounded up to 32 bytes as the verifier counts it, passes stackBudget.
+func TestStackBudget(t *testing.T) {
+	spec, err := bpf.LoadLastgasp()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog := spec.Programs["lastgasp_xdp"]
+	if prog == nil {
+		t.Fatal("no program lastgasp_xdp in the object")
+	}
+	depth := map[string]int{}      // function -> bytes of stack it uses
+	calls := map[string][]string{} // function -> functions it calls
+	fn := prog.Name
+	for _, ins := range prog.Instructions {
+		if sym := ins.Symbol(); sym != "" {
+			fn = sym
+		}
+		if ins.IsFunctionCall() {
+			calls[fn] = append(calls[fn], ins.Reference())
+		}
+		if (ins.Dst == asm.R10 || ins.Src == asm.R10) && ins.Offset < 0 {
+			depth[fn] = max(depth[fn], -int(ins.Offset))
+		}
+	}
+	roundUp := func(n int) int { return (max(n, 1) + 31) &^ 31 }
+	var chain func(fn string, seen map[string]bool) (int, []string)
+	chain = func(fn string, seen map[string]bool) (int, []string) {
+		if seen[fn] {
+			t.Fatalf("recursive call through %s", fn)
+		}
+		seen[fn] = true
+		defer delete(seen, fn)
+		deepest, path := 0, []string(nil)
+		for _, callee := range calls[fn] {
+			if d, p := chain(callee, seen); d > deepest {
+				deepest, path = d, p
+			}
+		}
+		return roundUp(depth[fn]) + deepest, append([]string{fmt.Sprintf("%s %d", fn, depth[fn])}, path...)
+	}
+	total, path := chain(prog.Name, map[string]bool{})
+	t.Logf("deepest chain: %s: %d bytes with rounding (budget %d, verifier limit 512)", strings.Join(path, " -> "), total, stackBudget)
+	if total > stackBudget {
+		t.Errorf("the deepest chain of calls uses %d bytes of stack, over the budget of %d", total, stackBudget)
 	}
 }
