@@ -35,8 +35,8 @@ func expectedPanicLines(c *trafficgen.Corpus) [][]byte {
 	return want
 }
 
-// TestLiveFramesReachCollectorXDP sends 200,000 ordinary frames from 40
-// sources and the real panic in the middle (from the same thread: one
+// TestLiveFramesReachCollectorXDP sends 200,000 ordinary frames from
+// 100,000 sources, half of them over IPv6, and the real panic in the middle (from the same thread: one
 // sender, so the veth ring does not overflow), through the in-kernel
 // generator, into a veth whose peer runs lastgasp's XDP program. The
 // program must count every frame as netconsole (none lost between the
@@ -53,7 +53,8 @@ func TestLiveFramesReachCollectorXDP(t *testing.T) {
 	prog, rd := attachCollector(t, pair)
 
 	plan := trafficgen.Plan{
-		Dst: pair.Collector.IPv4, Batches: 40, Repeat: 5000, Sources: 40,
+		Dst: pair.Collector.IPv4, DstV6: pair.Collector.IPv6, IPv6Share: 0.5,
+		Batches: 40, Repeat: 5000, Sources: 100_000,
 		PanicAt: 20, PanicSource: panicSource, PanicInline: true,
 	}
 	st, err := trafficgen.RunFrom(pair.Node.Netns, pair.Node.Ifname, corpus, plan)
