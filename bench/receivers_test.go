@@ -316,7 +316,9 @@ func newReceiver(b *testing.B, name string, pair *testnet.Pair) receiver {
 	}); err != nil {
 		b.Fatal(err)
 	}
-	addr := netip.AddrPortFrom(pair.Collector.IPv4, 6666).String()
+	// Every address of the namespace, IPv4 and IPv6 (a dual-stack
+	// socket): the flood comes over both.
+	addr := ":6666"
 
 	if name == "recvmmsg" {
 		// The product's socket mode: udpreceiver reads in batches of
@@ -378,7 +380,7 @@ func listenForced(ctx context.Context, addr string, size int) (*net.UDPConn, err
 		})
 		return errors.Join(err, serr)
 	}}
-	pc, err := lc.ListenPacket(ctx, "udp4", addr)
+	pc, err := lc.ListenPacket(ctx, "udp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
@@ -402,6 +404,9 @@ func readOneByOne(ctx context.Context, conn *net.UDPConn, n *atomic.Uint64, emit
 			return fmt.Errorf("read a datagram: %w", err)
 		}
 		n.Add(1)
+		// An IPv4 source comes as ::ffff:a.b.c.d on a dual-stack
+		// socket: as a.b.c.d, as udpreceiver does.
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 		if line, ok := f.Judge(src, buf[:k], time.Now()); ok {
 			line.Payload = append([]byte(nil), line.Payload...)
 			emit(line)

@@ -521,8 +521,9 @@ func SourceV6(i int) netip.AddrPort {
 	return netip.AddrPortFrom(RotatedSource(sourceBaseV6, i), packettest.NodePort)
 }
 
-// The sources the ordinary frames are built with: the program rotates
-// from there (RotatedSource).
+// The bases of the ordinary sources (RotatedSource). The frames are built
+// with source 0, so that an unrotated frame comes from Source(0) or
+// SourceV6(0) too (rotating keeps the sum RotatedSource starts from).
 var (
 	sourceBaseV4 = netip.MustParseAddr("10.128.0.0")
 	sourceBaseV6 = netip.MustParseAddr("fd00:128::")
@@ -586,9 +587,9 @@ type floodFrames struct{ v4, v6 [][]byte }
 func ordinaryFrames(c *Corpus, plan Plan) floodFrames {
 	var f floodFrames
 	for _, p := range c.Ordinary {
-		f.v4 = append(f.v4, packettest.UDP{Src: sourceBaseV4, Dst: plan.Dst, Payload: p}.Frame())
+		f.v4 = append(f.v4, packettest.UDP{Src: Source(0).Addr(), Dst: plan.Dst, Payload: p}.Frame())
 		if plan.IPv6Share > 0 {
-			f.v6 = append(f.v6, packettest.UDP{Src: sourceBaseV6, Dst: plan.DstV6, Payload: p, UDPChecksum: true}.Frame())
+			f.v6 = append(f.v6, packettest.UDP{Src: SourceV6(0).Addr(), Dst: plan.DstV6, Payload: p, UDPChecksum: true}.Frame())
 		}
 	}
 	return f
