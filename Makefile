@@ -95,7 +95,7 @@ bench-flood: deps ## issue 16's flood: every receiver at stepped rates, bench/re
 	@echo "bench/results/flood.md, flood.json, flood-*.png written"
 
 .PHONY: bench-sources
-bench-sources: deps ## issue 16's scenario 2: the XDP program's cost per packet with 1 to 100,000 sources' bursts open, bench/results/sources.json (~15 s)
+bench-sources: deps ## issue 16's scenario 2: the XDP program's cost per packet with 1 to 100,000 sources' bursts open, by BPF_PROG_TEST_RUN and through the live generator, bench/results/sources.json (~30 s)
 	$(GO) test -run '^$$' -bench '^BenchmarkSources$$' -benchtime 1x ./bench/
 
 .PHONY: bench-cleanup

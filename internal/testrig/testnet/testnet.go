@@ -33,6 +33,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -301,6 +303,26 @@ func (e *End) XDP() (XDPState, error) {
 		s.ProgID = x.Prog.ID
 	}
 	return s, nil
+}
+
+// AttachXDP attaches prog to e's interface in native (driver) mode, and
+// detaches it when the test ends; it fails the test if it cannot.
+func (e *End) AttachXDP(t testing.TB, prog *ebpf.Program) {
+	t.Helper()
+	if err := e.Netns.Do(func() error {
+		ifi, err := net.InterfaceByName(e.Ifname)
+		if err != nil {
+			return err
+		}
+		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifi.Index, Flags: link.XDPDriverMode})
+		if err != nil {
+			return fmt.Errorf("attach XDP to %s: %w", e.Ifname, err)
+		}
+		t.Cleanup(func() { l.Close() })
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // runIP runs the ip command and returns its standard output, or an error

@@ -1,7 +1,6 @@
 package trafficgen_test
 
 import (
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/lastgasp/lastgasp/internal/testrig/packettest"
 	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
@@ -77,40 +75,12 @@ func sourceCounter(t *testing.T) (*ebpf.Program, *ebpf.Map) {
 	return prog, seen
 }
 
-// attachXDP attaches prog to the collector's end of pair (native mode).
-func attachXDP(t *testing.T, pair *testnet.Pair, prog *ebpf.Program) {
-	t.Helper()
-	if err := pair.Collector.Netns.Do(func() error {
-		ifi, err := net.InterfaceByName(pair.Collector.Ifname)
-		if err != nil {
-			return err
-		}
-		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifi.Index, Flags: link.XDPDriverMode})
-		if err != nil {
-			return fmt.Errorf("attach XDP: %w", err)
-		}
-		t.Cleanup(func() { l.Close() })
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // sendFrom sends frame repeat times from sources sources, in calls of at
 // most chunk frames, from a Redirector of pair's node end.
 func sendFrom(t *testing.T, pair *testnet.Pair, frame []byte, repeat, chunk, sources int, pause time.Duration) uint64 {
 	t.Helper()
 	var sent uint64
-	if err := pair.Node.Netns.Do(func() error {
-		ifi, err := net.InterfaceByName(pair.Node.Ifname)
-		if err != nil {
-			return err
-		}
-		r, err := trafficgen.NewRedirector(ifi.Index)
-		if err != nil {
-			return err
-		}
-		defer r.Close()
+	if err := trafficgen.OnInterface(pair.Node.Netns, pair.Node.Ifname, func(r *trafficgen.Redirector) (err error) {
 		for done := 0; done < repeat; done += chunk {
 			if err := r.SendFrom(frame, uint32(min(chunk, repeat-done)), sources); err != nil {
 				return err
@@ -135,7 +105,7 @@ func TestRotationReachesEverySource(t *testing.T) {
 		t.Run(base.String(), func(t *testing.T) {
 			pair := testnet.NewPair(t)
 			prog, seen := sourceCounter(t)
-			attachXDP(t, pair, prog)
+			pair.Collector.AttachXDP(t, prog)
 			dst := pair.Collector.IPv4
 			if base.Is6() {
 				dst = pair.Collector.IPv6
@@ -197,7 +167,7 @@ func TestRotatedFramesPassTheStack(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { pass.Close() })
-			attachXDP(t, pair, pass)
+			pair.Collector.AttachXDP(t, pass)
 			base, dst := trafficgen.Source(0).Addr(), pair.Collector.IPv4
 			if family == "udp6" {
 				base, dst = trafficgen.SourceV6(0).Addr(), pair.Collector.IPv6

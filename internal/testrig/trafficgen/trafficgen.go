@@ -563,7 +563,18 @@ func RunFrom(ns *testnet.Netns, ifname string, c *Corpus, plan Plan) (Stats, err
 		return Stats{}, fmt.Errorf("traffic generator: plan of %d sources (at most %d), IPv6 share %v to %v: want an IPv6 DstV6 for a share in (0, 1]", plan.Sources, MaxSources, plan.IPv6Share, plan.DstV6)
 	}
 	var st Stats
-	err := ns.Do(func() error {
+	err := OnInterface(ns, ifname, func(r *Redirector) (err error) {
+		st, err = run(ns, r, c, plan)
+		return err
+	})
+	return st, err
+}
+
+// OnInterface runs fn in ns, on a thread locked there, with a Redirector
+// for ns's interface ifname, closed when fn returns: the frames fn sends
+// arrive at the interface's veth peer.
+func OnInterface(ns *testnet.Netns, ifname string, fn func(*Redirector) error) error {
+	return ns.Do(func() error {
 		ifi, err := net.InterfaceByName(ifname)
 		if err != nil {
 			return fmt.Errorf("traffic generator: %w", err)
@@ -573,10 +584,8 @@ func RunFrom(ns *testnet.Netns, ifname string, c *Corpus, plan Plan) (Stats, err
 			return err
 		}
 		defer r.Close()
-		st, err = run(ns, r, c, plan)
-		return err
+		return fn(r)
 	})
-	return st, err
 }
 
 // floodFrames are the ordinary lines as frames, by family.
