@@ -156,6 +156,10 @@ func NewPair(t testing.TB) *Pair {
 	RequireRoot(t)
 	id := make([]byte, 3)
 	rand.Read(id) // never fails (crypto/rand, Go 1.24 and later)
+	// The pair's IPv4 subnet, 10.id0.id1.0/24, stays out of
+	// 10.128.0.0/9, where the traffic generator's sources are: a frame
+	// from the collector's own address would be dropped by its stack.
+	id[0] &= 0x7f
 	suffix := hex.EncodeToString(id)
 	p := &Pair{
 		Node: End{
