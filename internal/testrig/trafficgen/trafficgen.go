@@ -2,7 +2,8 @@
 // benchmarks and tests: it pushes Ethernet frames into one end of a veth
 // pair faster than any socket sender can on this machine.
 //
-// It runs a minimal XDP program, "return bpf_redirect(ifindex, 0)", with
+// It runs a small XDP program, "return bpf_redirect(ifindex, 0)" after
+// writing the frame's source address (rotationProgram), with
 // BPF_PROG_TEST_RUN and BPF_F_TEST_XDP_LIVE_FRAMES (as xdp-trafficgen
 // does): the kernel builds each frame in a page of its own page pool, runs
 // the program on it, and carries out the verdict for real, so every repeat
@@ -15,10 +16,9 @@
 //
 // The frames are netconsole lines: ordinary console lines drawn from the
 // real captures in testdata/netconsole (both formats), over IPv4 or IPv6,
-// each frame from the next of up to MaxSources source addresses (the
-// program writes the source of every frame), and the real panic of a capture (every
-// frame from its first matching line on, in order) from a known source at
-// a known batch. The kernel's veth ring is 256 frames deep: a receiver
+// each frame from the next of up to MaxSources source addresses, and the
+// real panic of a capture (every frame from its first matching line on,
+// in order) from a known source at a known batch. The kernel's veth ring is 256 frames deep: a receiver
 // that falls behind loses frames there (counted by the veth as xdp_tx
 // errors), which is what a receiver's lost lines are measured against.
 package trafficgen
