@@ -9,9 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	cilium "github.com/cilium/ebpf/ringbuf"
-	"golang.org/x/sys/unix"
 
 	"github.com/lastgasp/lastgasp/internal/testrig/benchenv"
 	"github.com/lastgasp/lastgasp/internal/testrig/packettest"
@@ -75,13 +73,6 @@ type sourcesResults struct {
 // results/).
 func BenchmarkSources(b *testing.B) {
 	res := sourcesResults{Machine: benchenv.Machine(), Kernel: benchenv.Kernel()}
-	// The program's own run time and run count (BPF_ENABLE_STATS),
-	// for the live rows, while the benchmark runs.
-	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-	if err != nil {
-		b.Fatalf("enable BPF run time statistics: %v", err)
-	}
-	defer stats.Close()
 	for range b.N {
 		res.Rows = []sourcesRow{runEmptyProgram(b), runEmptyLive(b)}
 		for _, family := range []string{"ipv4", "ipv6"} {
