@@ -1,6 +1,7 @@
 package trafficgen_test
 
 import (
+	"bytes"
 	"net"
 	"net/netip"
 	"os"
@@ -156,7 +157,8 @@ func TestRotationReachesEverySource(t *testing.T) {
 // for each family, into a collector end with an XDP_PASS program and a UDP
 // socket behind it: the socket must get every frame from every source,
 // and the stack count no checksum error (the IPv4 header checksum and
-// IPv6's mandatory UDP checksum still valid after the rewrite).
+// IPv6's mandatory UDP checksum still valid after the rewrite), where it
+// counts the one frame sent first with its checksum broken.
 func TestRotatedFramesPassTheStack(t *testing.T) {
 	const n, rounds = 1000, 3
 	for _, family := range []string{"udp4", "udp6"} {
@@ -196,6 +198,19 @@ func TestRotatedFramesPassTheStack(t *testing.T) {
 				done <- nil
 			}()
 			frame := packettest.UDP{Src: base, Dst: dst, Payload: []byte("6,1,2,-;a line\n"), UDPChecksum: family == "udp6"}.Frame()
+			// The control: one frame with its checksum broken (the
+			// IPv4 header's, or the UDP one over IPv6) is counted,
+			// and not delivered.
+			broken := bytes.Clone(frame)
+			if family == "udp4" {
+				broken[14+10] ^= 0xff
+			} else {
+				broken[14+40+6] ^= 0xff
+			}
+			sendFrom(t, pair, broken, 1, 1, 1, 10*time.Millisecond)
+			if errs := csumErrors(t, pair.Collector.Netns); errs != 1 {
+				t.Fatalf("the collector's stack counted %d checksum errors for the broken frame, want 1", errs)
+			}
 			// 25 frames a call, 2 ms apart: within the socket's
 			// default buffer (212,992 bytes; a datagram from a
 			// redirected frame takes a page of it).
@@ -209,8 +224,8 @@ func TestRotatedFramesPassTheStack(t *testing.T) {
 					break
 				}
 			}
-			if errs := csumErrors(t, pair.Collector.Netns); errs != 0 {
-				t.Errorf("the collector's stack counted %d checksum errors", errs)
+			if errs := csumErrors(t, pair.Collector.Netns); errs != 1 {
+				t.Errorf("the collector's stack counted %d checksum errors for the rotated frames", errs-1)
 			}
 			t.Logf("%d datagrams from %d sources", sum(got), len(got))
 		})
