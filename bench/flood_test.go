@@ -126,10 +126,11 @@ func BenchmarkFlood(b *testing.B) {
 // are not among them.
 const floodSources = 100_000
 
-// floodPlan is the generator's plan for one row: rate 0 is unpaced. A
-// BPF_PROG_TEST_RUN call costs about a millisecond besides its frames, so
-// the calls are kept to about 300 a second: each carries rate/300 frames
-// (at least 100), a burst at the kernel's speed.
+// floodPlan is the generator's plan for one row: rate 0 is unpaced. The
+// calls of BPF_PROG_TEST_RUN are kept to about 300 a second: each carries
+// rate/300 frames (at least 100), a burst at the kernel's speed. (A call
+// cost about a millisecond besides its frames, more under load, until the
+// generator kept its program in the XDP dispatcher; now tens of µs.)
 func floodPlan(rate float64, d time.Duration, panics int) trafficgen.Plan {
 	repeat := uint32(10_000)
 	if rate > 0 {
