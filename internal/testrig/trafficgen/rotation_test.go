@@ -76,6 +76,20 @@ func sourceCounter(t *testing.T) (*ebpf.Program, *ebpf.Map) {
 	return prog, seen
 }
 
+// passingPair returns a new pair whose collector end passes every frame
+// up its stack (trafficgen.PassProgram), for a socket receiver there.
+func passingPair(t *testing.T) *testnet.Pair {
+	t.Helper()
+	pair := testnet.NewPair(t)
+	pass, err := trafficgen.PassProgram()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pass.Close() })
+	pair.Collector.AttachXDP(t, pass)
+	return pair
+}
+
 // sendFrom sends frame repeat times from sources sources, in calls of at
 // most chunk frames, from a Redirector of pair's node end.
 func sendFrom(t *testing.T, pair *testnet.Pair, frame []byte, repeat, chunk, sources int, pause time.Duration) uint64 {
@@ -163,13 +177,7 @@ func TestRotatedFramesPassTheStack(t *testing.T) {
 	const n, rounds = 1000, 3
 	for _, family := range []string{"udp4", "udp6"} {
 		t.Run(family, func(t *testing.T) {
-			pair := testnet.NewPair(t)
-			pass, err := trafficgen.PassProgram()
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { pass.Close() })
-			pair.Collector.AttachXDP(t, pass)
+			pair := passingPair(t)
 			base, dst := trafficgen.Source(0).Addr(), pair.Collector.IPv4
 			if family == "udp6" {
 				base, dst = trafficgen.SourceV6(0).Addr(), pair.Collector.IPv6

@@ -177,13 +177,7 @@ func TestTimedPlanSendsPanicsFromDistinctSources(t *testing.T) {
 // microseconds; without, each one rewrote the dispatcher twice, about 25
 // ms on this VM. The bound, 2 ms a call on average, leaves room for load.
 func TestSendCallsAreCheap(t *testing.T) {
-	pair := testnet.NewPair(t)
-	pass, err := trafficgen.PassProgram()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pass.Close() })
-	pair.Collector.AttachXDP(t, pass)
+	pair := passingPair(t)
 	frame := packettest.UDP{Src: packettest.NodeV4, Dst: pair.Collector.IPv4, Payload: []byte("6,1,2,-;a line\n")}.Frame()
 	var took time.Duration
 	if err := trafficgen.OnInterface(pair.Node.Netns, pair.Node.Ifname, func(r *trafficgen.Redirector) error {
