@@ -90,12 +90,12 @@ bench: deps ## run the benchmarks (see bench/README.md)
 	$(GO) test -run '^$$' -bench . -skip '^Benchmark(Flood|Sources)$$' -benchmem ./bench/
 
 .PHONY: bench-flood
-bench-flood: deps ## issue 16's flood: every receiver at stepped rates, bench/results/flood.{json,md} and plots (~3 min; BENCH_FULL=1 ~15 min)
+bench-flood: deps ## issue 16's flood: every receiver at stepped rates, bench/results/flood.{json,md} and plots (~3-4 min; BENCH_FULL=1 ~18 min)
 	$(GO) test -run '^$$' -bench '^BenchmarkFlood$$' -benchtime 1x -timeout 60m ./bench/
 	@echo "bench/results/flood.md, flood.json, flood-*.png written"
 
 .PHONY: bench-sources
-bench-sources: deps ## issue 16's scenario 2: the XDP program's cost per packet with 1 to 100,000 sources' bursts open, bench/results/sources.json (~15 s)
+bench-sources: deps ## issue 16's scenario 2: the XDP program's cost per packet with 1 to 100,000 sources' bursts open, by BPF_PROG_TEST_RUN and through the live generator, bench/results/sources.json (~30 s)
 	$(GO) test -run '^$$' -bench '^BenchmarkSources$$' -benchtime 1x ./bench/
 
 .PHONY: bench-cleanup

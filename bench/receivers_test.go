@@ -19,8 +19,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cilium/ebpf/link"
-
 	"github.com/lastgasp/lastgasp/internal/detect"
 	"github.com/lastgasp/lastgasp/internal/filter"
 	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
@@ -270,17 +268,7 @@ func wantPanicLines(c *trafficgen.Corpus) int {
 func newReceiver(b *testing.B, name string, pair *testnet.Pair) receiver {
 	coll := pair.Collector.Netns
 	if name == "xdp" {
-		prog, err := loader.Load(loader.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { prog.Close() })
-		if err := coll.Do(func() error {
-			_, err := prog.Attach(pair.Collector.Ifname, loader.ModeNative)
-			return err
-		}); err != nil {
-			b.Fatal(err)
-		}
+		prog := attachLastgasp(b, pair)
 		rd, err := ringbuf.NewReader(prog.Events())
 		if err != nil {
 			b.Fatal(err)
@@ -302,21 +290,10 @@ func newReceiver(b *testing.B, name string, pair *testnet.Pair) receiver {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { pass.Close() })
-	if err := coll.Do(func() error {
-		ifi, err := net.InterfaceByName(pair.Collector.Ifname)
-		if err != nil {
-			return err
-		}
-		l, err := link.AttachXDP(link.XDPOptions{Program: pass, Interface: ifi.Index, Flags: link.XDPDriverMode})
-		if err != nil {
-			return fmt.Errorf("attach XDP_PASS: %w", err)
-		}
-		b.Cleanup(func() { l.Close() })
-		return nil
-	}); err != nil {
-		b.Fatal(err)
-	}
-	addr := netip.AddrPortFrom(pair.Collector.IPv4, 6666).String()
+	pair.Collector.AttachXDP(b, pass)
+	// Every address of the namespace, IPv4 and IPv6 (a dual-stack
+	// socket): the flood comes over both.
+	addr := ":6666"
 
 	if name == "recvmmsg" {
 		// The product's socket mode: udpreceiver reads in batches of
@@ -352,6 +329,24 @@ func newReceiver(b *testing.B, name string, pair *testnet.Pair) receiver {
 	}}
 }
 
+// attachLastgasp loads lastgasp's XDP program (default configuration) and
+// attaches it to pair's collector end, natively; both undone when b ends.
+func attachLastgasp(b *testing.B, pair *testnet.Pair) *loader.Program {
+	b.Helper()
+	prog, err := loader.Load(loader.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { prog.Close() })
+	if err := pair.Collector.Netns.Do(func() error {
+		_, err := prog.Attach(pair.Collector.Ifname, loader.ModeNative)
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	return prog
+}
+
 // rmemDefault reads net.core.rmem_default in ns.
 func rmemDefault(b *testing.B, ns *testnet.Netns) int {
 	var v int
@@ -378,7 +373,7 @@ func listenForced(ctx context.Context, addr string, size int) (*net.UDPConn, err
 		})
 		return errors.Join(err, serr)
 	}}
-	pc, err := lc.ListenPacket(ctx, "udp4", addr)
+	pc, err := lc.ListenPacket(ctx, "udp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
@@ -402,6 +397,9 @@ func readOneByOne(ctx context.Context, conn *net.UDPConn, n *atomic.Uint64, emit
 			return fmt.Errorf("read a datagram: %w", err)
 		}
 		n.Add(1)
+		// An IPv4 source comes as ::ffff:a.b.c.d on a dual-stack
+		// socket: as a.b.c.d, as udpreceiver does.
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 		if line, ok := f.Judge(src, buf[:k], time.Now()); ok {
 			line.Payload = append([]byte(nil), line.Payload...)
 			emit(line)

@@ -65,6 +65,13 @@ type UDP struct {
 	Protocol uint8
 	// Payload is the UDP payload: the netconsole line.
 	Payload []byte
+	// UDPChecksum fills in the UDP checksum (over the pseudo-header of
+	// RFC 768 or RFC 8200 section 8.1, the UDP header and the payload).
+	// Without it the checksum is 0, "none": valid for IPv4, and enough
+	// for the XDP program, which does not check it, but a network stack
+	// drops UDP over IPv6 without a checksum, so a frame for a socket
+	// receiver over IPv6 needs it.
+	UDPChecksum bool
 }
 
 // Line returns a datagram carrying payload with every default.
@@ -103,6 +110,9 @@ func (u UDP) Frame() []byte {
 	binary.BigEndian.PutUint16(udp[2:], u.DstPort)
 	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
 	copy(udp[8:], u.Payload)
+	if u.UDPChecksum {
+		binary.BigEndian.PutUint16(udp[6:], udpChecksum(u.Src, u.Dst, u.Protocol, udp))
+	}
 
 	var ip []byte
 	etherType := uint16(EtherIPv4)
@@ -167,6 +177,34 @@ func ipv4Checksum(h []byte) uint16 {
 		sum = sum>>16 + sum&0xffff
 	}
 	return ^uint16(sum)
+}
+
+// udpChecksum returns the UDP checksum of datagram udp (its checksum field
+// 0) from src to dst: the one's complement of the one's complement sum of
+// the pseudo-header (addresses, protocol, UDP length) and the datagram,
+// 0xffff if that is 0 (0 means "no checksum").
+func udpChecksum(src, dst netip.Addr, proto uint8, udp []byte) uint16 {
+	var sum uint32
+	words := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(binary.BigEndian.Uint16(b[i:]))
+		}
+		if len(b)%2 == 1 {
+			sum += uint32(b[len(b)-1]) << 8
+		}
+	}
+	s, d := src.AsSlice(), dst.AsSlice()
+	words(s)
+	words(d)
+	sum += uint32(proto) + uint32(len(udp))
+	words(udp)
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	if c := ^uint16(sum); c != 0 {
+		return c
+	}
+	return 0xffff
 }
 
 func (u UDP) ipv6(payload []byte) []byte {

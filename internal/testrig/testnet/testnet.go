@@ -33,6 +33,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -154,6 +156,10 @@ func NewPair(t testing.TB) *Pair {
 	RequireRoot(t)
 	id := make([]byte, 3)
 	rand.Read(id) // never fails (crypto/rand, Go 1.24 and later)
+	// The pair's IPv4 subnet, 10.id0.id1.0/24, stays out of
+	// 10.128.0.0/9, where the traffic generator's sources are: a frame
+	// from the collector's own address would be dropped by its stack.
+	id[0] &= 0x7f
 	suffix := hex.EncodeToString(id)
 	p := &Pair{
 		Node: End{
@@ -301,6 +307,26 @@ func (e *End) XDP() (XDPState, error) {
 		s.ProgID = x.Prog.ID
 	}
 	return s, nil
+}
+
+// AttachXDP attaches prog to e's interface in native (driver) mode, and
+// detaches it when the test ends; it fails the test if it cannot.
+func (e *End) AttachXDP(t testing.TB, prog *ebpf.Program) {
+	t.Helper()
+	if err := e.Netns.Do(func() error {
+		ifi, err := net.InterfaceByName(e.Ifname)
+		if err != nil {
+			return err
+		}
+		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifi.Index, Flags: link.XDPDriverMode})
+		if err != nil {
+			return fmt.Errorf("attach XDP to %s: %w", e.Ifname, err)
+		}
+		t.Cleanup(func() { l.Close() })
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // runIP runs the ip command and returns its standard output, or an error

@@ -2,7 +2,8 @@
 // benchmarks and tests: it pushes Ethernet frames into one end of a veth
 // pair faster than any socket sender can on this machine.
 //
-// It runs a minimal XDP program, "return bpf_redirect(ifindex, 0)", with
+// It runs a small XDP program, "return bpf_redirect(ifindex, 0)" after
+// writing the frame's source address (rotationProgram), with
 // BPF_PROG_TEST_RUN and BPF_F_TEST_XDP_LIVE_FRAMES (as xdp-trafficgen
 // does): the kernel builds each frame in a page of its own page pool, runs
 // the program on it, and carries out the verdict for real, so every repeat
@@ -14,15 +15,16 @@
 // is on).
 //
 // The frames are netconsole lines: ordinary console lines drawn from the
-// real captures in testdata/netconsole (both formats), each batch from
-// another IPv4 source address, and the real panic of a capture (every
-// frame from its first matching line on, in order) from a known source at
-// a known batch. The kernel's veth ring is 256 frames deep: a receiver
+// real captures in testdata/netconsole (both formats), over IPv4 or IPv6,
+// each frame from the next of up to MaxSources source addresses, and the
+// real panic of a capture (every frame from its first matching line on,
+// in order) from a known source at a known batch. The kernel's veth ring is 256 frames deep: a receiver
 // that falls behind loses frames there (counted by the veth as xdp_tx
 // errors), which is what a receiver's lost lines are measured against.
 package trafficgen
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,6 +36,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/lastgasp/lastgasp/internal/pattern"
@@ -41,86 +44,336 @@ import (
 	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
 )
 
+// MaxSources is the most source addresses one Send rotates over: 2^17,
+// the low 17 bits of an IPv4 address (see rotationProgram).
+const MaxSources = 1 << 17
+
 // Redirector is the generator's XDP program: every frame it runs on is
-// counted and redirected out of one interface.
+// counted, given its source address (see rotationProgram) and redirected
+// out of one interface.
 type Redirector struct {
 	prog *ebpf.Program
-	// sent counts the frames the program ran on: a signal can interrupt
-	// BPF_PROG_TEST_RUN after some of a call's frames went out, and
-	// cilium/ebpf then makes the whole call again, so the repeats asked
-	// for are not what was sent.
-	sent *ebpf.Map
+	// counters holds one genCounters: sent counts the frames the
+	// program ran on (a signal can interrupt BPF_PROG_TEST_RUN after
+	// some of a call's frames went out, and cilium/ebpf then makes the
+	// whole call again, so the repeats asked for are not what was
+	// sent); turn counts the frames given a rotated source.
+	counters *ebpf.Map
+}
+
+// genCounters is the value of the Redirector's one-entry counters map.
+type genCounters struct {
+	Sent uint64
+	Turn uint64
+}
+
+// xdpMD is the kernel's struct xdp_md, the context BPF_PROG_TEST_RUN
+// takes for an XDP program: Data is where the frame starts in the data
+// given, after that many bytes of metadata (the Send's configuration).
+type xdpMD struct {
+	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
+}
+
+// rotationProgram returns the generator's XDP program, which redirects
+// every frame out of ifindex after, if its Send asked for n > 1 sources,
+// rewriting the frame's source address to the next of n:
+//
+//	frame ─ sent += 1
+//	      ─ metadata word n (the Send's sources) > 1?  no ─────► redirect
+//	      ─ k = (turn++) % n, kh = k >> 16, kl = k & 0xffff
+//	      ─ EtherType (untagged frames only)
+//	          0x0800 IPv4: source = its top 15 bits . kh . kl
+//	                       compensating word: the Identification
+//	          0x86dd IPv6: source words 6, 7 = kh, kl
+//	                       compensating word: source word 5
+//	          other ──────────────────────────────────────────► redirect
+//	      ─ compensating word = S - new address words (one's complement),
+//	        S being the sum of the compensating word and the two address
+//	        words as the frame holds them
+//	      ─ redirect: bpf_redirect(ifindex, 0), XDP_REDIRECT
+//
+// Why a checksum-neutral rewrite: the two address words change by some
+// amount and the compensating word by its opposite, so the one's
+// complement sum of every header the address is summed in stays what
+// packettest computed: the IPv4 header checksum (which covers the
+// Identification) and, for IPv6, the mandatory UDP checksum, whose
+// pseudo-header covers the whole source address (the compensating word
+// is part of the address). No checksum is read or written, and the
+// program never touches the payload. IPv4's UDP checksum must be 0 (none,
+// as packettest writes it): the Identification is not in its
+// pseudo-header. An incremental update of the checksums (RFC 1624) would
+// do as well, but it rewrites another field in each family (the IPv4
+// header checksum; the UDP checksum, where a result of 0 must be sent as
+// 0xffff): the neutral rewrite is one piece of code for both.
+//
+// Why from S and not from the frame as built: in live-frames mode the
+// kernel copies the frame into a page of its page pool once, and a page
+// that comes back for the next repeat keeps this program's last rewrite.
+// S is the same for every rewrite of a frame (each one keeps the sum), so
+// the result depends only on k and on the frame as built, whatever rewrite
+// the page holds. RotatedSource computes the same address in Go.
+//
+// The Send's n travels as XDP metadata in front of the frame (the kernel
+// copies it into each page with the frame; the receiver's XDP program
+// sees those 4 bytes before data, and ignores them), so concurrent Sends
+// of one Redirector each keep their own n. turn is shared: n frames of one Send
+// in a row come from n distinct sources unless another rotating Send runs
+// at the same time (the generator rotates from one thread; its panics,
+// from another, are not rotated).
+func rotationProgram(ifindex int, counters *ebpf.Map) asm.Instructions {
+	const (
+		// struct xdp_md offsets.
+		mdData     = 0
+		mdDataEnd  = 4
+		mdDataMeta = 8
+		// Offsets in an untagged Ethernet frame.
+		ethType   = 12
+		ip4ID     = 14 + 4  // IPv4 Identification
+		ip4SrcHi  = 14 + 12 // IPv4 source, high word
+		ip4End    = 14 + 20
+		ip6SrcW5  = 14 + 8 + 10 // IPv6 source, word 5
+		ip6SrcW6  = 14 + 8 + 12 // IPv6 source, words 6 and 7
+		ip6End    = 14 + 40
+		etherIPv4 = 0x0800
+		etherIPv6 = 0x86dd
+	)
+	prog := asm.Instructions{
+		// R6 = ctx; R7 = &counters[0] (the lookup cannot fail for
+		// key 0 of a one-entry array, but the verifier wants the
+		// check).
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.StoreImm(asm.R10, -4, 0, asm.Word),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -4),
+		asm.LoadMapPtr(asm.R1, counters.FD()),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "redirect"),
+		asm.Mov.Reg(asm.R7, asm.R0),
+		// sent += 1, atomically.
+		asm.Mov.Imm(asm.R1, 1),
+		asm.StoreXAdd(asm.R7, asm.R1, asm.DWord),
+
+		// R8 = n, the metadata's first word; none, or n <= 1: the
+		// frame goes as it is.
+		asm.LoadMem(asm.R2, asm.R6, mdDataMeta, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, mdData, asm.Word),
+		asm.LoadMem(asm.R4, asm.R6, mdDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R5, asm.R2),
+		asm.Add.Imm(asm.R5, 4),
+		asm.JGT.Reg(asm.R5, asm.R3, "redirect"),
+		asm.LoadMem(asm.R8, asm.R2, 0, asm.Word),
+		asm.JLE.Imm(asm.R8, 1, "redirect"),
+		// Too short for an Ethernet header: as it is.
+		asm.Mov.Reg(asm.R5, asm.R3),
+		asm.Add.Imm(asm.R5, ethType+2),
+		asm.JGT.Reg(asm.R5, asm.R4, "redirect"),
+
+		// k = turn++ % n; R1 = kh, R9 = kl. Not atomic: one call's
+		// frames run one after another, and two rotating Sends at
+		// once only repeat some k. (cilium/ebpf v0.22.0 writes
+		// asm.FetchAdd without its BPF_FETCH bit, as a plain add.)
+		asm.LoadMem(asm.R9, asm.R7, 8, asm.DWord),
+		asm.Mov.Reg(asm.R5, asm.R9),
+		asm.Add.Imm(asm.R5, 1),
+		asm.StoreMem(asm.R7, 8, asm.R5, asm.DWord),
+		asm.Mod.Reg(asm.R9, asm.R8),
+		asm.Mov.Reg(asm.R1, asm.R9),
+		asm.RSh.Imm(asm.R1, 16),
+		asm.And.Imm(asm.R9, 0xffff),
+
+		// By EtherType: R2 = the compensating word, R3 = the two
+		// address words, R8 = the bits of the high word kept.
+		asm.LoadMem(asm.R5, asm.R3, ethType, asm.Half),
+		asm.HostTo(asm.BE, asm.R5, asm.Half),
+		asm.JEq.Imm(asm.R5, etherIPv4, "ipv4"),
+		asm.JEq.Imm(asm.R5, etherIPv6, "ipv6"),
+		asm.Ja.Label("redirect"), // neither: as it is
+	}
+	// Per family: past a bounds check, R2, R3 and R8 set from the table.
+	for _, f := range []struct {
+		symbol                string
+		end, comp, addr, keep int32
+	}{
+		// IPv4 (a 20-byte header): the source's top 15 bits kept;
+		// the Identification compensates.
+		{"ipv4", ip4End, ip4ID, ip4SrcHi, 0xfffe},
+		// IPv6: words 0-4 of the source kept; word 5 compensates.
+		{"ipv6", ip6End, ip6SrcW5, ip6SrcW6, 0},
+	} {
+		prog = append(prog,
+			asm.Mov.Reg(asm.R5, asm.R3).WithSymbol(f.symbol),
+			asm.Add.Imm(asm.R5, f.end),
+			asm.JGT.Reg(asm.R5, asm.R4, "redirect"),
+			asm.Mov.Reg(asm.R2, asm.R3),
+			asm.Add.Imm(asm.R2, f.comp),
+			asm.Add.Imm(asm.R3, f.addr),
+			asm.Mov.Imm(asm.R8, f.keep),
+			asm.Ja.Label("rewrite"),
+		)
+	}
+	return append(prog,
+		// R0 = S = compensating + high + low word (host order).
+		asm.LoadMem(asm.R0, asm.R2, 0, asm.Half).WithSymbol("rewrite"),
+		asm.HostTo(asm.BE, asm.R0, asm.Half),
+		asm.LoadMem(asm.R4, asm.R3, 0, asm.Half),
+		asm.HostTo(asm.BE, asm.R4, asm.Half),
+		asm.LoadMem(asm.R5, asm.R3, 2, asm.Half),
+		asm.HostTo(asm.BE, asm.R5, asm.Half),
+		asm.Add.Reg(asm.R0, asm.R4),
+		asm.Add.Reg(asm.R0, asm.R5),
+		// R4 = the new high word: kept bits | kh; the low word is kl.
+		asm.And.Reg(asm.R4, asm.R8),
+		asm.Or.Reg(asm.R4, asm.R1),
+		// R0 = S - high - low: adding a word's complement (0xffff ^ w)
+		// subtracts it in one's complement arithmetic.
+		asm.Mov.Reg(asm.R5, asm.R4),
+		asm.Xor.Imm(asm.R5, 0xffff),
+		asm.Add.Reg(asm.R0, asm.R5),
+		asm.Mov.Reg(asm.R5, asm.R9),
+		asm.Xor.Imm(asm.R5, 0xffff),
+		asm.Add.Reg(asm.R0, asm.R5),
+		// Fold the carries back in (R0 < 5 * 2^16, so after one fold
+		// R0 <= 0xffff + 4, and a last carry is taken off as 0xffff):
+		// a value in 1..0xffff, the same for every rewrite of the
+		// frame.
+		asm.Mov.Reg(asm.R5, asm.R0),
+		asm.RSh.Imm(asm.R5, 16),
+		asm.And.Imm(asm.R0, 0xffff),
+		asm.Add.Reg(asm.R0, asm.R5),
+		asm.JLE.Imm(asm.R0, 0xffff, "store"),
+		asm.Sub.Imm(asm.R0, 0xffff),
+		// Store the three words, in network order.
+		asm.HostTo(asm.BE, asm.R0, asm.Half).WithSymbol("store"),
+		asm.StoreMem(asm.R2, 0, asm.R0, asm.Half),
+		asm.HostTo(asm.BE, asm.R4, asm.Half),
+		asm.StoreMem(asm.R3, 0, asm.R4, asm.Half),
+		asm.HostTo(asm.BE, asm.R9, asm.Half),
+		asm.StoreMem(asm.R3, 2, asm.R9, asm.Half),
+
+		// return bpf_redirect(ifindex, flags 0): XDP_REDIRECT, the
+		// frame to be transmitted out of ifindex.
+		asm.Mov.Imm(asm.R1, int32(ifindex)).WithSymbol("redirect"),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.FnRedirect.Call(),
+		asm.Return(),
+	)
 }
 
 // NewRedirector loads the generator's program for ifindex. The frames it
 // is run on must be sent from the namespace that holds ifindex (Send
 // looks the interface up in the caller's network namespace).
 func NewRedirector(ifindex int) (*Redirector, error) {
-	sent, err := ebpf.NewMap(&ebpf.MapSpec{Name: "lg_tg_sent", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	counters, err := ebpf.NewMap(&ebpf.MapSpec{Name: "lg_tg_counters", Type: ebpf.Array, KeySize: 4, ValueSize: 16, MaxEntries: 1})
 	if err != nil {
-		return nil, fmt.Errorf("create the traffic generator's counter: %w", err)
+		return nil, fmt.Errorf("create the traffic generator's counters: %w", err)
 	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name: "lg_trafficgen",
-		Type: ebpf.XDP,
-		Instructions: asm.Instructions{
-			// sent[0] += 1, atomically (the map lookup cannot fail
-			// for key 0 of a one-entry array, but the verifier
-			// wants the check).
-			asm.StoreImm(asm.R10, -4, 0, asm.Word),
-			asm.Mov.Reg(asm.R2, asm.R10),
-			asm.Add.Imm(asm.R2, -4),
-			asm.LoadMapPtr(asm.R1, sent.FD()),
-			asm.FnMapLookupElem.Call(),
-			asm.JEq.Imm(asm.R0, 0, "redirect"),
-			asm.Mov.Imm(asm.R1, 1),
-			asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
-			// return bpf_redirect(ifindex, flags 0): XDP_REDIRECT,
-			// the frame to be transmitted out of ifindex.
-			asm.Mov.Imm(asm.R1, int32(ifindex)).WithSymbol("redirect"),
-			asm.Mov.Imm(asm.R2, 0),
-			asm.FnRedirect.Call(),
-			asm.Return(),
-		},
-		License: "GPL",
+		Name:         "lg_trafficgen",
+		Type:         ebpf.XDP,
+		Instructions: rotationProgram(ifindex, counters),
+		License:      "GPL",
 	})
 	if err != nil {
-		sent.Close()
+		counters.Close()
 		return nil, fmt.Errorf("load the traffic generator's XDP program: %w", err)
 	}
-	return &Redirector{prog: prog, sent: sent}, nil
+	return &Redirector{prog: prog, counters: counters}, nil
 }
 
 // Send transmits frame repeat times (repeat >= 1; more if a signal made
-// the call start again: Sent counts what went out). It must run in the
-// network namespace of the interface the Redirector was made for, on a
-// thread locked there.
+// the call start again: Sent counts what went out), from the source it
+// was built with. It must run in the network namespace of the interface
+// the Redirector was made for, on a thread locked there.
 func (r *Redirector) Send(frame []byte, repeat uint32) error {
+	return r.SendFrom(frame, repeat, 1)
+}
+
+// SendFrom is Send with each frame from the next of sources source
+// addresses, in turn (1 <= sources <= MaxSources): the k-th is
+// RotatedSource(the frame's source, k), k counted across the
+// Redirector's rotating sends. The frame must be untagged Ethernet with
+// IPv4 (a 20-byte header, UDP checksum 0) or IPv6, as packettest builds it.
+func (r *Redirector) SendFrom(frame []byte, repeat uint32, sources int) error {
 	if repeat == 0 {
 		return errors.New("send frames: repeat must be at least 1")
 	}
-	_, err := r.prog.Run(&ebpf.RunOptions{
-		Data:   frame,
-		Repeat: repeat,
-		Flags:  unix.BPF_F_TEST_XDP_LIVE_FRAMES,
-	})
-	if err != nil {
+	if sources < 1 || sources > MaxSources {
+		return fmt.Errorf("send frames: %d sources, want 1 to %d", sources, MaxSources)
+	}
+	opts := &ebpf.RunOptions{Data: frame, Repeat: repeat, Flags: unix.BPF_F_TEST_XDP_LIVE_FRAMES}
+	if sources > 1 {
+		if err := rotatable(frame); err != nil {
+			return fmt.Errorf("send frames from %d sources: %w", sources, err)
+		}
+		// The metadata: n, in host order, in front of the frame.
+		data := binary.NativeEndian.AppendUint32(make([]byte, 0, 4+len(frame)), uint32(sources))
+		opts.Data = append(data, frame...)
+		opts.Context = xdpMD{Data: 4, DataEnd: uint32(len(opts.Data))}
+	}
+	if _, err := r.prog.Run(opts); err != nil {
 		return fmt.Errorf("send %d frames of %d bytes (BPF_PROG_TEST_RUN, live frames): %w", repeat, len(frame), err)
 	}
 	return nil
 }
 
-// Sent returns how many frames the program has redirected so far.
-func (r *Redirector) Sent() (uint64, error) {
-	var n uint64
-	if err := r.sent.Lookup(uint32(0), &n); err != nil {
-		return 0, fmt.Errorf("read the traffic generator's counter: %w", err)
+// rotatable returns why the program could not rotate frame's source
+// keeping its checksums valid, or nil.
+func rotatable(frame []byte) error {
+	if len(frame) < 14 {
+		return fmt.Errorf("a frame of %d bytes has no Ethernet header", len(frame))
 	}
-	return n, nil
+	switch binary.BigEndian.Uint16(frame[12:]) {
+	case packettest.EtherIPv4:
+		if len(frame) < 14+20+8 || frame[14] != 0x45 || frame[14+9] != packettest.ProtoUDP {
+			return errors.New("want an IPv4 header of 20 bytes and UDP")
+		}
+		if frame[14+20+6] != 0 || frame[14+20+7] != 0 {
+			return errors.New("an IPv4 frame's UDP checksum must be 0 (none): the rewrite keeps only the IPv4 header's")
+		}
+	case packettest.EtherIPv6:
+		if len(frame) < 14+40 {
+			return fmt.Errorf("an IPv6 frame of %d bytes is too short", len(frame))
+		}
+	default:
+		return fmt.Errorf("EtherType %#04x: want untagged IPv4 or IPv6", binary.BigEndian.Uint16(frame[12:]))
+	}
+	return nil
 }
 
-// Close unloads the program and its counter.
-func (r *Redirector) Close() error { return errors.Join(r.prog.Close(), r.sent.Close()) }
+// RotatedSource returns the source address the generator's program
+// writes into the k-th frame (0 <= k < MaxSources) of a frame built with
+// source base (see rotationProgram): for IPv4, base's top 15 bits and k;
+// for IPv6, base's words 0-4, a compensating word 5, and k in words 6-7.
+func RotatedSource(base netip.Addr, k int) netip.Addr {
+	kh, kl := uint32(k>>16), uint32(k&0xffff)
+	if base.Is4() {
+		a := base.As4()
+		hi := uint32(a[0])<<8 | uint32(a[1])
+		hi = hi&0xfffe | kh
+		return netip.AddrFrom4([4]byte{byte(hi >> 8), byte(hi), byte(kl >> 8), byte(kl)})
+	}
+	a := base.As16()
+	word := func(i int) uint32 { return uint32(binary.BigEndian.Uint16(a[2*i:])) }
+	sum := word(5) + word(6) + word(7) + (0xffff ^ kh) + (0xffff ^ kl)
+	sum = sum&0xffff + sum>>16
+	sum = sum&0xffff + sum>>16
+	binary.BigEndian.PutUint16(a[10:], uint16(sum))
+	binary.BigEndian.PutUint16(a[12:], uint16(kh))
+	binary.BigEndian.PutUint16(a[14:], uint16(kl))
+	return netip.AddrFrom16(a)
+}
+
+// Sent returns how many frames the program has redirected so far.
+func (r *Redirector) Sent() (uint64, error) {
+	var c genCounters
+	if err := r.counters.Lookup(uint32(0), &c); err != nil {
+		return 0, fmt.Errorf("read the traffic generator's counters: %w", err)
+	}
+	return c.Sent, nil
+}
+
+// Close unloads the program and its counters.
+func (r *Redirector) Close() error { return errors.Join(r.prog.Close(), r.counters.Close()) }
 
 // PassProgram loads an XDP program that passes every frame up the stack
 // (XDP_PASS): attached to a veth end it lets that end accept the
@@ -204,13 +457,20 @@ func payloads(path string) ([][]byte, error) {
 
 // Plan is one run of the generator.
 type Plan struct {
-	// Dst is the collector's address (the frames' destination).
-	Dst netip.Addr
+	// Dst is the collector's address (the frames' destination); DstV6
+	// its IPv6 address, for the IPv6 share of the frames.
+	Dst, DstV6 netip.Addr
 	// Batches of Repeat copies of one ordinary frame are sent; batch i
-	// carries Corpus.Ordinary[i % len] from source Source(i % Sources).
+	// carries Corpus.Ordinary[i % len], each copy from the next of
+	// Sources sources (1 to MaxSources; the generator's program writes
+	// each frame's source): Source(k) over IPv4, SourceV6(k) over IPv6.
 	Batches int
 	Repeat  uint32
 	Sources int
+	// IPv6Share (0 to 1) is the share of the batches sent over IPv6 (to
+	// DstV6, with their UDP checksum, as a socket's stack wants it),
+	// spread evenly among the IPv4 ones.
+	IPv6Share float64
 	// PanicAt is the batch at whose start the panic is sent, one frame a
 	// line, in order, from PanicSource, PanicInterval apart, by a
 	// second thread while the flood goes on: the panic arrives inside
@@ -249,12 +509,26 @@ func (p Plan) PanicSourceN(k int) netip.AddrPort {
 	return netip.AddrPortFrom(a, p.PanicSource.Port())
 }
 
-// Source returns the i-th ordinary source address: 10.128.0.0 + i, port
-// 6665. The panic source must lie outside 10.128.0.0/9.
+// Source returns the i-th ordinary IPv4 source address (i < MaxSources):
+// 10.128.0.0 + i, port 6665. The panic source must lie outside
+// 10.128.0.0/9.
 func Source(i int) netip.AddrPort {
-	n := uint32(10)<<24 | 128<<16 + uint32(i)
-	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}), packettest.NodePort)
+	return netip.AddrPortFrom(RotatedSource(sourceBaseV4, i), packettest.NodePort)
 }
+
+// SourceV6 returns the i-th ordinary IPv6 source address (i <
+// MaxSources), port 6665: fd00:128::/64 with i in its last 32 bits.
+func SourceV6(i int) netip.AddrPort {
+	return netip.AddrPortFrom(RotatedSource(sourceBaseV6, i), packettest.NodePort)
+}
+
+// The bases of the ordinary sources (RotatedSource). The frames are built
+// with source 0, so that an unrotated frame comes from Source(0) or
+// SourceV6(0) too (rotating keeps the sum RotatedSource starts from).
+var (
+	sourceBaseV4 = netip.MustParseAddr("10.128.0.0")
+	sourceBaseV6 = netip.MustParseAddr("fd00:128::")
+)
 
 // Stats is what a run sent.
 type Stats struct {
@@ -286,8 +560,23 @@ func RunFrom(ns *testnet.Netns, ifname string, c *Corpus, plan Plan) (Stats, err
 	if plan.Sources <= 0 {
 		plan.Sources = 1
 	}
+	if plan.Sources > MaxSources || plan.IPv6Share < 0 || plan.IPv6Share > 1 || (plan.IPv6Share > 0 && !plan.DstV6.Is6()) {
+		return Stats{}, fmt.Errorf("traffic generator: plan of %d sources (at most %d), IPv6 share %v to %v: want an IPv6 DstV6 for a share in (0, 1]", plan.Sources, MaxSources, plan.IPv6Share, plan.DstV6)
+	}
 	var st Stats
-	err := ns.Do(func() error {
+	err := OnInterface(ns, ifname, func(r *Redirector) (err error) {
+		st, err = run(ns, r, c, plan)
+		return err
+	})
+	return st, err
+}
+
+// OnInterface runs fn in ns, on a thread locked there, with a Redirector
+// for ns's interface ifname, closed when fn returns: the frames fn sends
+// arrive at the interface's veth peer. The Redirector is kept in the
+// kernel's XDP dispatcher meanwhile (keepDispatched).
+func OnInterface(ns *testnet.Netns, ifname string, fn func(*Redirector) error) error {
+	return ns.Do(func() error {
 		ifi, err := net.InterfaceByName(ifname)
 		if err != nil {
 			return fmt.Errorf("traffic generator: %w", err)
@@ -297,27 +586,74 @@ func RunFrom(ns *testnet.Netns, ifname string, c *Corpus, plan Plan) (Stats, err
 			return err
 		}
 		defer r.Close()
-		st, err = run(ns, r, c, plan)
-		return err
+		release, err := r.keepDispatched(ns)
+		if err != nil {
+			return err
+		}
+		defer release()
+		return fn(r)
 	})
-	return st, err
 }
 
-// ordinaryFrames returns c's ordinary lines as frames to plan.Dst.
-func ordinaryFrames(c *Corpus, plan Plan) [][]byte {
-	frames := make([][]byte, len(c.Ordinary))
-	for i, p := range c.Ordinary {
-		frames[i] = packettest.UDP{Src: Source(0).Addr(), Dst: plan.Dst, Payload: p}.Frame()
+// keeperSeq numbers the keepers' interfaces (unique in the process, so
+// in every namespace).
+var keeperSeq atomic.Uint64
+
+// keepDispatched attaches r's program (generic mode) to a veth pair of its
+// own in ns, left down, until release is called, so that no frame ever
+// reaches it there. Why: a live-frames BPF_PROG_TEST_RUN call with repeat
+// > 1 adds its program to the kernel's XDP dispatcher and takes it out
+// again at the end (bpf_prog_change_xdp), and each change rewrites the
+// dispatcher and waits for the other CPUs: about 25 ms a call on this VM
+// under load, against 12 µs for 64 frames once the program is already
+// in the dispatcher, as an attached program is (the calls then only count
+// a reference).
+func (r *Redirector) keepDispatched(ns *testnet.Netns) (release func(), err error) {
+	n := keeperSeq.Add(1)
+	keeper, peer := fmt.Sprintf("lgtgk%d", n), fmt.Sprintf("lgtgp%d", n)
+	if _, err := ns.IP("link", "add", keeper, "type", "veth", "peer", "name", peer); err != nil {
+		return nil, fmt.Errorf("traffic generator: a veth pair to keep its program dispatched: %w", err)
 	}
-	return frames
+	remove := func() { ns.IP("link", "del", keeper) } // deletes the peer too
+	ifi, err := net.InterfaceByName(keeper)
+	if err != nil {
+		remove()
+		return nil, fmt.Errorf("traffic generator: %w", err)
+	}
+	l, err := link.AttachXDP(link.XDPOptions{Program: r.prog, Interface: ifi.Index, Flags: link.XDPGenericMode})
+	if err != nil {
+		remove()
+		return nil, fmt.Errorf("traffic generator: keep its program dispatched (attach to %s): %w", keeper, err)
+	}
+	return func() { l.Close(); remove() }, nil
+}
+
+// floodFrames are the ordinary lines as frames, by family.
+type floodFrames struct{ v4, v6 [][]byte }
+
+// ordinaryFrames returns c's ordinary lines as frames to plan.Dst (and,
+// if plan has an IPv6 share, to plan.DstV6), from the first source.
+func ordinaryFrames(c *Corpus, plan Plan) floodFrames {
+	var f floodFrames
+	for _, p := range c.Ordinary {
+		f.v4 = append(f.v4, packettest.UDP{Src: Source(0).Addr(), Dst: plan.Dst, Payload: p}.Frame())
+		if plan.IPv6Share > 0 {
+			f.v6 = append(f.v6, packettest.UDP{Src: SourceV6(0).Addr(), Dst: plan.DstV6, Payload: p, UDPChecksum: true}.Frame())
+		}
+	}
+	return f
 }
 
 // sendBatch sends batch i of the flood and, if plan is paced, sleeps
 // until the frames sent so far are due.
-func sendBatch(r *Redirector, frames [][]byte, plan Plan, i int, st *Stats, start time.Time) error {
-	frame := frames[i%len(frames)]
-	SetSourceV4(frame, Source(i%plan.Sources).Addr())
-	if err := r.Send(frame, plan.Repeat); err != nil {
+func sendBatch(r *Redirector, frames floodFrames, plan Plan, i int, st *Stats, start time.Time) error {
+	frame := frames.v4[i%len(frames.v4)]
+	// Batch i is IPv6 when the share, summed over the batches, passes
+	// another whole batch with it.
+	if share := plan.IPv6Share; share > 0 && int(float64(i+1)*share) > int(float64(i)*share) {
+		frame = frames.v6[i%len(frames.v6)]
+	}
+	if err := r.SendFrom(frame, plan.Repeat, plan.Sources); err != nil {
 		return err
 	}
 	st.Ordinary += uint64(plan.Repeat)
@@ -452,22 +788,4 @@ func TxDropped(ns *testnet.Netns, ifname string) (uint64, error) {
 		return 0, fmt.Errorf("ip -s link show dev %s: %q not understood: %v", ifname, out, err)
 	}
 	return links[0].Stats64.TX.Dropped, nil
-}
-
-// SetSourceV4 rewrites the IPv4 source address of an untagged Ethernet
-// frame made by packettest (a 20-byte IPv4 header at offset 14) and its
-// header checksum. The UDP checksum is 0 (none), as packettest writes it.
-func SetSourceV4(frame []byte, src netip.Addr) {
-	ip := frame[14 : 14+20]
-	a := src.As4()
-	copy(ip[12:16], a[:])
-	ip[10], ip[11] = 0, 0
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(ip[i])<<8 | uint32(ip[i+1])
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	ip[10], ip[11] = byte(^sum>>8), byte(^sum)
 }
