@@ -316,6 +316,14 @@ func newReceiver(b *testing.B, name string, pair *testnet.Pair) receiver {
 	}); err != nil {
 		b.Fatal(err)
 	}
+	return newSocketReceiver(b, name, pair)
+}
+
+// newSocketReceiver builds the socket receiver name ("socket",
+// "socket-64m" or "recvmmsg") on pair's collector end, and nothing else
+// there.
+func newSocketReceiver(b *testing.B, name string, pair *testnet.Pair) receiver {
+	coll := pair.Collector.Netns
 	addr := netip.AddrPortFrom(pair.Collector.IPv4, 6666).String()
 
 	if name == "recvmmsg" {
