@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -63,10 +64,11 @@ func mmsgPlan(rate float64, d time.Duration, panics int) trafficgen.Plan {
 
 // floodReceiver builds receiver name on pair's collector end for feed:
 // the sendmmsg feed's socket receivers without the XDP_PASS program the
-// live frames need.
+// live frames need, on the collector's IPv4 address (the sendmmsg sender
+// sends IPv4).
 func floodReceiver(b *testing.B, name, feed string, pair *testnet.Pair) receiver {
 	if feed == feedSendmmsg {
-		return newSocketReceiver(b, name, pair)
+		return newSocketReceiver(b, name, pair.Collector.Netns, netip.AddrPortFrom(pair.Collector.IPv4, 6666).String())
 	}
 	return newReceiver(b, name, pair)
 }

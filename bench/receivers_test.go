@@ -316,16 +316,14 @@ func newReceiver(b *testing.B, name string, pair *testnet.Pair) receiver {
 	}); err != nil {
 		b.Fatal(err)
 	}
-	return newSocketReceiver(b, name, pair)
+	addr := netip.AddrPortFrom(pair.Collector.IPv4, 6666).String()
+
+	return newSocketReceiver(b, name, coll, addr)
 }
 
 // newSocketReceiver builds the socket receiver name ("socket",
-// "socket-64m" or "recvmmsg") on pair's collector end, and nothing else
-// there.
-func newSocketReceiver(b *testing.B, name string, pair *testnet.Pair) receiver {
-	coll := pair.Collector.Netns
-	addr := netip.AddrPortFrom(pair.Collector.IPv4, 6666).String()
-
+// "socket-64m" or "recvmmsg") on addr in coll, and nothing else there.
+func newSocketReceiver(b *testing.B, name string, coll *testnet.Netns, addr string) receiver {
 	if name == "recvmmsg" {
 		// The product's socket mode: udpreceiver reads in batches of
 		// up to 512 (recvmmsg), 64 MiB buffer.
