@@ -29,9 +29,11 @@ package trafficgen
 // directly.
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 	"unsafe"
@@ -92,7 +94,11 @@ func SendmmsgFrom(ns *testnet.Netns, ifname string, c *Corpus, plan Plan) (Stats
 	if err != nil {
 		return Stats{}, err
 	}
-	return flood.runTimed(panics, ordinaryFrames(c, plan), c, plan, batch)
+	templates := make([][]byte, len(c.Ordinary))
+	for i, p := range c.Ordinary {
+		templates[i] = packettest.UDP{Src: Source(0).Addr(), Dst: plan.Dst, Payload: p}.Frame()
+	}
+	return flood.runTimed(panics, templates, c, plan, batch)
 }
 
 // packetSocket is an AF_PACKET socket bound to one interface, sending
@@ -158,9 +164,27 @@ func (b *mmsgBatch) fill(templates [][]byte, k uint64, n, sources int) {
 		t := templates[(k+uint64(j))%uint64(len(templates))]
 		f := b.frames[j][:len(t)]
 		copy(f, t)
-		SetSourceV4(f, Source(int((k+uint64(j))%uint64(sources))).Addr())
+		rewriteSourceV4(f, Source(int((k+uint64(j))%uint64(sources))).Addr())
 		b.iovs[j].SetLen(len(t))
 	}
+}
+
+// rewriteSourceV4 writes src as the IPv4 source address of an untagged
+// Ethernet frame made by packettest (the IPv4 header at offset 14, no UDP
+// checksum) and updates the header checksum for the change alone (RFC
+// 1624: HC' = ~(~HC + ~m + m') over the address's two 16-bit words).
+func rewriteSourceV4(frame []byte, src netip.Addr) {
+	ip := frame[14:]
+	a := src.As4()
+	sum := uint32(^binary.BigEndian.Uint16(ip[10:]))
+	for w := 12; w < 16; w += 2 {
+		sum += uint32(^binary.BigEndian.Uint16(ip[w:])) + uint32(binary.BigEndian.Uint16(a[w-12:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	copy(ip[12:16], a[:])
+	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
 }
 
 // send transmits the first n frames of b and returns how many the kernel
