@@ -28,6 +28,7 @@ var floodReceivers = []string{"xdp", "socket", "socket-64m", "recvmmsg"}
 // ordinary_only row, and the first of a flood row.
 type floodLoad struct {
 	Receiver    string  `json:"receiver"`
+	Feed        string  `json:"feed"` // feedLive or feedSendmmsg
 	OfferedPPS  float64 `json:"offered_pps"`
 	HandledPPS  float64 `json:"handled_pps"`
 	KernelDrops uint64  `json:"kernel_drops"`
@@ -84,7 +85,9 @@ func floodConfigFromEnv() floodConfig {
 // source), half the batches over IPv6, for a fixed duration, and panics (the real
 // null-oops-panic capture, every frame) from distinct known sources at
 // known times inside it; then, for each receiver, the same flood at the top
-// rate with no panic (ordinary_only). It writes flood.json, flood.md and
+// rate with no panic (ordinary_only). The socket receivers then get the
+// same rows fed by the sendmmsg sender (feedSendmmsg, at mmsgRates) as
+// well, each row saying its feed. It writes flood.json, flood.md and
 // the plots to $FLOOD_OUT (default results/, that is bench/results). See
 // bench/README.md for how to read them.
 //
@@ -105,14 +108,26 @@ func BenchmarkFlood(b *testing.B) {
 		res.Rows, res.OrdinaryOnly = nil, nil
 		for _, rate := range cfg.rates {
 			for _, name := range floodReceivers {
-				row := runFlood(b, name, corpus, floodPlan(rate, cfg.duration, cfg.panics))
+				row := runFlood(b, name, feedLive, corpus, floodPlan(rate, cfg.duration, cfg.panics))
 				b.Logf("%s at %.0f pps asked: %+v", name, rate, row)
 				res.Rows = append(res.Rows, row)
 			}
 		}
+		for _, rate := range mmsgRates() {
+			for _, name := range mmsgReceivers {
+				row := runFlood(b, name, feedSendmmsg, corpus, mmsgPlan(rate, cfg.duration, cfg.panics))
+				b.Logf("%s fed by sendmmsg at %.0f pps asked: %+v", name, rate, row)
+				res.Rows = append(res.Rows, row)
+			}
+		}
 		for _, name := range floodReceivers {
-			row := runFlood(b, name, corpus, floodPlan(0, cfg.duration, 0))
+			row := runFlood(b, name, feedLive, corpus, floodPlan(0, cfg.duration, 0))
 			b.Logf("%s ordinary only: %+v", name, row.floodLoad)
+			res.OrdinaryOnly = append(res.OrdinaryOnly, row.floodLoad)
+		}
+		for _, name := range mmsgReceivers {
+			row := runFlood(b, name, feedSendmmsg, corpus, mmsgPlan(0, cfg.duration, 0))
+			b.Logf("%s fed by sendmmsg, ordinary only: %+v", name, row.floodLoad)
 			res.OrdinaryOnly = append(res.OrdinaryOnly, row.floodLoad)
 		}
 	}
@@ -197,14 +212,15 @@ func panicAlone(b *testing.B, c *trafficgen.Corpus) (forwarded, incidentLines in
 	return forwarded, incidentLines
 }
 
-// runFlood runs one row: receiver name on a fresh pair, the plan from the
-// node's end, the receiver drained, its thread's CPU time read.
-func runFlood(b *testing.B, name string, corpus *trafficgen.Corpus, plan trafficgen.Plan) floodRow {
+// runFlood runs one row: receiver name on a fresh pair, the plan sent
+// from the node's end by feed, the receiver drained, its thread's CPU
+// time read.
+func runFlood(b *testing.B, name, feed string, corpus *trafficgen.Corpus, plan trafficgen.Plan) floodRow {
 	b.StopTimer()
 	defer b.StartTimer()
 	pair := testnet.NewPair(b)
 	plan.Dst, plan.DstV6 = pair.Collector.IPv4, pair.Collector.IPv6
-	rcv := newReceiver(b, name, pair)
+	rcv := floodReceiver(b, name, feed, pair)
 	col := newFloodCollected()
 	ctx, cancel := context.WithCancel(b.Context())
 	defer cancel()
@@ -226,7 +242,7 @@ func runFlood(b *testing.B, name string, corpus *trafficgen.Corpus, plan traffic
 			sys:  time.Duration(after.Stime.Nano() - before.Stime.Nano())}
 	}()
 
-	st, err := trafficgen.RunFrom(pair.Node.Netns, pair.Node.Ifname, corpus, plan)
+	st, err := sendFeed(feed, pair, corpus, plan)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -247,6 +263,7 @@ func runFlood(b *testing.B, name string, corpus *trafficgen.Corpus, plan traffic
 
 	row := floodRow{floodLoad: floodLoad{
 		Receiver:    name,
+		Feed:        feed,
 		OfferedPPS:  st.Offered(),
 		HandledPPS:  float64(rcv.handled()) / st.Elapsed.Seconds(),
 		KernelDrops: vethDrops + sockDrops,

@@ -50,8 +50,33 @@ func writeFloodResults(dir string, res floodResults, cfg floodConfig, loadStart,
 	return nil
 }
 
-// floodPlot draws value against the offered rate, one line a receiver, on
-// a logarithmic rate axis (and value axis if logY), the legend at the top
+// floodSeries is one line of the plots and of the headline: one receiver
+// fed one way.
+type floodSeries struct{ receiver, feed string }
+
+// String is the series' legend: "socket (sendmmsg)".
+func (s floodSeries) String() string { return fmt.Sprintf("%s (%s)", s.receiver, s.feed) }
+
+// seriesOf returns the series of rows in the order they first appear (a
+// row without a feed is of the live frames, the only feed before there
+// were two).
+func seriesOf(rows []floodRow) []floodSeries {
+	var out []floodSeries
+	for _, r := range rows {
+		if s := rowSeries(r); !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// rowSeries is r's series.
+func rowSeries(r floodRow) floodSeries {
+	return floodSeries{r.Receiver, cmp.Or(r.Feed, feedLive)}
+}
+
+// floodPlot draws value against the offered rate, one line a receiver and
+// feed, on a logarithmic rate axis (and value axis if logY), the legend at the top
 // left or the bottom left.
 func floodPlot(path string, res floodResults, title, y string, logY, legendTop bool, value func(floodRow) float64) error {
 	p := plot.New()
@@ -66,19 +91,27 @@ func floodPlot(path string, res floodResults, title, y string, logY, legendTop b
 		p.Y.Scale = plot.LogScale{}
 		p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 	}
-	var lines []any
-	for _, name := range floodReceivers {
+	// A receiver keeps its colour and marker across feeds; the feed
+	// is the line's dashes (live frames solid, sendmmsg dashed).
+	for _, s := range seriesOf(res.Rows) {
 		var xys plotter.XYs
 		for _, r := range res.Rows {
-			if v := value(r); r.Receiver == name && r.OfferedPPS > 0 && (v > 0 || !logY) {
+			if v := value(r); rowSeries(r) == s && r.OfferedPPS > 0 && (v > 0 || !logY) {
 				xys = append(xys, plotter.XY{X: r.OfferedPPS, Y: v})
 			}
 		}
 		slices.SortFunc(xys, func(a, b plotter.XY) int { return cmp.Compare(a.X, b.X) })
-		lines = append(lines, name, xys)
-	}
-	if err := plotutil.AddLinePoints(p, lines...); err != nil {
-		return fmt.Errorf("plot %s: %w", path, err)
+		l, pts, err := plotter.NewLinePoints(xys)
+		if err != nil {
+			return fmt.Errorf("plot %s: %s: %w", path, s, err)
+		}
+		i := slices.Index(floodReceivers, s.receiver)
+		l.Color, pts.Color, pts.Shape = plotutil.Color(i), plotutil.Color(i), plotutil.Shape(i)
+		if s.feed != feedLive {
+			l.Dashes = []vg.Length{vg.Points(4), vg.Points(2)}
+		}
+		p.Add(l, pts)
+		p.Legend.Add(s.String(), l, pts)
 	}
 	if err := p.Save(16*vg.Centimeter, 10*vg.Centimeter, path); err != nil {
 		return fmt.Errorf("plot %s: %w", path, err)
@@ -87,18 +120,18 @@ func floodPlot(path string, res floodResults, title, y string, logY, legendTop b
 }
 
 // floodMarkdown renders res as flood.md: the headline (the highest offered
-// rate at which each receiver detected every panic, and at every lower
+// rate at which each receiver, fed each way, detected every panic, and at every lower
 // offered rate too; 0 if it missed one at its lowest), the rows, and the ordinary-only rows.
 func floodMarkdown(res floodResults, cfg floodConfig, loadStart, loadEnd float64) string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "# Scenario 1: flood (`make bench-flood`)\n\n")
 	fmt.Fprintf(&sb, "Machine: %s; kernel %s; %s a row, %d panics a row; load average %.1f at the start, %.1f at the end; %s.\n\n",
 		res.Machine, res.Kernel, cfg.duration, cfg.panics, loadStart, loadEnd, time.Now().UTC().Format("2006-01-02 15:04 UTC"))
-	fmt.Fprintf(&sb, "## Highest offered rate with every panic detected\n\n| receiver | offered (pps) |\n| --- | ---: |\n")
-	for _, name := range floodReceivers {
+	fmt.Fprintf(&sb, "## Highest offered rate with every panic detected\n\n| receiver | feed | offered (pps) |\n| --- | --- | ---: |\n")
+	for _, s := range seriesOf(res.Rows) {
 		var rows []floodRow
 		for _, r := range res.Rows {
-			if r.Receiver == name {
+			if rowSeries(r) == s {
 				rows = append(rows, r)
 			}
 		}
@@ -110,20 +143,20 @@ func floodMarkdown(res floodResults, cfg floodConfig, loadStart, loadEnd float64
 			}
 			best = max(best, r.OfferedPPS)
 		}
-		fmt.Fprintf(&sb, "| `%s` | %.0f |\n", name, best)
+		fmt.Fprintf(&sb, "| `%s` | %s | %.0f |\n", s.receiver, s.feed, best)
 	}
-	fmt.Fprintf(&sb, "\n## Rows\n\n| receiver | offered pps | handled pps | kernel drops | panics detected / sent | panic lines received / sent | CPU user s | CPU sys s | CPU s per M handled | duration s |\n")
-	fmt.Fprintf(&sb, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	fmt.Fprintf(&sb, "\n## Rows\n\n| receiver | feed | offered pps | handled pps | kernel drops | panics detected / sent | panic lines received / sent | CPU user s | CPU sys s | CPU s per M handled | duration s |\n")
+	fmt.Fprintf(&sb, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, r := range res.Rows {
-		fmt.Fprintf(&sb, "| `%s` | %.0f | %.0f | %d | %d / %d | %d / %d | %.3f | %.3f | %.2f | %.2f |\n",
-			r.Receiver, r.OfferedPPS, r.HandledPPS, r.KernelDrops, r.PanicsDetected, r.PanicsSent,
+		fmt.Fprintf(&sb, "| `%s` | %s | %.0f | %.0f | %d | %d / %d | %d / %d | %.3f | %.3f | %.2f | %.2f |\n",
+			r.Receiver, rowSeries(r).feed, r.OfferedPPS, r.HandledPPS, r.KernelDrops, r.PanicsDetected, r.PanicsSent,
 			r.PanicLinesReceived, r.PanicLinesSent, r.CPUUserS, r.CPUSysS, perMillion(r.floodLoad), r.DurationS)
 	}
-	fmt.Fprintf(&sb, "\n## Ordinary lines only, at the generator's top rate\n\n| receiver | offered pps | handled pps | kernel drops | CPU user s | CPU sys s | share of a core | duration s |\n")
-	fmt.Fprintf(&sb, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	fmt.Fprintf(&sb, "\n## Ordinary lines only, at each feed's top rate\n\n| receiver | feed | offered pps | handled pps | kernel drops | CPU user s | CPU sys s | share of a core | duration s |\n")
+	fmt.Fprintf(&sb, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, r := range res.OrdinaryOnly {
-		fmt.Fprintf(&sb, "| `%s` | %.0f | %.0f | %d | %.3f | %.3f | %.2f %% | %.2f |\n",
-			r.Receiver, r.OfferedPPS, r.HandledPPS, r.KernelDrops, r.CPUUserS, r.CPUSysS,
+		fmt.Fprintf(&sb, "| `%s` | %s | %.0f | %.0f | %d | %.3f | %.3f | %.2f %% | %.2f |\n",
+			r.Receiver, cmp.Or(r.Feed, feedLive), r.OfferedPPS, r.HandledPPS, r.KernelDrops, r.CPUUserS, r.CPUSysS,
 			100*(r.CPUUserS+r.CPUSysS)/r.DurationS, r.DurationS)
 	}
 	return sb.String()

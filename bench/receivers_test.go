@@ -295,6 +295,12 @@ func newReceiver(b *testing.B, name string, pair *testnet.Pair) receiver {
 	// socket): the flood comes over both.
 	addr := ":6666"
 
+	return newSocketReceiver(b, name, coll, addr)
+}
+
+// newSocketReceiver builds the socket receiver name ("socket",
+// "socket-64m" or "recvmmsg") on addr in coll, and nothing else there.
+func newSocketReceiver(b *testing.B, name string, coll *testnet.Netns, addr string) receiver {
 	if name == "recvmmsg" {
 		// The product's socket mode: udpreceiver reads in batches of
 		// up to 512 (recvmmsg), 64 MiB buffer.
