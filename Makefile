@@ -86,8 +86,9 @@ fuzz: ## run each fuzz target for FUZZTIME (10s), one after the other
 	done
 
 .PHONY: bench
-bench: deps ## run the benchmarks (see bench/README.md)
+bench: deps ## run the benchmarks (see bench/README.md; issue 16's scenarios have targets of their own, bench-flood, bench-sources, bench-cleanup, bench-restart)
 	$(GO) test -run '^$$' -bench . -skip '^Benchmark(Flood|Sources)$$' -benchmem ./bench/
+	$(GO) test -run '^$$' -bench '^BenchmarkDaemonForgedFlood$$' -benchtime 3x -timeout 30m ./cmd/lastgasp/
 
 .PHONY: bench-flood
 bench-flood: deps ## issue 16's flood: every receiver at stepped rates, bench/results/flood.{json,md} and plots (~3-4 min; BENCH_FULL=1 ~18 min)
