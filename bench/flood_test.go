@@ -218,7 +218,9 @@ func panicAlone(b *testing.B, c *trafficgen.Corpus) (forwarded, incidentLines in
 func runFlood(b *testing.B, name, feed string, corpus *trafficgen.Corpus, plan trafficgen.Plan) floodRow {
 	b.StopTimer()
 	defer b.StartTimer()
-	pair := testnet.NewPair(b)
+	// A queue a CPU, as a NIC's receive queues: the flood's thread and
+	// the panics' thread do not share one veth ring (testnet.NewPairQueues).
+	pair := testnet.NewPairQueues(b, runtime.NumCPU())
 	plan.Dst, plan.DstV6 = pair.Collector.IPv4, pair.Collector.IPv6
 	rcv := floodReceiver(b, name, feed, pair)
 	col := newFloodCollected()

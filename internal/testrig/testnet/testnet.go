@@ -8,7 +8,8 @@
 // otherwise.
 //
 // The pair is built to make packet counts deterministic: each veth end has
-// a single queue (so packets are processed in the order they were sent),
+// a single queue unless asked (so packets are processed in the order they
+// were sent),
 // no IPv6 link-local address (so no router solicitation or duplicate
 // address detection is sent), IPv6 addresses that skip duplicate address
 // detection, and permanent neighbour entries both ways (so no ARP or
@@ -153,6 +154,18 @@ func RequireRoot(t testing.TB) {
 // when not root.
 func NewPair(t testing.TB) *Pair {
 	t.Helper()
+	return NewPairQueues(t, 1)
+}
+
+// NewPairQueues is NewPair with queues queues on each veth end instead of
+// one: a frame sent on CPU i goes into the collector end's receive queue
+// i % queues, whose NAPI runs on that CPU, as a multi-queue NIC spreads
+// its receive queues over CPUs. With one queue, senders on two CPUs share
+// one 256-frame ring, and at millions of frames a second its overflow
+// (the veth's drops, before any XDP program) is the rig's limit, not the
+// receiver's. Order across queues is then not kept.
+func NewPairQueues(t testing.TB, queues int) *Pair {
+	t.Helper()
 	RequireRoot(t)
 	id := make([]byte, 3)
 	rand.Read(id) // never fails (crypto/rand, Go 1.24 and later)
@@ -200,22 +213,24 @@ func NewPair(t testing.TB) *Pair {
 			t.Fatalf("set up loopback: %v", err)
 		}
 	}
-	if err := p.setup(); err != nil {
+	if err := p.setup(max(queues, 1)); err != nil {
 		t.Fatalf("set up veth pair: %v", err)
 	}
 	return p
 }
 
-// setup creates the veth pair between the two namespaces and configures it.
-func (p *Pair) setup() error {
+// setup creates the veth pair between the two namespaces, with queues
+// queues each way, and configures it.
+func (p *Pair) setup(queues int) error {
 	n, c := &p.Node, &p.Collector
-	// One queue each way: with several, the sender's queue would be
-	// picked per socket, and packets of two sockets could be handled by
-	// two CPUs at once, out of order.
+	// One queue each way unless asked: with several, the sender's queue
+	// would be picked per socket, and packets of two sockets could be
+	// handled by two CPUs at once, out of order.
+	q := fmt.Sprint(queues)
 	if _, err := n.Netns.IP("link", "add", n.Ifname, "address", n.MAC.String(),
-		"numtxqueues", "1", "numrxqueues", "1",
+		"numtxqueues", q, "numrxqueues", q,
 		"type", "veth", "peer", "name", c.Ifname, "address", c.MAC.String(),
-		"numtxqueues", "1", "numrxqueues", "1", "netns", c.Netns.Name); err != nil {
+		"numtxqueues", q, "numrxqueues", q, "netns", c.Netns.Name); err != nil {
 		return err
 	}
 	for _, e := range []*End{n, c} {
