@@ -74,6 +74,10 @@ func SendmmsgFrom(ns *testnet.Netns, ifname string, c *Corpus, plan Plan) (Stats
 		return Stats{}, fmt.Errorf("sendmmsg sender: destination %v: only IPv4", plan.Dst)
 	}
 	plan.Sources = max(plan.Sources, 1)
+	if plan.Sources > MaxSources {
+		// Source(i) is defined for i < MaxSources only.
+		return Stats{}, fmt.Errorf("sendmmsg sender: %d sources, at most %d", plan.Sources, MaxSources)
+	}
 	batch := int(plan.Repeat)
 	if batch == 0 {
 		batch = DefaultMmsgBatch

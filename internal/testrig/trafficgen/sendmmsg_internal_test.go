@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/lastgasp/lastgasp/internal/testrig/packettest"
 	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
@@ -67,5 +68,18 @@ func TestSendCountsMidBatchDropOnce(t *testing.T) {
 	}
 	if taken != len(frames) || dropped != 1 {
 		t.Errorf("send took %d of %d frames, the veth dropped %d: want all taken, 1 dropped", taken, len(frames), dropped)
+	}
+}
+
+// TestSendmmsgFromRefusesTooManySources checks that the sendmmsg sender
+// refuses a plan of more than MaxSources sources (Source(i) would leave
+// 10.128.0.0/15) before it opens anything.
+func TestSendmmsgFromRefusesTooManySources(t *testing.T) {
+	plan := Plan{Dst: netip.MustParseAddr("10.99.0.1"), Duration: time.Millisecond, Sources: MaxSources + 1}
+	if _, err := SendmmsgFrom(nil, "", &Corpus{}, plan); err == nil {
+		t.Errorf("a plan of %d sources: no error", plan.Sources)
+	}
+	if got := Source(MaxSources - 1).Addr(); got != netip.MustParseAddr("10.129.255.255") {
+		t.Errorf("the last source is %v, want 10.129.255.255", got)
 	}
 }
