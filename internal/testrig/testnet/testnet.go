@@ -212,9 +212,13 @@ func NewPair(t testing.TB) *Pair {
 }
 
 // NewPairQueues is NewPair with queues queues on each veth end instead of
-// one: a frame sent on CPU i goes into the collector end's receive queue
+// one: a frame redirected into the node's end (XDP, as the traffic
+// generator sends) on CPU i goes into the collector end's receive queue
 // i % queues, whose NAPI runs on that CPU, as a multi-queue NIC spreads
-// its receive queues over CPUs. With one queue, senders on two CPUs share
+// its receive queues over CPUs. (A frame sent as an skb, from a socket,
+// goes into the queue its transmit queue picks, or, with no XDP program
+// on the collector's end, into the sending CPU's backlog: queues change
+// nothing for it.) With one queue, senders on two CPUs share
 // one 256-frame ring, and at millions of frames a second its overflow
 // (the veth's drops, before any XDP program) is the rig's limit, not the
 // receiver's. Order across queues is then not kept.
