@@ -2,12 +2,9 @@ package bench
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -289,35 +286,13 @@ func runFlood(b *testing.B, name, feed string, corpus *trafficgen.Corpus, plan t
 	return row
 }
 
-// udpRcvbufErrors reads the UDP RcvbufErrors counter of ns (the datagrams
-// dropped for a full socket buffer), from its own /proc/net/snmp.
+// udpRcvbufErrors returns the datagrams ns's UDP sockets dropped for a
+// full buffer, over IPv4 (UdpRcvbufErrors) and IPv6 (Udp6RcvbufErrors: a
+// dual-stack socket's IPv6 drops are counted there alone).
 func udpRcvbufErrors(b *testing.B, ns *testnet.Netns) uint64 {
-	var n uint64
-	if err := ns.Do(func() error {
-		raw, err := os.ReadFile("/proc/thread-self/net/snmp")
-		if err != nil {
-			return err
-		}
-		var names []string
-		for line := range strings.Lines(string(raw)) {
-			f := strings.Fields(line)
-			if len(f) == 0 || f[0] != "Udp:" {
-				continue
-			}
-			if names == nil {
-				names = f
-				continue
-			}
-			for i, name := range names {
-				if name == "RcvbufErrors" && i < len(f) {
-					n, err = strconv.ParseUint(f[i], 10, 64)
-					return err
-				}
-			}
-		}
-		return fmt.Errorf("no Udp RcvbufErrors in /proc/net/snmp")
-	}); err != nil {
+	c, err := ns.Counters()
+	if err != nil {
 		b.Fatal(err)
 	}
-	return n
+	return c["UdpRcvbufErrors"] + c["Udp6RcvbufErrors"]
 }

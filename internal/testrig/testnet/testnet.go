@@ -30,6 +30,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -114,6 +115,59 @@ func (ns *Netns) doLocked(fn func() error) (err error) {
 	return fn()
 }
 
+// Counters returns the namespace's SNMP counters, named as nstat names
+// them: /proc/net/snmp's table and field run together ("UdpRcvbufErrors",
+// "IpInHdrErrors"), /proc/net/snmp6's as they are ("Udp6RcvbufErrors").
+// A counter of UDP over IPv6 is in the second file only, even for a
+// dual-stack socket: add both families' to count a socket's drops.
+func (ns *Netns) Counters() (map[string]uint64, error) {
+	var snmp, snmp6 []byte
+	if err := ns.Do(func() (err error) {
+		if snmp, err = os.ReadFile("/proc/thread-self/net/snmp"); err != nil {
+			return err
+		}
+		snmp6, err = os.ReadFile("/proc/thread-self/net/snmp6")
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("read the SNMP counters of %s: %w", ns.Name, err)
+	}
+	c := map[string]uint64{}
+	// snmp: a line of field names, then a line of values, per table
+	// ("Udp: InDatagrams NoPorts ...", "Udp: 12 0 ...").
+	names := map[string][]string{}
+	for line := range strings.Lines(string(snmp)) {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		table := strings.TrimSuffix(f[0], ":")
+		if names[table] == nil {
+			names[table] = f[1:]
+			continue
+		}
+		for i, name := range names[table] {
+			if 1+i >= len(f) {
+				break
+			}
+			if v, err := strconv.ParseUint(f[1+i], 10, 64); err == nil {
+				c[table+name] = v
+			}
+		}
+	}
+	// snmp6: a name and a value a line.
+	for line := range strings.Lines(string(snmp6)) {
+		if f := strings.Fields(line); len(f) == 2 {
+			if v, err := strconv.ParseUint(f[1], 10, 64); err == nil {
+				c[f[0]] = v
+			}
+		}
+	}
+	if _, ok := c["UdpRcvbufErrors"]; !ok {
+		return nil, fmt.Errorf("the SNMP counters of %s: no UdpRcvbufErrors in /proc/net/snmp", ns.Name)
+	}
+	return c, nil
+}
+
 // End is one end of a Pair: a namespace and its veth interface.
 type End struct {
 	// Netns is the namespace the interface is in.
@@ -158,9 +212,13 @@ func NewPair(t testing.TB) *Pair {
 }
 
 // NewPairQueues is NewPair with queues queues on each veth end instead of
-// one: a frame sent on CPU i goes into the collector end's receive queue
+// one: a frame redirected into the node's end (XDP, as the traffic
+// generator sends) on CPU i goes into the collector end's receive queue
 // i % queues, whose NAPI runs on that CPU, as a multi-queue NIC spreads
-// its receive queues over CPUs. With one queue, senders on two CPUs share
+// its receive queues over CPUs. (A frame sent as an skb, from a socket,
+// goes into the queue its transmit queue picks, or, with no XDP program
+// on the collector's end, into the sending CPU's backlog: queues change
+// nothing for it.) With one queue, senders on two CPUs share
 // one 256-frame ring, and at millions of frames a second its overflow
 // (the veth's drops, before any XDP program) is the rig's limit, not the
 // receiver's. Order across queues is then not kept.

@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -253,42 +250,9 @@ func sum(m map[netip.Addr]int) int {
 // (Udp6InCsumErrors).
 func csumErrors(t *testing.T, ns *testnet.Netns) uint64 {
 	t.Helper()
-	var n uint64
-	if err := ns.Do(func() error {
-		snmp, err := os.ReadFile("/proc/thread-self/net/snmp")
-		if err != nil {
-			return err
-		}
-		snmp6, err := os.ReadFile("/proc/thread-self/net/snmp6")
-		if err != nil {
-			return err
-		}
-		names := map[string][]string{}
-		for line := range strings.Lines(string(snmp)) {
-			f := strings.Fields(line)
-			if len(f) == 0 {
-				continue
-			}
-			if names[f[0]] == nil {
-				names[f[0]] = f
-				continue
-			}
-			for i, name := range names[f[0]] {
-				if (f[0] == "Ip:" && name == "InHdrErrors") || (f[0] == "Udp:" && name == "InCsumErrors") {
-					v, _ := strconv.ParseUint(f[i], 10, 64)
-					n += v
-				}
-			}
-		}
-		for line := range strings.Lines(string(snmp6)) {
-			if f := strings.Fields(line); len(f) == 2 && f[0] == "Udp6InCsumErrors" {
-				v, _ := strconv.ParseUint(f[1], 10, 64)
-				n += v
-			}
-		}
-		return nil
-	}); err != nil {
+	c, err := ns.Counters()
+	if err != nil {
 		t.Fatal(err)
 	}
-	return n
+	return c["IpInHdrErrors"] + c["UdpInCsumErrors"] + c["Udp6InCsumErrors"]
 }
