@@ -128,6 +128,24 @@ func TestMultiBufferPayloadEdge(t *testing.T) {
 	t.Logf("payloads judged up to offset %d", judged)
 }
 
+// singleByteTable returns a table of one-byte patterns: the bytes a
+// header is made of and a few a text may start with, each a match of its
+// own, so that a text start found at the wrong offset shows as another
+// pattern (the default table has no pattern starting with '[', a digit or
+// a space: most wrong starts are ordinary lines as well).
+func singleByteTable(tb testing.TB) *pattern.Table {
+	tb.Helper()
+	var ps []pattern.Pattern
+	for i, c := range "[]; 14KO-x" {
+		ps = append(ps, pattern.Pattern{ID: uint32(i + 1), Prefix: string(c), Kind: "test"})
+	}
+	t, err := pattern.NewTable(ps)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return t
+}
+
 // TestShortPayloadTrailer runs payloads cut at every length up to 48
 // bytes, each followed in the frame by the rest of its line as trailing
 // bytes past the UDP and IP lengths (what Ethernet padding may hold): the
@@ -137,15 +155,7 @@ func TestMultiBufferPayloadEdge(t *testing.T) {
 // single bytes, so that every text start is a match of its own and a
 // text found at the wrong offset (or ordinary where it is not) shows.
 func TestShortPayloadTrailer(t *testing.T) {
-	var single []pattern.Pattern
-	for i, c := range "[]; 14KO-x" {
-		single = append(single, pattern.Pattern{ID: uint32(i + 1), Prefix: string(c), Kind: "test"})
-	}
-	singleTable, err := pattern.NewTable(single)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, table := range []*pattern.Table{pattern.Default(), singleTable} {
+	for _, table := range []*pattern.Table{pattern.Default(), singleByteTable(t)} {
 		h := newHarness(t, loader.Config{NoContext: true})
 		if err := h.sc.Program().SetPatterns(table); err != nil {
 			t.Fatalf("set patterns: %v", err)
@@ -182,4 +192,42 @@ func TestShortPayloadTrailer(t *testing.T) {
 			}
 		}
 	}
+}
+
+// FuzzKernelTrailerMatchesGo holds the program's judgement of a payload
+// against package pattern's when trailing bytes follow it in the frame
+// (past the UDP and IP lengths): the payload's first 32 bytes are read
+// in place when the frame has them, and the trailer must never count.
+// The table is of single bytes (every text start a match of its own), so
+// that a text start found wrong shows.
+func FuzzKernelTrailerMatchesGo(f *testing.F) {
+	for _, s := range wordEdgeSeeds() {
+		f.Add(s[:len(s)/2], s[len(s)/2:])
+	}
+	table := singleByteTable(f)
+	h := newHarness(f, loader.Config{NoContext: true})
+	if err := h.sc.Program().SetPatterns(table); err != nil {
+		f.Fatalf("set patterns: %v", err)
+	}
+	f.Fuzz(func(t *testing.T, payload, trailer []byte) {
+		payload = payload[:min(len(payload), 200)]
+		trailer = trailer[:min(len(trailer), 64)]
+		h.t = t
+		h.delta()
+		verdict, lines := h.send(append(packettest.Line(string(payload)).Frame(), trailer...))
+		d := h.delta()
+		want, ok := table.Match(payload)
+		got := uint32(0)
+		if len(lines) == 1 {
+			got = lines[0].PatternID
+		}
+		wantVerdict, wantLong := uint32(xdpDrop), uint64(0)
+		if !ok && pattern.LongHeader(payload) {
+			wantVerdict, wantLong = xdpPass, 1
+		}
+		if len(lines) > 1 || got != want.ID || verdict != wantVerdict || uint64(d.LongHeader) != wantLong {
+			t.Fatalf("payload %q, trailer %q: kernel pattern %d (%d lines), verdict %d, long_header %d; Go pattern %d, verdict %d",
+				payload, trailer, got, len(lines), verdict, d.LongHeader, want.ID, wantVerdict)
+		}
+	})
 }
