@@ -463,9 +463,10 @@ _Static_assert(NEAR_WORDS == 4, "near_byte reads four words");
 
 /*
  * quick_ordinary - 1 if the line is certainly one match_line passes over
- * on its first text byte, judged on the first NEAR_WORDS * 8 bytes of the
- * payload, read in place (@w, @n the window's length as in match_line);
- * 0 if unsure.
+ * on its first text byte (or a header with no text after it), judged on
+ * the first NEAR_WORDS * 8 bytes of the payload, read in place (@w; @n
+ * the window's length as in match_line, @len the payload's: bytes of @w
+ * from @n on may be padding or a trailer, never looked at); 0 if unsure.
  *
  * find_text's rules, where they decide within these bytes: an extended
  * header's ';' (or the space that makes it no header) found in them; a
@@ -575,10 +576,11 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 	}
 	if (text >= l->len)
 		return 0; /* a header with no text after it */
-	/* Most lines end here, on their first text byte when it is in the
-	 * window (text < n): no pattern starts with it and it is not the end
-	 * marker's '-'. They read no key: no second bpf_xdp_load_bytes, no
-	 * end-marker test (issue 12). */
+	/* The lines quick_ordinary left end here as most lines do there, on
+	 * their first text byte when it is in the window (text < n): no
+	 * pattern starts with it and it is not the end marker's '-'. They
+	 * read no key: no second bpf_xdp_load_bytes, no end-marker test
+	 * (issue 12). */
 	if (fb && text < n) {
 		c = head_at(&buf.head, text);
 		if (c != (__u8)END_MARKER[0] &&
