@@ -148,12 +148,14 @@ const floodSources = 100_000
 // cost about a millisecond besides its frames, more under load, until the
 // generator kept its program in the XDP dispatcher; now tens of µs.)
 func floodPlan(rate float64, d time.Duration, panics int) trafficgen.Plan {
-	repeat := uint32(10_000)
+	// The top rate, unpaced: a flood thread a CPU (the pair has a queue
+	// a CPU), so that one CPU's generator is not what limits XDP.
+	repeat, threads := uint32(10_000), runtime.NumCPU()
 	if rate > 0 {
-		repeat = uint32(max(100, rate/300))
+		repeat, threads = uint32(max(100, rate/300)), 1
 	}
 	return trafficgen.Plan{Repeat: repeat, Sources: floodSources, IPv6Share: 0.5, Rate: rate, Duration: d, Panics: panics,
-		PanicSource: receiverPanicSource, PanicInterval: 100 * time.Microsecond}
+		PanicSource: receiverPanicSource, PanicInterval: 100 * time.Microsecond, Threads: threads}
 }
 
 // floodCollected gathers what a receiver forwards: the lines of each panic

@@ -497,6 +497,13 @@ type Plan struct {
 	// one lies inside the flood. PanicAt and PanicInline are ignored.
 	Duration time.Duration
 	Panics   int
+	// Threads, for a timed plan, is how many threads send the flood
+	// (default 1), each its share of the batches (batch i by thread
+	// i % Threads) at its share of Rate. One thread a CPU, on a pair
+	// with a queue a CPU (testnet.NewPairQueues), offers more than one
+	// CPU can: the generator, not the receiver, is otherwise the limit
+	// of an XDP receiver.
+	Threads int
 }
 
 // PanicSourceN returns the source of the k-th panic of a timed plan: the
@@ -737,11 +744,26 @@ func runTimed(ns *testnet.Netns, r *Redirector, c *Corpus, plan Plan) (Stats, er
 			return nil
 		})
 	}()
-	for i := 0; time.Since(start) < plan.Duration; i++ {
-		if err := sendBatch(r, frames, plan, i, &st, start); err != nil {
-			<-panicErr
-			return st, err
-		}
+	threads := max(plan.Threads, 1)
+	paced := plan
+	paced.Rate = plan.Rate / float64(threads)
+	sent := make([]Stats, threads) // each thread's count of ordinary frames
+	floodErr := make(chan error, threads)
+	for t := 1; t < threads; t++ {
+		go func() {
+			floodErr <- ns.Do(func() error { return flood(r, frames, paced, t, threads, &sent[t], start) })
+		}()
+	}
+	err := flood(r, frames, paced, 0, threads, &sent[0], start)
+	for t := 1; t < threads; t++ {
+		err = errors.Join(err, <-floodErr)
+	}
+	for _, s := range sent {
+		st.Ordinary += s.Ordinary
+	}
+	if err != nil {
+		<-panicErr
+		return st, err
 	}
 	st.PanicInFlood = panicsDone.Load()
 	if err := <-panicErr; err != nil {
@@ -750,9 +772,19 @@ func runTimed(ns *testnet.Netns, r *Redirector, c *Corpus, plan Plan) (Stats, er
 	st.Panics = plan.Panics
 	st.Panic = uint64(plan.Panics * len(c.Panic))
 	st.Elapsed = time.Since(start)
-	var err error
 	st.Sent, err = r.Sent()
 	return st, err
+}
+
+// flood sends batches t, t+threads, t+2*threads, ... of a timed plan
+// until its Duration has passed since start, counting them in st.
+func flood(r *Redirector, frames floodFrames, plan Plan, t, threads int, st *Stats, start time.Time) error {
+	for i := t; time.Since(start) < plan.Duration; i += threads {
+		if err := sendBatch(r, frames, plan, i, st, start); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // sendPanic sends the panic's frames from plan.PanicSource, one call each,

@@ -3,6 +3,7 @@ package trafficgen_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -134,41 +135,51 @@ func attachCollector(t *testing.T, pair *testnet.Pair) (*loader.Program, *ringbu
 
 // TestTimedPlanSendsPanicsFromDistinctSources runs a timed plan (a flood
 // for 400 ms, paced at 100,000 frames/s, three panics at known times from
-// three sources) into lastgasp's XDP program: each panic must arrive whole
-// from its own source, PanicSourceN(k), and the stats must say so.
+// three sources) into lastgasp's XDP program, sent by one thread and by
+// two (Plan.Threads, on a pair with two queues): each panic must arrive
+// whole from its own source, PanicSourceN(k), and the stats must count
+// every frame the generator's program sent, whichever thread sent it.
 func TestTimedPlanSendsPanicsFromDistinctSources(t *testing.T) {
-	pair := testnet.NewPair(t)
 	corpus, err := trafficgen.LoadCorpus("../../../testdata/netconsole")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, rd := attachCollector(t, pair)
-	plan := trafficgen.Plan{
-		Dst: pair.Collector.IPv4, Repeat: 100, Sources: 10, Rate: 100_000,
-		Duration: 400 * time.Millisecond, Panics: 3, PanicSource: panicSource,
-	}
-	st, err := trafficgen.RunFrom(pair.Node.Netns, pair.Node.Ifname, corpus, plan)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Panics != 3 || len(st.PanicTimes) != 3 || st.Panic != uint64(3*len(corpus.Panic)) {
-		t.Fatalf("stats: %d panics at %v, %d panic frames; want 3 panics, %d frames", st.Panics, st.PanicTimes, st.Panic, 3*len(corpus.Panic))
-	}
-	want := len(expectedPanicLines(corpus))
-	got := map[netip.AddrPort]int{}
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-	defer cancel()
-	for range 3 * want {
-		line, err := rd.Read(ctx)
-		if err != nil {
-			t.Fatalf("after %v: %v", got, err)
-		}
-		got[line.Source]++
-	}
-	for k := range 3 {
-		if src := plan.PanicSourceN(k); got[src] != want {
-			t.Errorf("panic %d from %v: %d lines forwarded, want %d (all: %v)", k, src, got[src], want, got)
-		}
+	for _, threads := range []int{1, 2} {
+		t.Run(fmt.Sprintf("threads=%d", threads), func(t *testing.T) {
+			pair := testnet.NewPairQueues(t, threads)
+			_, rd := attachCollector(t, pair)
+			plan := trafficgen.Plan{
+				Dst: pair.Collector.IPv4, Repeat: 100, Sources: 10, Rate: 100_000,
+				Duration: 400 * time.Millisecond, Panics: 3, PanicSource: panicSource,
+				Threads: threads,
+			}
+			st, err := trafficgen.RunFrom(pair.Node.Netns, pair.Node.Ifname, corpus, plan)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Panics != 3 || len(st.PanicTimes) != 3 || st.Panic != uint64(3*len(corpus.Panic)) {
+				t.Fatalf("stats: %d panics at %v, %d panic frames; want 3 panics, %d frames", st.Panics, st.PanicTimes, st.Panic, 3*len(corpus.Panic))
+			}
+			if st.Ordinary+st.Panic != st.Sent {
+				t.Errorf("stats: %d ordinary and %d panic frames counted, the program sent %d", st.Ordinary, st.Panic, st.Sent)
+			}
+			want := len(expectedPanicLines(corpus))
+			got := map[netip.AddrPort]int{}
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			for range 3 * want {
+				line, err := rd.Read(ctx)
+				if err != nil {
+					t.Fatalf("after %v: %v", got, err)
+				}
+				got[line.Source]++
+			}
+			for k := range 3 {
+				if src := plan.PanicSourceN(k); got[src] != want {
+					t.Errorf("panic %d from %v: %d lines forwarded, want %d (all: %v)", k, src, got[src], want, got)
+				}
+			}
+		})
 	}
 }
 
