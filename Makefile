@@ -91,7 +91,7 @@ bench: deps ## run the benchmarks (see bench/README.md; issue 16's scenarios hav
 	$(GO) test -run '^$$' -bench '^BenchmarkDaemonForgedFlood$$' -benchtime 3x -timeout 30m ./cmd/lastgasp/
 
 .PHONY: bench-flood
-bench-flood: deps ## issue 16's flood: every receiver at stepped rates, bench/results/flood.{json,md} and plots (~3-4 min; BENCH_FULL=1 ~18 min)
+bench-flood: deps ## issue 16's flood: every receiver at stepped rates, bench/results/flood.{json,md} and plots (~2.5 min; BENCH_FULL=1 ~15 min)
 	$(GO) test -run '^$$' -bench '^BenchmarkFlood$$' -benchtime 1x -timeout 60m ./bench/
 	@echo "bench/results/flood.md, flood.json, flood-*.png written"
 
