@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 
 	"github.com/cilium/ebpf"
 
@@ -46,51 +47,74 @@ func (p *Program) SetPorts(ports []uint16) error {
 	return nil
 }
 
-// syncSet makes keys the keys of the set m (a hash map whose values are
-// an unused byte 1): the keys missing are added first, then those no
-// longer wanted removed, so that a key in both sets is never missing.
-func syncSet[K comparable](m *ebpf.Map, keys []K) error {
-	want := make(map[K]bool, len(keys))
-	for _, k := range keys {
-		want[k] = true
-		if err := m.Put(k, uint8(1)); err != nil {
-			return fmt.Errorf("add %v: %w", k, err)
+// SetLocalAddresses makes addrs the program's table of this host's
+// addresses (used with Config.LocalOnly), at run time. An address both in
+// the table and in addrs is neither written nor removed, so a datagram to
+// it is judged throughout. The addresses only in addrs are added, and
+// those only in the table removed: added first when the table (hash map
+// local_addrs, LOCAL_ADDRS_MAX entries) holds both sets at once, removed
+// first when it does not, so the order never makes it fail. An address
+// removed is one the host no longer has; while it is in the table a
+// datagram to it is judged, once out of it passed up the stack unjudged
+// (XDP_PASS, counted in not_local: addressed_here in bpf/lastgasp.c),
+// never dropped. More addresses than the table holds (once the same
+// address given twice, or IPv4 also as IPv4-mapped IPv6, is counted once)
+// is an error, and the table is left as it was.
+func (p *Program) SetLocalAddresses(addrs []netip.Addr) error {
+	want := make(map[bpf.LastgaspBurstKey]bool, len(addrs))
+	var add []bpf.LastgaspBurstKey // in addrs' order, once each
+	for _, a := range addrs {
+		k := bpf.LastgaspBurstKey{Addr: a.Unmap().As16()}
+		if !want[k] {
+			want[k] = true
+			add = append(add, k)
 		}
 	}
-	var stale []K
-	var k K
+	max := int(bpf.LastgaspLimitsLOCAL_ADDRS_MAX)
+	if len(want) > max {
+		return fmt.Errorf("set local addresses: %d addresses, at most %d allowed: the table is left as it was", len(want), max)
+	}
+	table := p.objs.LocalAddrs
+	have := make(map[bpf.LastgaspBurstKey]bool)
+	var stale []bpf.LastgaspBurstKey
+	var k bpf.LastgaspBurstKey
 	var unused uint8
-	iter := m.Iterate()
+	iter := table.Iterate()
 	for iter.Next(&k, &unused) {
+		have[k] = true
 		if !want[k] {
 			stale = append(stale, k)
 		}
 	}
 	if err := iter.Err(); err != nil {
-		return fmt.Errorf("list: %w", err)
+		return fmt.Errorf("set local addresses: list the table: %w", err)
 	}
-	for _, k := range stale {
-		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("remove %v: %w", k, err)
-		}
-	}
-	return nil
-}
+	add = slices.DeleteFunc(add, func(k bpf.LastgaspBurstKey) bool { return have[k] })
 
-// SetLocalAddresses makes addrs the program's table of this host's
-// addresses (used with Config.LocalOnly), at run time: the new ones are
-// added before those no longer there are removed, so an address kept in
-// both is never missing.
-func (p *Program) SetLocalAddresses(addrs []netip.Addr) error {
-	if max := int(bpf.LastgaspLimitsLOCAL_ADDRS_MAX); len(addrs) > max {
-		return fmt.Errorf("set local addresses: %d addresses, at most %d allowed", len(addrs), max)
+	addNew := func() error {
+		for _, k := range add {
+			if err := table.Put(k, uint8(1)); err != nil {
+				return fmt.Errorf("set local addresses: add %v: %w", netip.AddrFrom16(k.Addr).Unmap(), err)
+			}
+		}
+		return nil
 	}
-	keys := make([]bpf.LastgaspBurstKey, len(addrs))
-	for i, a := range addrs {
-		keys[i] = bpf.LastgaspBurstKey{Addr: a.Unmap().As16()}
+	removeStale := func() error {
+		for _, k := range stale {
+			if err := table.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("set local addresses: remove %v: %w", netip.AddrFrom16(k.Addr).Unmap(), err)
+			}
+		}
+		return nil
 	}
-	if err := syncSet(p.objs.LocalAddrs, keys); err != nil {
-		return fmt.Errorf("set local addresses: %w", err)
+	steps := []func() error{addNew, removeStale}
+	if len(have)+len(add) > max {
+		steps = []func() error{removeStale, addNew}
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
