@@ -107,7 +107,7 @@ func runEmptyLive(b *testing.B) sourcesRow {
 	drop, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type:         ebpf.XDP,
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1 /* XDP_DROP */), asm.Return()},
-		License:      "MIT",
+		License:      "GPL",
 	})
 	if err != nil {
 		b.Fatal(err)

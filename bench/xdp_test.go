@@ -249,7 +249,7 @@ func loadXDP(b *testing.B, c xdpCase) (*ebpf.Program, *loader.Program) {
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 			Type:         ebpf.XDP,
 			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, xdpPass), asm.Return()},
-			License:      "MIT",
+			License:      "GPL",
 		})
 		if err != nil {
 			b.Fatal(err)
