@@ -158,32 +158,37 @@ func floodPlan(rate float64, d time.Duration, panics int) trafficgen.Plan {
 		PanicSource: receiverPanicSource, PanicInterval: 100 * time.Microsecond, Threads: threads}
 }
 
-// floodCollected gathers what a receiver forwards: the lines of each panic
-// source counted, every line through a detect.Assembler, and the most
-// lines of a fatal incident from each panic source.
-type floodCollected struct {
+// collected gathers what a receiver forwards, for the receiver and flood
+// benchmarks alike: every line through a detect.Assembler, the lines of
+// each source counted, and for each source that had a fatal incident the
+// most lines one of them held (a source is a key only once it had one).
+// The receiver benchmarks count their panic detected once its source is
+// a key of fatalLines; the flood benchmark only when the incident holds
+// as many lines as the panic alone gives (panicAlone). emit may be called
+// from several goroutines.
+type collected struct {
 	mu         sync.Mutex
 	asm        *detect.Assembler
-	panicLines map[netip.Addr]int
+	lines      map[netip.Addr]int
 	fatalLines map[netip.Addr]int
 }
 
-func newFloodCollected() *floodCollected {
-	return &floodCollected{
+func newCollected() *collected {
+	return &collected{
 		asm:        detect.NewAssembler(detect.Budget(detect.DefaultMemoryBudget)),
-		panicLines: map[netip.Addr]int{},
+		lines:      map[netip.Addr]int{},
 		fatalLines: map[netip.Addr]int{},
 	}
 }
 
-func (c *floodCollected) emit(l filter.Line) {
+func (c *collected) emit(l filter.Line) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.panicLines[l.Source.Addr()]++
+	c.lines[l.Source.Addr()]++
 	c.check(c.asm.Line(l))
 }
 
-func (c *floodCollected) check(incs []detect.Incident) {
+func (c *collected) check(incs []detect.Incident) {
 	for _, inc := range incs {
 		if inc.Fatal {
 			c.fatalLines[inc.Source] = max(c.fatalLines[inc.Source], len(inc.Lines))
@@ -191,24 +196,36 @@ func (c *floodCollected) check(incs []detect.Incident) {
 	}
 }
 
-// panicAlone returns how many lines the filter forwards of one panic that
-// arrives alone, and how many lines the assembler's incident then has:
-// what a receiver must deliver for the panic to count as detected.
-func panicAlone(b *testing.B, c *trafficgen.Corpus) (forwarded, incidentLines int) {
+// panicForwarded returns the lines the filter forwards of the corpus's
+// panic when it arrives alone from receiverPanicSource: the Go twin of
+// the XDP program run over them, what a collector must deliver.
+func panicForwarded(c *trafficgen.Corpus) []filter.Line {
 	f := filter.New(filter.Config{})
-	col := newFloodCollected()
+	var lines []filter.Line
 	for _, p := range c.Panic {
 		if line, ok := f.Judge(receiverPanicSource, p, time.Now()); ok {
-			forwarded++
-			col.emit(line)
+			lines = append(lines, line)
 		}
+	}
+	return lines
+}
+
+// panicAlone returns how many lines the filter forwards of one panic that
+// arrives alone (panicForwarded), and how many lines the assembler's
+// incident then has: what a receiver must deliver for the panic to count
+// as detected.
+func panicAlone(b *testing.B, c *trafficgen.Corpus) (forwarded, incidentLines int) {
+	col := newCollected()
+	lines := panicForwarded(c)
+	for _, line := range lines {
+		col.emit(line)
 	}
 	col.check(col.asm.Tick(time.Now().Add(time.Minute)))
 	incidentLines = col.fatalLines[receiverPanicSource.Addr()]
 	if incidentLines == 0 {
 		b.Fatal("the panic alone gives no fatal incident")
 	}
-	return forwarded, incidentLines
+	return len(lines), incidentLines
 }
 
 // runFlood runs one row: receiver name on a fresh pair, the plan sent
@@ -222,7 +239,7 @@ func runFlood(b *testing.B, name, feed string, corpus *trafficgen.Corpus, plan t
 	pair := testnet.NewPairQueues(b, runtime.NumCPU())
 	plan.Dst, plan.DstV6 = pair.Collector.IPv4, pair.Collector.IPv6
 	rcv := floodReceiver(b, name, feed, pair)
-	col := newFloodCollected()
+	col := newCollected()
 	ctx, cancel := context.WithCancel(b.Context())
 	defer cancel()
 	type ran struct {
@@ -280,7 +297,7 @@ func runFlood(b *testing.B, name, feed string, corpus *trafficgen.Corpus, plan t
 	row.PanicLinesSent = st.Panics * forwarded
 	for k := range st.Panics {
 		src := plan.PanicSourceN(k).Addr()
-		row.PanicLinesReceived += col.panicLines[src]
+		row.PanicLinesReceived += col.lines[src]
 		if col.fatalLines[src] >= incidentLines {
 			row.PanicsDetected++
 		}

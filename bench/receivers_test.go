@@ -11,7 +11,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -19,7 +18,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/lastgasp/lastgasp/internal/detect"
 	"github.com/lastgasp/lastgasp/internal/filter"
 	"github.com/lastgasp/lastgasp/internal/testrig/testnet"
 	"github.com/lastgasp/lastgasp/internal/testrig/trafficgen"
@@ -158,33 +156,6 @@ func boolMetric(v bool) float64 {
 	return 0
 }
 
-// collected gathers what a receiver forwards: every line through a
-// detect.Assembler, the panic source's lines counted. emit is called from
-// one goroutine at a time.
-type collected struct {
-	mu         sync.Mutex
-	asm        *detect.Assembler
-	panicLines int
-	detected   bool
-}
-
-func (c *collected) emit(l filter.Line) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if l.Source == receiverPanicSource {
-		c.panicLines++
-	}
-	c.check(c.asm.Line(l))
-}
-
-func (c *collected) check(incs []detect.Incident) {
-	for _, inc := range incs {
-		if inc.Source == receiverPanicSource.Addr() && inc.Fatal {
-			c.detected = true
-		}
-	}
-}
-
 // receiver is one receiver on the collector's end: run reads until ctx is
 // done; handled returns how many frames it has handled so far.
 type receiver struct {
@@ -215,7 +186,7 @@ func runReceiver(b *testing.B, name string, corpus *trafficgen.Corpus, plan traf
 	pair := testnet.NewPair(b)
 	plan.Dst = pair.Collector.IPv4
 	rcv := newReceiver(b, name, pair)
-	col := &collected{asm: detect.NewAssembler(detect.Budget(detect.DefaultMemoryBudget))}
+	col := newCollected()
 	ctx, cancel := context.WithCancel(b.Context())
 	done := make(chan error, 1)
 	go func() { done <- rcv.run(ctx, col.emit) }()
@@ -238,30 +209,18 @@ func runReceiver(b *testing.B, name string, corpus *trafficgen.Corpus, plan traf
 	}
 	col.mu.Lock()
 	col.check(col.asm.Tick(time.Now().Add(time.Minute))) // close every incident
+	_, detected := col.fatalLines[receiverPanicSource.Addr()]
 	col.mu.Unlock()
 	return receiverResult{
 		offeredPPS: st.Offered(),
 		sent:       st.Sent,
 		received:   rcv.handled(),
-		panicLines: col.panicLines,
-		wantPanic:  wantPanicLines(corpus),
-		detected:   col.detected,
+		panicLines: col.lines[receiverPanicSource.Addr()],
+		wantPanic:  len(panicForwarded(corpus)),
+		detected:   detected,
 		inFlood:    st.PanicInFlood,
 		vethDrops:  drops,
 	}
-}
-
-// wantPanicLines is how many of the panic's lines a collector forwards
-// when it arrives alone: the Go twin of the XDP program run over them.
-func wantPanicLines(c *trafficgen.Corpus) int {
-	f := filter.New(filter.Config{})
-	n := 0
-	for _, p := range c.Panic {
-		if _, ok := f.Judge(receiverPanicSource, p, time.Now()); ok {
-			n++
-		}
-	}
-	return n
 }
 
 // newReceiver builds receiver name on pair's collector end.

@@ -107,7 +107,7 @@ func runEmptyLive(b *testing.B) sourcesRow {
 	drop, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type:         ebpf.XDP,
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1 /* XDP_DROP */), asm.Return()},
-		License:      "MIT",
+		License:      "GPL",
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -151,22 +151,18 @@ type liveStats struct {
 	runtime                          time.Duration
 }
 
+// read returns the program's cumulative figures now.
 func (m *liveMeter) read() (liveStats, error) {
 	st, err := m.prog.Stats()
 	if err != nil {
 		return liveStats{}, fmt.Errorf("read the program's run time (BPF_ENABLE_STATS): %w", err)
 	}
-	// Not counters(): this runs in the generator's namespace, on a
-	// goroutine of its own, where b.Fatal must not be called.
-	c := map[string]uint64{}
-	if m.lp != nil {
-		v, err := m.lp.Counters()
-		if err != nil {
-			return liveStats{}, err
-		}
-		for _, nc := range loader.CounterValues(v) {
-			c[nc.Name] = nc.Value
-		}
+	// counterValues, not counters(): this runs in the generator's
+	// namespace, on a goroutine of its own, where b.Fatal must not be
+	// called.
+	c, err := counterValues(m.lp)
+	if err != nil {
+		return liveStats{}, err
 	}
 	sent, err := m.gen.Sent()
 	if err != nil {

@@ -144,7 +144,7 @@ func BenchmarkNetconsoleDecode(b *testing.B) {
 }
 
 // BenchmarkAssemble runs the lines the XDP program forwards from a real
-// panic (null-oops-panic: 27 lines, one incident) through a fresh
+// panic (null-oops-panic: 61 lines, one incident) through a fresh
 // decoder and detector a pass, incident rendering included.
 func BenchmarkAssemble(b *testing.B) {
 	payloads, times := capturePayloads(b, "null-oops-panic")

@@ -249,7 +249,7 @@ func loadXDP(b *testing.B, c xdpCase) (*ebpf.Program, *loader.Program) {
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 			Type:         ebpf.XDP,
 			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, xdpPass), asm.Return()},
-			License:      "MIT",
+			License:      "GPL",
 		})
 		if err != nil {
 			b.Fatal(err)
@@ -268,21 +268,32 @@ func loadXDP(b *testing.B, c xdpCase) (*ebpf.Program, *loader.Program) {
 }
 
 // counters returns the program's counters by C name (nil for the empty
-// program).
+// program), failing b on error: counterValues for the benchmark's own
+// goroutine.
 func counters(b *testing.B, lp *loader.Program) map[string]uint64 {
 	b.Helper()
+	m, err := counterValues(lp)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return m
+}
+
+// counterValues returns the program's counters by C name (nil for the
+// empty program), for goroutines where b.Fatal must not be called.
+func counterValues(lp *loader.Program) (map[string]uint64, error) {
 	if lp == nil {
-		return nil
+		return nil, nil
 	}
 	c, err := lp.Counters()
 	if err != nil {
-		b.Fatal(err)
+		return nil, err
 	}
 	m := make(map[string]uint64)
 	for _, nc := range loader.CounterValues(c) {
 		m[nc.Name] = nc.Value
 	}
-	return m
+	return m, nil
 }
 
 // drain reads every record waiting in the ring buffer, checks that each

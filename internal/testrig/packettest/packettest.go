@@ -168,15 +168,39 @@ func (u UDP) ipv4(payload []byte) []byte {
 	return append(h, payload...)
 }
 
+// OnesSum returns the one's complement sum (RFC 1071) of sum and b's
+// 16-bit big-endian words, an odd last byte counted as the high byte of a
+// word padded with 0, its carries folded back in. Feed the pieces of a
+// checksummed range in order (a pseudo-header, then a datagram), each
+// but the last of even length. Over a range whose checksum field holds
+// its checksum the sum is 0xffff: that is how a receiver checks it.
+func OnesSum(sum uint16, b []byte) uint16 {
+	s := uint64(sum)
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint64(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		s += uint64(b[len(b)-1]) << 8
+	}
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return uint16(s)
+}
+
+// PseudoHeaderSum returns the one's complement sum of the pseudo-header a
+// UDP or TCP checksum covers: the source and destination addresses (both
+// IPv4 or both IPv6), the protocol and the length of the datagram.
+func PseudoHeaderSum(src, dst netip.Addr, proto uint8, length int) uint16 {
+	sum := OnesSum(0, src.AsSlice())
+	sum = OnesSum(sum, dst.AsSlice())
+	return OnesSum(sum, []byte{0, proto, byte(length >> 8), byte(length)})
+}
+
+// ipv4Checksum returns the header checksum of IPv4 header h (its checksum
+// field 0): the one's complement of the one's complement sum of its words.
 func ipv4Checksum(h []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(h); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(h[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return ^uint16(sum)
+	return ^OnesSum(0, h)
 }
 
 // udpChecksum returns the UDP checksum of datagram udp (its checksum field
@@ -184,24 +208,7 @@ func ipv4Checksum(h []byte) uint16 {
 // the pseudo-header (addresses, protocol, UDP length) and the datagram,
 // 0xffff if that is 0 (0 means "no checksum").
 func udpChecksum(src, dst netip.Addr, proto uint8, udp []byte) uint16 {
-	var sum uint32
-	words := func(b []byte) {
-		for i := 0; i+1 < len(b); i += 2 {
-			sum += uint32(binary.BigEndian.Uint16(b[i:]))
-		}
-		if len(b)%2 == 1 {
-			sum += uint32(b[len(b)-1]) << 8
-		}
-	}
-	s, d := src.AsSlice(), dst.AsSlice()
-	words(s)
-	words(d)
-	sum += uint32(proto) + uint32(len(udp))
-	words(udp)
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	if c := ^uint16(sum); c != 0 {
+	if c := ^OnesSum(PseudoHeaderSum(src, dst, proto, len(udp)), udp); c != 0 {
 		return c
 	}
 	return 0xffff

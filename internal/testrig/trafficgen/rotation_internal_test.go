@@ -93,23 +93,8 @@ func sourceOf(frame []byte) netip.Addr {
 // checks in frame (IPv4: the header's, the UDP checksum 0; IPv6: the UDP
 // checksum over the pseudo-header), or "".
 func checksumsValid(frame []byte) string {
-	sum := func(s uint32, b []byte) uint32 {
-		for i := 0; i+1 < len(b); i += 2 {
-			s += uint32(binary.BigEndian.Uint16(b[i:]))
-		}
-		if len(b)%2 == 1 {
-			s += uint32(b[len(b)-1]) << 8
-		}
-		return s
-	}
-	fold := func(s uint32) uint16 {
-		for s > 0xffff {
-			s = s&0xffff + s>>16
-		}
-		return uint16(s)
-	}
 	if binary.BigEndian.Uint16(frame[12:]) == packettest.EtherIPv4 {
-		if f := fold(sum(0, frame[14:14+20])); f != 0xffff {
+		if packettest.OnesSum(0, frame[14:14+20]) != 0xffff {
 			return "IPv4 header checksum wrong"
 		}
 		if binary.BigEndian.Uint16(frame[14+20+6:]) != 0 {
@@ -118,9 +103,8 @@ func checksumsValid(frame []byte) string {
 		return ""
 	}
 	udp := frame[14+40:]
-	s := sum(0, frame[14+8:14+40]) // source and destination
-	s += uint32(len(udp)) + packettest.ProtoUDP
-	if f := fold(sum(s, udp)); f != 0xffff {
+	src, dst := netip.AddrFrom16([16]byte(frame[14+8:])), netip.AddrFrom16([16]byte(frame[14+24:]))
+	if packettest.OnesSum(packettest.PseudoHeaderSum(src, dst, packettest.ProtoUDP, len(udp)), udp) != 0xffff {
 		return "IPv6 UDP checksum wrong"
 	}
 	return ""

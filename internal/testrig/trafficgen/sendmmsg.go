@@ -177,6 +177,10 @@ func (b *mmsgBatch) fill(templates [][]byte, k uint64, n, sources int) {
 // Ethernet frame made by packettest (the IPv4 header at offset 14, no UDP
 // checksum) and updates the header checksum for the change alone (RFC
 // 1624: HC' = ~(~HC + ~m + m') over the address's two 16-bit words).
+// This incremental update is kept apart from packettest.OnesSum on
+// purpose: it runs per frame on the send path and reads four words, where
+// a full sum would re-read the header; TestRewriteSourceV4 checks its
+// result against packettest's full checksum.
 func rewriteSourceV4(frame []byte, src netip.Addr) {
 	ip := frame[14:]
 	a := src.As4()

@@ -581,9 +581,10 @@ func RunFrom(ns *testnet.Netns, ifname string, c *Corpus, plan Plan) (Stats, err
 // OnInterface runs fn in ns, on a thread locked there, with a Redirector
 // for ns's interface ifname, closed when fn returns: the frames fn sends
 // arrive at the interface's veth peer. The Redirector is kept in the
-// kernel's XDP dispatcher meanwhile (keepDispatched).
+// kernel's XDP dispatcher meanwhile (keepDispatched). What closing and
+// releasing it meet is returned joined to fn's error.
 func OnInterface(ns *testnet.Netns, ifname string, fn func(*Redirector) error) error {
-	return ns.Do(func() error {
+	return ns.Do(func() (err error) {
 		ifi, err := net.InterfaceByName(ifname)
 		if err != nil {
 			return fmt.Errorf("traffic generator: %w", err)
@@ -592,12 +593,13 @@ func OnInterface(ns *testnet.Netns, ifname string, fn func(*Redirector) error) e
 		if err != nil {
 			return err
 		}
-		defer r.Close()
+		// Cleaning up's errors join fn's (or keepDispatched's).
+		defer func() { err = errors.Join(err, r.Close()) }()
 		release, err := r.keepDispatched(ns)
 		if err != nil {
 			return err
 		}
-		defer release()
+		defer func() { err = errors.Join(err, release()) }()
 		return fn(r)
 	})
 }
@@ -607,7 +609,8 @@ func OnInterface(ns *testnet.Netns, ifname string, fn func(*Redirector) error) e
 var keeperSeq atomic.Uint64
 
 // keepDispatched attaches r's program (generic mode) to a veth pair of its
-// own in ns, left down, until release is called, so that no frame ever
+// own in ns, left down, until release is called (which returns what
+// detaching and deleting the pair met), so that no frame ever
 // reaches it there. Why: a live-frames BPF_PROG_TEST_RUN call with repeat
 // > 1 adds its program to the kernel's XDP dispatcher and takes it out
 // again at the end (bpf_prog_change_xdp), and each change rewrites the
@@ -615,24 +618,33 @@ var keeperSeq atomic.Uint64
 // under load, against 12 µs for 64 frames once the program is already
 // in the dispatcher, as an attached program is (the calls then only count
 // a reference).
-func (r *Redirector) keepDispatched(ns *testnet.Netns) (release func(), err error) {
+func (r *Redirector) keepDispatched(ns *testnet.Netns) (release func() error, err error) {
 	n := keeperSeq.Add(1)
 	keeper, peer := fmt.Sprintf("lgtgk%d", n), fmt.Sprintf("lgtgp%d", n)
 	if _, err := ns.IP("link", "add", keeper, "type", "veth", "peer", "name", peer); err != nil {
 		return nil, fmt.Errorf("traffic generator: a veth pair to keep its program dispatched: %w", err)
 	}
-	remove := func() { ns.IP("link", "del", keeper) } // deletes the peer too
+	remove := func() error { // deletes the peer too
+		if _, err := ns.IP("link", "del", keeper); err != nil {
+			return fmt.Errorf("traffic generator: delete the veth pair that kept its program dispatched: %w", err)
+		}
+		return nil
+	}
 	ifi, err := net.InterfaceByName(keeper)
 	if err != nil {
-		remove()
-		return nil, fmt.Errorf("traffic generator: %w", err)
+		return nil, errors.Join(fmt.Errorf("traffic generator: %w", err), remove())
 	}
 	l, err := link.AttachXDP(link.XDPOptions{Program: r.prog, Interface: ifi.Index, Flags: link.XDPGenericMode})
 	if err != nil {
-		remove()
-		return nil, fmt.Errorf("traffic generator: keep its program dispatched (attach to %s): %w", keeper, err)
+		return nil, errors.Join(fmt.Errorf("traffic generator: keep its program dispatched (attach to %s): %w", keeper, err), remove())
 	}
-	return func() { l.Close(); remove() }, nil
+	return func() error {
+		var detach error
+		if err := l.Close(); err != nil {
+			detach = fmt.Errorf("traffic generator: detach its program from %s: %w", keeper, err)
+		}
+		return errors.Join(detach, remove())
+	}, nil
 }
 
 // floodFrames are the ordinary lines as frames, by family.
