@@ -168,6 +168,18 @@ struct head_buf {
 	};
 };
 _Static_assert(HEADER_SCAN_LEN % 8 == 0, "header window: whole words");
+
+/* Where the header window is read for find_text (a single per-CPU entry,
+ * index 0), not on the stack: the verifier allows 512 bytes of stack for
+ * the program and the functions it calls together, and the window alone
+ * is 256 (TestStackBudget). An XDP program runs to its end on one CPU, so
+ * no other line shares it. Only lines quick_ordinary leaves use it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct head_buf);
+} head_scratch SEC(".maps");
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 	       "first_of reads the lowest byte of a word as the first");
 
@@ -532,12 +544,8 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 					const struct line *l, int *unknown,
 					int *end)
 {
-	/* One stack area for both, in turn: the verifier allows 512 bytes of
-	 * stack for the program and the functions it calls together. */
-	union {
-		struct head_buf head;   /* the header window, until the text is found */
-		struct pattern_key key; /* then the trie's key, from the text on */
-	} buf;
+	struct head_buf *head;
+	struct pattern_key key;
 	struct pattern_value *val;
 	struct first_bytes *fb;
 	__u32 n, off, text, klen, zero = 0;
@@ -567,9 +575,12 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 		    quick_ordinary(w, n, l->len, fb))
 			return 0;
 	}
-	if (bpf_xdp_load_bytes(ctx, l->off, buf.head.b, copy_size(n, HEAD_BUF_LEN)) < 0)
+	head = bpf_map_lookup_elem(&head_scratch, &zero);
+	if (!head)
+		return 0; /* cannot happen: index 0 always exists */
+	if (bpf_xdp_load_bytes(ctx, l->off, head->b, copy_size(n, HEAD_BUF_LEN)) < 0)
 		return 0; /* cannot happen: the UDP length was checked */
-	text = find_text(&buf.head, n);
+	text = find_text(head, n);
 	if (text == TEXT_UNKNOWN) {
 		*unknown = 1;
 		return 0;
@@ -582,7 +593,7 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 	 * read no key: no second bpf_xdp_load_bytes, no end-marker test
 	 * (issue 12). */
 	if (fb && text < n) {
-		c = head_at(&buf.head, text);
+		c = head_at(head, text);
 		if (c != (__u8)END_MARKER[0] &&
 		    !(fb->bits[c >> 6] & (1ULL << (c & 63))))
 			return 0; /* no pattern starts with this byte */
@@ -590,20 +601,20 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 	/* Zeroed here, not where declared, so that the lines above skip it.
 	 * The trie compares only prefixlen bits, but the end-marker test
 	 * reads bytes past klen, and the verifier wants the key initialised. */
-	__builtin_memset(&buf.key, 0, sizeof(buf.key));
+	__builtin_memset(&key, 0, sizeof(key));
 	klen = l->len - text;
 	if (klen > PATTERN_MAX_LEN)
 		klen = PATTERN_MAX_LEN;
 	/* 1..PATTERN_MAX_LEN, since text < l->len; shown to the verifier. */
 	klen = copy_size(klen, PATTERN_MAX_LEN);
-	if (bpf_xdp_load_bytes(ctx, l->off + text, buf.key.data, klen) < 0)
+	if (bpf_xdp_load_bytes(ctx, l->off + text, key.data, klen) < 0)
 		return 0; /* cannot happen, as above */
-	buf.key.prefixlen = klen * 8;
-	*end = is_end_marker(&buf.key);
-	c = buf.key.data[0];
+	key.prefixlen = klen * 8;
+	*end = is_end_marker(&key);
+	c = key.data[0];
 	if (fb && !(fb->bits[c >> 6] & (1ULL << (c & 63))))
 		return 0; /* an end marker's '-', or a text past the window */
-	val = bpf_map_lookup_elem(&patterns, &buf.key);
+	val = bpf_map_lookup_elem(&patterns, &key);
 	return val ? val->id : 0;
 }
 

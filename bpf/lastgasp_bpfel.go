@@ -30,6 +30,11 @@ type LastgaspFirstBytes struct {
 	Bits [4]uint64
 }
 
+type LastgaspHeadBuf struct {
+	_ structs.HostLayout
+	B [256]uint8
+}
+
 type LastgaspLimits uint32
 
 const (
@@ -118,6 +123,7 @@ const (
 	LastgaspMapBursts            = "bursts"
 	LastgaspMapCounters          = "counters"
 	LastgaspMapEvents            = "events"
+	LastgaspMapHeadScratch       = "head_scratch"
 	LastgaspMapLocalAddrs        = "local_addrs"
 	LastgaspMapPatternFirstBytes = "pattern_first_bytes"
 	LastgaspMapPatterns          = "patterns"
@@ -189,6 +195,7 @@ type LastgaspMapSpecs struct {
 	Bursts            *ebpf.MapSpec `ebpf:"bursts"`
 	Counters          *ebpf.MapSpec `ebpf:"counters"`
 	Events            *ebpf.MapSpec `ebpf:"events"`
+	HeadScratch       *ebpf.MapSpec `ebpf:"head_scratch"`
 	LocalAddrs        *ebpf.MapSpec `ebpf:"local_addrs"`
 	PatternFirstBytes *ebpf.MapSpec `ebpf:"pattern_first_bytes"`
 	Patterns          *ebpf.MapSpec `ebpf:"patterns"`
@@ -236,6 +243,7 @@ type LastgaspMaps struct {
 	Bursts            *ebpf.Map `ebpf:"bursts"`
 	Counters          *ebpf.Map `ebpf:"counters"`
 	Events            *ebpf.Map `ebpf:"events"`
+	HeadScratch       *ebpf.Map `ebpf:"head_scratch"`
 	LocalAddrs        *ebpf.Map `ebpf:"local_addrs"`
 	PatternFirstBytes *ebpf.Map `ebpf:"pattern_first_bytes"`
 	Patterns          *ebpf.Map `ebpf:"patterns"`
@@ -249,6 +257,7 @@ func (m *LastgaspMaps) Close() error {
 		m.Bursts,
 		m.Counters,
 		m.Events,
+		m.HeadScratch,
 		m.LocalAddrs,
 		m.PatternFirstBytes,
 		m.Patterns,
