@@ -168,6 +168,8 @@ struct head_buf {
 	};
 };
 _Static_assert(HEADER_SCAN_LEN % 8 == 0, "header window: whole words");
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+	       "first_of reads the lowest byte of a word as the first");
 
 /* Where the header window is read for find_text (a single per-CPU entry,
  * index 0), not on the stack: the verifier allows 512 bytes of stack for
@@ -180,8 +182,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct head_buf);
 } head_scratch SEC(".maps");
-_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
-	       "first_of reads the lowest byte of a word as the first");
 
 static __always_inline __u8 head_at(const struct head_buf *head, __u32 i)
 {
@@ -233,13 +233,30 @@ static __always_inline __u32 lowest_byte(__u64 m)
 }
 
 /*
+ * word_hits - the top bit of each byte of @x, the window's bytes @base to
+ * @base + 7, that is the byte @rep1 or @rep2 repeats, bytes before @from
+ * and from @to on masked off (@from < @base + 8, @base < @to). A word XOR
+ * the wanted byte repeated has a zero byte where the wanted byte is.
+ */
+static __always_inline __u64 word_hits(__u64 x, __u64 rep1, __u64 rep2,
+				       __u32 base, __u32 from, __u32 to)
+{
+	__u64 m = zero_bytes(x ^ rep1) | zero_bytes(x ^ rep2);
+
+	if (from > base)	/* 1..7 bytes of this word come before @from */
+		m &= ~0ULL << ((from - base) * 8);
+	if (to - base < 8)	/* 1..7 bytes of this word come before @to */
+		m &= (1ULL << ((to - base) * 8)) - 1;
+	return m;
+}
+
+/*
  * first_of_far - offset of the first byte in [@from, @to) of @head that
  * is @c1 or @c2, or NOT_FOUND. @to <= HEADER_SCAN_LEN.
  *
- * Eight bytes a step: the word holding @from, then the ones after it,
- * while they start before @to. A word XOR the wanted byte repeated has a
- * zero byte where the wanted byte is; bytes before @from and from @to on
- * are masked off. At most HEADER_SCAN_LEN / 8 = 20 steps.
+ * Eight bytes a step (word_hits): the word holding @from, then the ones
+ * after it, while they start before @to. At most HEADER_SCAN_LEN / 8 = 20
+ * steps.
  *
  * A global (non-static, never inlined) function, for the verifier's sake:
  * it verifies a global function once, on its own, with its arguments
@@ -259,16 +276,11 @@ __attribute__((noinline)) __u32 first_of_far(const struct head_buf *head,
 
 	for (__u32 k = from / 8; k < HEADER_SCAN_LEN / 8; k++) {
 		__u32 base = k * 8;
-		__u64 x, m;
+		__u64 m;
 
 		if (base >= to)
 			break;
-		x = head_word(head, k);
-		m = zero_bytes(x ^ rep1) | zero_bytes(x ^ rep2);
-		if (from > base)	/* 1..7 bytes of this word come before @from */
-			m &= ~0ULL << ((from - base) * 8);
-		if (to - base < 8)	/* 1..7 bytes of this word come before @to */
-			m &= (1ULL << ((to - base) * 8)) - 1;
+		m = word_hits(head_word(head, k), rep1, rep2, base, from, to);
 		if (m)
 			return base + lowest_byte(m);
 	}
@@ -308,11 +320,7 @@ static __always_inline __u32 near_first(const __u64 *w, __u32 from, __u32 to,
 			return NOT_FOUND;
 		if (from >= base + 8)
 			continue;	/* the whole word comes before @from */
-		m = zero_bytes(w[k] ^ rep1) | zero_bytes(w[k] ^ rep2);
-		if (from > base)
-			m &= ~0ULL << ((from - base) * 8);
-		if (to - base < 8)
-			m &= (1ULL << ((to - base) * 8)) - 1;
+		m = word_hits(w[k], rep1, rep2, base, from, to);
 		if (m)
 			return base + lowest_byte(m);
 	}
@@ -449,6 +457,22 @@ static __always_inline __u32 is_end_marker(const struct pattern_key *key)
 	return (diff - 1) >> 63;
 }
 
+/* starts_pattern - whether some pattern of the table starts with byte @c. */
+static __always_inline int starts_pattern(const struct first_bytes *fb, __u8 c)
+{
+	return (fb->bits[c >> 6] >> (c & 63)) & 1;
+}
+
+/*
+ * passed_over - whether a text that starts with byte @c is certainly an
+ * ordinary line's: no pattern starts with @c, and it is not the end
+ * marker's '-'. Most lines end on this test (issue 12).
+ */
+static __always_inline int passed_over(const struct first_bytes *fb, __u8 c)
+{
+	return c != (__u8)END_MARKER[0] && !starts_pattern(fb, c);
+}
+
 /*
  * near_byte - the byte at @i (< NEAR_WORDS * 8) of the words at @w. Each
  * word is read at a constant offset: @w may point into the packet, and the
@@ -523,9 +547,7 @@ static __always_inline int quick_ordinary(const __u64 *w, __u32 n, __u32 len,
 		return 1; /* a header with no text after it */
 	if (text >= n || text >= NEAR_WORDS * 8)
 		return 0;
-	c = near_byte(w, text);
-	return c != (__u8)END_MARKER[0] &&
-	       !(fb->bits[c >> 6] & (1ULL << (c & 63)));
+	return passed_over(fb, near_byte(w, text));
 }
 
 /* Payload offsets quick_ordinary is tried at: any frame's first buffer
@@ -549,7 +571,6 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 	struct pattern_value *val;
 	struct first_bytes *fb;
 	__u32 n, off, text, klen, zero = 0;
-	__u8 c;
 
 	n = l->len < HEADER_SCAN_LEN ? l->len : HEADER_SCAN_LEN;
 	if (n == 0)
@@ -592,12 +613,8 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 	 * pattern starts with it and it is not the end marker's '-'. They
 	 * read no key: no second bpf_xdp_load_bytes, no end-marker test
 	 * (issue 12). */
-	if (fb && text < n) {
-		c = head_at(head, text);
-		if (c != (__u8)END_MARKER[0] &&
-		    !(fb->bits[c >> 6] & (1ULL << (c & 63))))
-			return 0; /* no pattern starts with this byte */
-	}
+	if (fb && text < n && passed_over(fb, head_at(head, text)))
+		return 0; /* no pattern starts with this byte */
 	/* Zeroed here, not where declared, so that the lines above skip it.
 	 * The trie compares only prefixlen bits, but the end-marker test
 	 * reads bytes past klen, and the verifier wants the key initialised. */
@@ -611,8 +628,7 @@ static __always_inline __u32 match_line(struct xdp_md *ctx,
 		return 0; /* cannot happen, as above */
 	key.prefixlen = klen * 8;
 	*end = is_end_marker(&key);
-	c = key.data[0];
-	if (fb && !(fb->bits[c >> 6] & (1ULL << (c & 63))))
+	if (fb && !starts_pattern(fb, key.data[0]))
 		return 0; /* an end marker's '-', or a text past the window */
 	val = bpf_map_lookup_elem(&patterns, &key);
 	return val ? val->id : 0;
